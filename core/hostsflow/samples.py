@@ -1,0 +1,152 @@
+"""The objects that travel through the hooks: data sources, flow samples, counter samples.
+
+A capture plugin builds a :class:`FlowSample` per sampled packet and hands a batch to
+``agent.take_samples``.  Enrichment plugins add records to it in ``sflow_flow_sample`` (and may
+hold it for an asynchronous lookup), then in ``sflow_flow_sample_released``.  The core numbers
+and encodes it; plugins never write bytes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import attrs
+
+from .sflow.records import INTERNAL_IFINDEX, Record, SampledHeader
+
+if TYPE_CHECKING:
+    from .packet import PacketInfo
+
+# Well-known stash keys, so producer and consumer plugins need not import each other.
+SOCKET_CGROUP_ID = "socket.cgroup_id"  #: int: cgroup v2 id of the local socket (sock_diag)
+SOCKET_INODE = "socket.inode"  #: int: inode of the local socket
+SOCKET_UID = "socket.uid"  #: int: uid owning the local socket
+SOCKET_LOOKED_UP = "socket.looked_up"  #: bool: a sock_diag lookup was done for this sample
+
+DIRECTION_UNKNOWN, DIRECTION_RECEIVED, DIRECTION_SENT = 0, 1, 2
+
+#: data source classes (sFlow source_id_type)
+DS_IFINDEX, DS_VLAN, DS_PHYSICAL, DS_LOGICAL = 0, 1, 2, 3
+
+
+@attrs.frozen(slots=True)
+class DataSource:
+    """An sFlow data source ``ds_class:ds_index`` (e.g. ``0:2`` an interface, ``2:1`` the host,
+    ``3:123456`` a service).  ``name`` is for people and logs; it is not part of identity."""
+
+    ds_class: int
+    ds_index: int
+    name: str = attrs.field(default="", eq=False, hash=False)
+
+    def __str__(self) -> str:
+        return f"{self.ds_class}:{self.ds_index}"
+
+
+HOST_SOURCE = DataSource(DS_PHYSICAL, 1, "host")
+
+
+class Hold:
+    """A plugin's claim on a flow sample while it looks something up.
+
+    Call :meth:`release` exactly once when done (more calls are ignored).  If it is not
+    released before the agent's hold timeout, the core releases it anyway."""
+
+    __slots__ = ("sample", "owner", "done")
+
+    def __init__(self, sample: "FlowSample", owner: str) -> None:
+        self.sample = sample
+        self.owner = owner
+        self.done = False
+
+    def release(self) -> None:
+        if not self.done:
+            self.done = True
+            self.sample._release_one()
+
+
+@attrs.define(slots=True, eq=False)
+class FlowSample:
+    """One sampled packet on its way to the collectors.
+
+    Fields a capture plugin sets: ``source`` (normally ``0:ifIndex`` of the tapped
+    interface), ``sampling_rate``, ``sample_pool``, ``drops``, ``input``/``output`` (ifIndex, 0
+    unknown, 0x3FFFFFFF internal), ``direction``, and ``records`` starting with the
+    :class:`SampledHeader`.  Enrichment plugins append records and use ``stash``.
+    """
+
+    source: DataSource
+    sampling_rate: int
+    records: list[Record]
+    sample_pool: int = 0
+    drops: int = 0
+    input: int = 0
+    output: int = 0
+    direction: int = DIRECTION_UNKNOWN
+    timestamp: float = 0.0
+    #: the network namespace the packet was seen in (a path such as /var/run/netns/x), if known
+    netns: str | None = None
+    stash: dict[str, Any] = attrs.Factory(dict)
+    _packet: Any = None
+    _holds: int = 0
+    _on_released: Callable[["FlowSample"], None] | None = None
+    _holders: list[Hold] = attrs.Factory(list)
+
+    @property
+    def header(self) -> SampledHeader | None:
+        """The sampled_header record, if the sample has one."""
+        for rec in self.records:
+            if isinstance(rec, SampledHeader):
+                return rec
+        return None
+
+    @property
+    def packet(self) -> "PacketInfo | None":
+        """Addresses, ports and protocol decoded from the sampled header (decoded once,
+        on first use); None if the header is not IPv4/IPv6 or is malformed."""
+        if self._packet is None:
+            from .packet import decode_sampled_header
+
+            self._packet = decode_sampled_header(self.header) or False
+        return self._packet or None
+
+    def add(self, record: Record) -> None:
+        """Attach a record. Records go out in the order they were added."""
+        self.records.append(record)
+
+    def hold(self, owner: str) -> Hold:
+        """Keep the sample from being sent until the returned hold is released (or times out).
+
+        Only valid inside ``sflow_flow_sample``."""
+        h = Hold(self, owner)
+        self._holds += 1
+        self._holders.append(h)
+        return h
+
+    @property
+    def held(self) -> bool:
+        return self._holds > 0
+
+    def _release_one(self) -> None:
+        self._holds -= 1
+        if self._holds == 0 and self._on_released is not None:
+            cb, self._on_released = self._on_released, None
+            cb(self)
+
+    def _force_release(self) -> list[str]:
+        """Release every outstanding hold (deadline passed); return the owners that were late."""
+        late = [h.owner for h in self._holders if not h.done]
+        for h in self._holders:
+            h.release()
+        return late
+
+
+@attrs.define(slots=True)
+class CounterSample:
+    """The counter records of one data source at one polling time."""
+
+    source: DataSource
+    records: list[Record]
+
+
+def internal_ifindex() -> int:
+    return INTERNAL_IFINDEX
