@@ -1,0 +1,378 @@
+"""sFlow v5 samples and datagrams: the encoder the agent sends with, and a strict decoder.
+
+Encoding (the per-sample path, kept cheap with precompiled structs):
+
+* :func:`encode_flow_sample` -> one whole ``flow_sample_expanded`` (0:3) sample record,
+* :func:`encode_counter_sample` -> one whole ``counters_sample_expanded`` (0:4) sample record,
+* :func:`encode_datagram` -> the datagram header (:class:`DatagramHeader`) plus encoded samples.
+
+Decoding (``hostsflow decode``, the testing kit, tests): :func:`decode_datagram` reads a datagram
+into a :class:`Datagram` of :class:`DecodedFlowSample` / :class:`DecodedCounterSample` (expanded
+and compact forms), with records decoded through the registry of :mod:`.records`
+(:class:`~.records.UnknownRecord` for the ones it has no class for).  Anything malformed raises
+:class:`SflowDecodeError`, and only that.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import socket
+import struct
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+import attrs
+
+from ..samples import DataSource
+from .records import COUNTER, FLOW, Record, SampledHeader, UnknownRecord, decode_record
+
+if TYPE_CHECKING:
+    from ..samples import FlowSample
+
+SFLOW_VERSION = 5
+
+#: sample_type tags (enterprise 0)
+SAMPLE_FLOW = 1
+SAMPLE_COUNTERS = 2
+SAMPLE_FLOW_EXPANDED = 3
+SAMPLE_COUNTERS_EXPANDED = 4
+
+#: agent address types
+ADDRESS_UNKNOWN, ADDRESS_IPV4, ADDRESS_IPV6 = 0, 1, 2
+
+U32 = 0xFFFFFFFF
+IFINDEX_MASK = 0x3FFFFFFF
+
+#: flow_sample_expanded up to and including the record count, with tag and length in front
+_FLOW_HEAD = struct.Struct(">13I")
+#: the same followed by a sampled_header record's tag, length and fixed part (the fast path)
+_FLOW_HEAD_SH = struct.Struct(">19I")
+_FLOW_FIXED = 44  # body bytes before the records (record count included)
+_SH_TAG = SampledHeader.tag()
+_SH_HEAD = struct.Struct(">6I")
+_COUNTER_HEAD = struct.Struct(">6I")
+_COUNTER_FIXED = 16
+_DGRAM_V4 = struct.Struct(">II4sIIII")
+_DGRAM_V6 = struct.Struct(">II16sIIII")
+_ZERO_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
+
+
+class SflowDecodeError(ValueError):
+    """Bytes that are not a well-formed sFlow v5 datagram; the message says where and why."""
+
+
+# ================================================================ encoding
+
+
+def encode_flow_sample(seq: int, sample: "FlowSample") -> bytes:
+    """One whole ``flow_sample_expanded`` sample record (data_format 0:3, length, body).
+
+    Called on: the packet path, once per sampled packet, by the core after enrichment.
+    ``seq`` is the per-data-source sample sequence number; the sequence number, sample pool
+    and drops wrap at 2**32.  Records go out in ``sample.records`` order."""
+    src = sample.source
+    records = sample.records
+    inp = sample.input
+    out = sample.output
+    if len(records) == 1 and type(records[0]) is SampledHeader:
+        # The common case: one sampled_header and nothing else: one pack, one join.
+        rec = records[0]
+        hdr = rec.header
+        n = len(hdr)
+        pad = -n & 3
+        rec_len = 16 + n + pad
+        return b"".join((
+            _FLOW_HEAD_SH.pack(
+                SAMPLE_FLOW_EXPANDED, _FLOW_FIXED + 8 + rec_len, seq & U32,
+                src.ds_class, src.ds_index, sample.sampling_rate, sample.sample_pool & U32,
+                sample.drops & U32, inp >> 30 & 3, inp & IFINDEX_MASK,
+                out >> 30 & 3, out & IFINDEX_MASK, 1,
+                _SH_TAG, rec_len, rec.protocol, rec.frame_length, rec.stripped, n),
+            hdr, _ZERO_PAD[-n & 3],
+        ))
+    encoded = [_encode_flow_record(rec) for rec in records]
+    body_len = _FLOW_FIXED + sum(map(len, encoded))
+    head = _FLOW_HEAD.pack(
+        SAMPLE_FLOW_EXPANDED, body_len, seq & U32, src.ds_class, src.ds_index,
+        sample.sampling_rate, sample.sample_pool & U32, sample.drops & U32,
+        inp >> 30 & 3, inp & IFINDEX_MASK, out >> 30 & 3, out & IFINDEX_MASK, len(encoded))
+    encoded.insert(0, head)
+    return b"".join(encoded)
+
+
+def _encode_flow_record(rec: Record) -> bytes:
+    """A whole flow record; sampled_header without the generic codec's overhead."""
+    if type(rec) is SampledHeader:
+        hdr = rec.header
+        n = len(hdr)
+        return b"".join((
+            _SH_HEAD.pack(_SH_TAG, 16 + n + (-n & 3), rec.protocol, rec.frame_length,
+                          rec.stripped, n),
+            hdr, _ZERO_PAD[-n & 3]))
+    return rec.encode()
+
+
+def encode_counter_sample(seq: int, source: DataSource, records: Sequence[Record]) -> bytes:
+    """One whole ``counters_sample_expanded`` sample record (data_format 0:4, length, body).
+
+    Called on: counter polling, once per data source that is due.  Records go out in order."""
+    encoded = [rec.encode() for rec in records]
+    body_len = _COUNTER_FIXED + sum(map(len, encoded))
+    encoded.insert(0, _COUNTER_HEAD.pack(
+        SAMPLE_COUNTERS_EXPANDED, body_len, seq & U32, source.ds_class, source.ds_index,
+        len(encoded)))
+    return b"".join(encoded)
+
+
+@functools.lru_cache(maxsize=64)
+def _agent_address_bytes(address: str) -> tuple[int, bytes]:
+    ip = ipaddress.ip_address(address)
+    return (ADDRESS_IPV4 if ip.version == 4 else ADDRESS_IPV6), ip.packed
+
+
+@attrs.frozen(slots=True)
+class DatagramHeader:
+    """What goes in front of the samples: agent address (IPv4 or IPv6 text), sub-agent id,
+    datagram sequence number (wraps at 2**32) and agent uptime in ms (wraps likewise)."""
+
+    agent_address: str
+    sub_agent_id: int = 0
+    sequence: int = 0
+    uptime_ms: int = 0
+
+    def encode(self, nsamples: int) -> bytes:
+        """The datagram header bytes, the sample count included."""
+        kind, packed = _agent_address_bytes(self.agent_address)
+        st = _DGRAM_V4 if kind == ADDRESS_IPV4 else _DGRAM_V6
+        return st.pack(SFLOW_VERSION, kind, packed, self.sub_agent_id & U32,
+                       self.sequence & U32, self.uptime_ms & U32, nsamples)
+
+
+def encode_datagram(header: DatagramHeader, encoded_samples: Sequence[bytes]) -> bytes:
+    """A whole sFlow v5 datagram from its header and already encoded sample records.
+
+    Called on: each datagram flush by the exporter.  Raises ValueError for an agent address
+    that is not IPv4 or IPv6 text."""
+    return header.encode(len(encoded_samples)) + b"".join(encoded_samples)
+
+
+# ================================================================ decoded forms
+
+
+@attrs.define(slots=True)
+class DecodedFlowSample:
+    """A flow sample read back (expanded 0:3 or compact 0:1, see ``expanded``).
+
+    ``input`` and ``output`` are ``(format, value)``: format 0 = ifIndex (0 unknown,
+    0x3FFFFFFF internal), 1 = discarded (value = reason), 2 = multiple (value = count)."""
+
+    sequence: int
+    source: DataSource
+    sampling_rate: int
+    sample_pool: int
+    drops: int
+    input: tuple[int, int]
+    output: tuple[int, int]
+    records: list[Record | UnknownRecord]
+    expanded: bool = True
+
+    @property
+    def tag(self) -> str:
+        return f"0:{SAMPLE_FLOW_EXPANDED if self.expanded else SAMPLE_FLOW}"
+
+    def record(self, cls: type) -> Record | None:
+        """The first record of class ``cls``, or None."""
+        return next((r for r in self.records if isinstance(r, cls)), None)
+
+
+@attrs.define(slots=True)
+class DecodedCounterSample:
+    """A counter sample read back (expanded 0:4 or compact 0:2, see ``expanded``)."""
+
+    sequence: int
+    source: DataSource
+    records: list[Record | UnknownRecord]
+    expanded: bool = True
+
+    @property
+    def tag(self) -> str:
+        return f"0:{SAMPLE_COUNTERS_EXPANDED if self.expanded else SAMPLE_COUNTERS}"
+
+    def record(self, cls: type) -> Record | None:
+        """The first record of class ``cls``, or None."""
+        return next((r for r in self.records if isinstance(r, cls)), None)
+
+
+@attrs.define(slots=True)
+class UnknownSample:
+    """A sample type the decoder does not read (e.g. 0:5 discarded packets); kept whole."""
+
+    enterprise: int
+    format: int
+    data: bytes
+
+    @property
+    def tag(self) -> str:
+        return f"{self.enterprise}:{self.format}"
+
+
+Sample = DecodedFlowSample | DecodedCounterSample | UnknownSample
+
+
+@attrs.define(slots=True)
+class Datagram:
+    """A decoded sFlow datagram.  ``agent_address`` is text ("" when its type is unknown);
+    ``uptime`` is in milliseconds; ``size`` is the datagram's length in bytes."""
+
+    version: int
+    agent_address: str
+    sub_agent_id: int
+    sequence: int
+    uptime: int
+    samples: list[Sample]
+    size: int = 0
+
+    @property
+    def flow_samples(self) -> list[DecodedFlowSample]:
+        return [s for s in self.samples if isinstance(s, DecodedFlowSample)]
+
+    @property
+    def counter_samples(self) -> list[DecodedCounterSample]:
+        return [s for s in self.samples if isinstance(s, DecodedCounterSample)]
+
+
+# ================================================================ decoding
+
+_U32 = struct.Struct(">I")
+_U32x2 = struct.Struct(">II")
+_EXP_FLOW = struct.Struct(">11I")  # seq, type, index, rate, pool, drops, in f/v, out f/v, n
+_CMP_FLOW = struct.Struct(">7I")  # seq, source_id, rate, pool, drops, input, output
+_EXP_COUNTER = struct.Struct(">4I")  # seq, type, index, n
+_CMP_COUNTER = struct.Struct(">3I")  # seq, source_id, n
+
+
+def _need(data: bytes | memoryview, pos: int, n: int, end: int, what: str) -> None:
+    if pos + n > end:
+        raise SflowDecodeError(f"{what}: truncated at byte {pos} (need {n}, {end - pos} left)")
+
+
+def _read_records(
+    data: memoryview, pos: int, end: int, count: int, kind: str, where: str
+) -> list[Record | UnknownRecord]:
+    """Read ``count`` records (data_format, length, body) between ``pos`` and ``end``."""
+    records: list[Record | UnknownRecord] = []
+    for i in range(count):
+        what = f"{where} record {i}"
+        _need(data, pos, 8, end, what)
+        tag, length = _U32x2.unpack_from(data, pos)
+        pos += 8
+        if length > end - pos:
+            raise SflowDecodeError(
+                f"{what} ({tag >> 12}:{tag & 0xFFF}): length {length} runs past its sample "
+                f"({end - pos} bytes left)")
+        body = bytes(data[pos:pos + length])
+        try:
+            records.append(decode_record(kind, tag, body))
+        except Exception as exc:  # noqa: BLE001 - any record class may fail on bad bytes
+            raise SflowDecodeError(
+                f"{what} ({tag >> 12}:{tag & 0xFFF}, {length} bytes): "
+                f"{type(exc).__name__}: {exc}") from exc
+        pos += length + (-length & 3)
+        if pos > end:
+            raise SflowDecodeError(f"{what}: padding runs past its sample")
+    if pos != end:
+        raise SflowDecodeError(f"{where}: {end - pos} bytes left after its {count} records")
+    return records
+
+
+def _source(ds_class: int, ds_index: int) -> DataSource:
+    return DataSource(ds_class, ds_index)
+
+
+def _decode_sample(data: memoryview, pos: int, end: int, tag: int, where: str) -> Sample:
+    enterprise, fmt = tag >> 12, tag & 0xFFF
+    if enterprise != 0 or fmt not in (1, 2, 3, 4):
+        return UnknownSample(enterprise, fmt, bytes(data[pos:end]))
+    if fmt == SAMPLE_FLOW_EXPANDED:
+        _need(data, pos, _EXP_FLOW.size, end, where)
+        (seq, ds_type, ds_index, rate, pool, drops, in_f, in_v, out_f, out_v,
+         n) = _EXP_FLOW.unpack_from(data, pos)
+        records = _read_records(data, pos + _EXP_FLOW.size, end, n, FLOW, where)
+        return DecodedFlowSample(seq, _source(ds_type, ds_index), rate, pool, drops,
+                                 (in_f, in_v), (out_f, out_v), records, True)
+    if fmt == SAMPLE_FLOW:
+        _need(data, pos, _CMP_FLOW.size + 4, end, where)
+        seq, source_id, rate, pool, drops, inp, out = _CMP_FLOW.unpack_from(data, pos)
+        (n,) = _U32.unpack_from(data, pos + _CMP_FLOW.size)
+        records = _read_records(data, pos + _CMP_FLOW.size + 4, end, n, FLOW, where)
+        return DecodedFlowSample(seq, _source(source_id >> 24, source_id & 0xFFFFFF), rate,
+                                 pool, drops, (inp >> 30, inp & IFINDEX_MASK),
+                                 (out >> 30, out & IFINDEX_MASK), records, False)
+    if fmt == SAMPLE_COUNTERS_EXPANDED:
+        _need(data, pos, _EXP_COUNTER.size, end, where)
+        seq, ds_type, ds_index, n = _EXP_COUNTER.unpack_from(data, pos)
+        records = _read_records(data, pos + _EXP_COUNTER.size, end, n, COUNTER, where)
+        return DecodedCounterSample(seq, _source(ds_type, ds_index), records, True)
+    _need(data, pos, _CMP_COUNTER.size, end, where)
+    seq, source_id, n = _CMP_COUNTER.unpack_from(data, pos)
+    records = _read_records(data, pos + _CMP_COUNTER.size, end, n, COUNTER, where)
+    return DecodedCounterSample(seq, _source(source_id >> 24, source_id & 0xFFFFFF), records,
+                                False)
+
+
+def decode_datagram(data: bytes | bytearray | memoryview) -> Datagram:
+    """Read one sFlow v5 datagram.
+
+    Strict about framing: every sample and record length must fit its container, the records
+    must fill their sample exactly and the samples the datagram.  Record bodies are read by
+    their registered class (trailing bytes inside a record are tolerated, as newer, longer
+    forms of a record keep the old fields first).  Raises :class:`SflowDecodeError` for any
+    malformed input; work is bounded by the input length."""
+    view = memoryview(data)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    end = len(view)
+    _need(view, 0, 8, end, "datagram header")
+    version, addr_type = _U32x2.unpack_from(view, 0)
+    if version != SFLOW_VERSION:
+        raise SflowDecodeError(f"datagram version {version}, only sFlow version 5 is read")
+    pos = 8
+    if addr_type == ADDRESS_IPV4:
+        _need(view, pos, 4, end, "agent address")
+        agent = socket.inet_ntop(socket.AF_INET, view[pos:pos + 4])
+        pos += 4
+    elif addr_type == ADDRESS_IPV6:
+        _need(view, pos, 16, end, "agent address")
+        agent = socket.inet_ntop(socket.AF_INET6, view[pos:pos + 16])
+        pos += 16
+    elif addr_type == ADDRESS_UNKNOWN:
+        agent = ""
+    else:
+        raise SflowDecodeError(f"agent address type {addr_type} (1 = IPv4, 2 = IPv6)")
+    _need(view, pos, 16, end, "datagram header")
+    sub_agent, seq, uptime, nsamples = struct.unpack_from(">4I", view, pos)
+    pos += 16
+    samples: list[Sample] = []
+    for i in range(nsamples):
+        where = f"sample {i}"
+        _need(view, pos, 8, end, where)
+        tag, length = _U32x2.unpack_from(view, pos)
+        pos += 8
+        if length > end - pos:
+            raise SflowDecodeError(
+                f"{where} ({tag >> 12}:{tag & 0xFFF}): length {length} runs past the datagram "
+                f"({end - pos} bytes left)")
+        if length & 3:
+            raise SflowDecodeError(f"{where}: length {length} is not a multiple of 4")
+        samples.append(_decode_sample(view, pos, pos + length, tag, where))
+        pos += length
+    if pos != end:
+        raise SflowDecodeError(f"{end - pos} bytes left after the {nsamples} samples")
+    return Datagram(version, agent, sub_agent, seq, uptime, samples, end)
+
+
+def iter_records(datagram: Datagram) -> Iterable[Record | UnknownRecord]:
+    """Every record of every flow and counter sample, in order."""
+    for s in datagram.samples:
+        if not isinstance(s, UnknownSample):
+            yield from s.records

@@ -1,0 +1,1 @@
+"""Command-line tools around the agent's wire format (``hostsflow decode``)."""
