@@ -1,0 +1,17 @@
+"""hostsflow: a host sFlow agent with plugins.
+
+The public API for plugin authors:
+
+- :data:`hookimpl`: decorate your plugin's hook methods with it.
+- :mod:`hostsflow.hookspecs`: the hooks, with when each is called and how results combine.
+- :mod:`hostsflow.samples`: ``FlowSample``, ``DataSource`` and the well-known stash keys.
+- :mod:`hostsflow.sflow.records`: the record classes, and ``flow_record``/``counter_record``
+  to define your own.
+- :mod:`hostsflow.config`: ``option`` to declare config keys.
+- :mod:`hostsflow.testing`: the testing kit.
+"""
+
+from .hookspecs import hookimpl
+
+__version__ = "0.1.0"
+__all__ = ["hookimpl", "__version__"]

@@ -1,0 +1,402 @@
+"""The agent: one asyncio loop, the 1 Hz tick/poll/tock/flush cycle, and the flow-sample
+pipeline (phase 1, holds, phase 2, encode).
+
+Everything a plugin may use is a public method or attribute of :class:`Agent`; see
+docs/plugins.md for the author's view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import random
+import signal
+import time
+from typing import Any, Callable, Iterable
+
+import attrs
+import structlog
+
+from .health import Health
+from .host import identity
+from .host.agent_address import elect_agent_address
+from .host.sampling import sampling_rate_for
+from .host.interfaces import Interface, InterfaceTable, scan_interfaces
+from .logsetup import OnceLog
+from .plugins import PluginHost
+from .samples import HOST_SOURCE, DataSource, FlowSample
+from .sflow.datagram import encode_counter_sample, encode_flow_sample
+from .sflow.exporter import Collector, Exporter, RecordingSink, Sink, UdpSender
+
+DEFAULT_HOLD_TIMEOUT = 0.4  # seconds; hsflowd's mod_tcp waits up to 400 ms
+INTERFACE_SCAN_SECONDS = 2  # cheap /sys rescan; picks up re-created interfaces quickly
+HOLD_CHECK_SECONDS = 0.1
+
+
+@attrs.define
+class Poller:
+    """Counter polling state of one data source."""
+
+    source: DataSource
+    countdown: int
+    sequence: int = 0
+
+
+class Agent:
+    """A running hostsflow agent.
+
+    Build it with a validated config and a :class:`PluginHost` holding the enabled plugins
+    (the CLI does this from the config file; the testing kit from an explicit list)."""
+
+    def __init__(
+        self,
+        config: Any,
+        host: PluginHost,
+        *,
+        sink: Sink | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        scan: Callable[[], InterfaceTable] = scan_interfaces,
+        registry: Any = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.host = host
+        self.registry = registry
+        self.clock = clock
+        self.scan = scan
+        self.rng = rng or random.Random()
+        self.log = structlog.get_logger("hostsflow.agent")
+        self.once = OnceLog(self.log)
+        self.health = Health()
+        self.hold_timeout = DEFAULT_HOLD_TIMEOUT
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.root_reasons: list[str] = []
+
+        self.interfaces = scan()
+        self.interfaces_version = 0
+        self.hostname = identity.hostname()
+        self.uuid = identity.host_uuid(getattr(config.uuid, "bytes", config.uuid))
+        self.address = self._elect_address()
+        self.sink = sink if sink is not None else self._udp_sender()
+        self.exporter = Exporter(
+            self.sink, self.address, config.sub_agent_id, config.datagram_bytes, clock
+        )
+
+        self._pollers: dict[DataSource, Poller] = {}
+        self._flow_seq: dict[DataSource, int] = collections.defaultdict(int)
+        self._held: collections.deque[tuple[float, FlowSample]] = collections.deque()
+        self._hold_timer: Any = None
+        self._seconds = 0
+        self._readers: set[int] = set()
+        self._phase1: tuple[Callable[..., Any], ...] = ()
+        self._phase2: tuple[Callable[..., Any], ...] = ()
+        host.on_change = self._resolve_fast_path
+        self._resolve_fast_path()
+
+    # ------------------------------------------------------------ plugin-facing helpers
+
+    def module_config(self, name: str) -> Any:
+        """This module's config block: an instance, a list for repeatable blocks, or None."""
+        blocks = self.config.modules.get(name)
+        if blocks is None:
+            return None
+        spec = self.registry.spec(name) if self.registry is not None else None
+        return blocks if spec is None or spec.repeatable else blocks[0]
+
+    def logger(self, name: str) -> Any:
+        """A structlog logger bound to ``module=name``."""
+        return structlog.get_logger(f"hostsflow.{name}").bind(module=name)
+
+    def warn_once(self, key: str, event: str, **kw: Any) -> None:
+        """Log ``event`` the first time ``key`` goes wrong; stay quiet until cleared."""
+        self.health.count(f"faults.{key.split(':', 1)[0]}")
+        self.once.warn(key, event, **kw)
+
+    def clear_warning(self, key: str) -> None:
+        self.once.clear(key)
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Bump a health counter (shown by ``hostsflow status``)."""
+        self.health.count(name, n)
+
+    def now(self) -> float:
+        return self.clock()
+
+    def add_reader(self, fd: int, callback: Callable[[], Any]) -> None:
+        """Call ``callback()`` whenever ``fd`` is readable (registered once, kept)."""
+        assert self.loop is not None, "add_reader is for sflow_start or later"
+        self.loop.add_reader(fd, self._guarded_reader(fd, callback))
+        self._readers.add(fd)
+
+    def remove_reader(self, fd: int) -> None:
+        if self.loop is not None and fd in self._readers:
+            self.loop.remove_reader(fd)
+            self._readers.discard(fd)
+
+    def call_later(self, delay: float, callback: Callable[[], Any]) -> Any:
+        assert self.loop is not None
+        return self.loop.call_later(delay, callback)
+
+    def retain_root(self, reason: str) -> None:
+        """Ask to keep root after start-up; the reason is logged."""
+        self.root_reasons.append(reason)
+
+    def sampling_rate(self, interface: Interface) -> int:
+        """1-in-N for an interface: a plugin's decision, else hsflowd's rule (section 2.6)."""
+        n = self.host.hook.sflow_sampling_rate(agent=self, interface=interface)
+        if n is not None:
+            return int(n)
+        return sampling_rate_for(interface, self.config.sampling, self.config.sampling_by)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def configure(self) -> None:
+        """Run ``sflow_configure``; a plugin that raises there is disabled, the rest go on."""
+        before = {n: s.errors for n, s in self.host.states.items()}
+        self.host.hook.sflow_configure(agent=self)
+        for name, state in list(self.host.states.items()):
+            if state.errors > before.get(name, 0) and not state.quarantined:
+                self.log.error("module_disabled", module=name, reason="sflow_configure failed")
+                self.health.count("modules.disabled")
+                self.host.unregister(name)
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Configure plugins, then start them inside ``loop``."""
+        self.loop = loop or asyncio.get_event_loop()
+        self.configure()
+        if self.root_reasons:
+            self.log.info("keeping_root", reasons=self.root_reasons)
+        self.host.hook.sflow_start(agent=self)
+        self.log.info(
+            "started", agent_address=self.address, modules=sorted(self.host.states),
+            collectors=[f"{c.ip}:{c.udpport}" for c in self.config.collectors],
+        )
+
+    def stop(self) -> None:
+        """Final hooks, then flush the pending datagram and close the sockets."""
+        self.host.hook.sflow_final(agent=self)
+        for _, sample in list(self._held):
+            sample._force_release()
+        self._held.clear()
+        self.exporter.flush()
+        for fd in list(self._readers):
+            self.remove_reader(fd)
+        self.sink.close()
+
+    def reload(self, new_config: Any) -> None:
+        """Install a new validated config (SIGHUP) without losing samples in flight."""
+        old = self.config
+        self.exporter.flush()
+        self.config = new_config
+        if _collector_list(old) != _collector_list(new_config) and isinstance(self.sink, UdpSender):
+            self.sink.close()
+            self.sink = self._udp_sender()
+            self.exporter.sink = self.sink
+        self.exporter.max_bytes = new_config.datagram_bytes
+        self.exporter.sub_agent_id = new_config.sub_agent_id
+        if old.polling != new_config.polling:
+            self._pollers.clear()  # re-armed with new random phases on the next second
+        self._update_address()
+        self.host.hook.sflow_config_changed(agent=self, old=old, new=new_config)
+        self.log.info("config_reloaded")
+
+    # ------------------------------------------------------------ the 1 Hz cycle
+
+    def second(self) -> None:
+        """One second of agent time: tick, interface refresh, polling, tock, flush."""
+        now = self.clock()
+        self._seconds += 1
+        self.host.hook.sflow_tick(agent=self, now=now)
+        if self._seconds % INTERFACE_SCAN_SECONDS == 0:
+            self.refresh_interfaces()
+        self.expire_holds(now)
+        self.poll_counters()
+        self.host.hook.sflow_tock(agent=self, now=now)
+        self.exporter.flush()
+
+    def refresh_interfaces(self) -> None:
+        table = self.scan()
+        if self.interfaces.diff(table):
+            self.interfaces = table
+            self.interfaces_version += 1
+            self._update_address()
+
+    def poll_counters(self, force: bool = False) -> None:
+        """Poll every data source whose countdown reached zero (all of them if ``force``)."""
+        interval = self.config.polling
+        if interval <= 0 and not force:
+            return
+        wanted: dict[DataSource, None] = {}
+        for result in self.host.hook.sflow_data_sources(agent=self):
+            for ds in result or ():
+                wanted.setdefault(ds)
+        for ds in [d for d in self._pollers if d not in wanted]:
+            del self._pollers[ds]
+        for ds in wanted:
+            if ds not in self._pollers:
+                phase = self.rng.randint(1, max(1, interval))
+                self._pollers[ds] = Poller(ds, phase)
+        # the host sample first: collectors (gmond) learn the host before its services
+        for ds in sorted(self._pollers, key=lambda d: (d != HOST_SOURCE, d.ds_class, d.ds_index)):
+            poller = self._pollers[ds]
+            poller.countdown -= 1
+            if poller.countdown <= 0 or force:
+                poller.countdown = max(1, interval)
+                self.poll_source(poller)
+
+    def poll_source(self, poller: Poller) -> None:
+        records: list[Any] = []
+        seen: dict[int, Any] = {}
+        for result in reversed(self.host.hook.sflow_poll_counters(agent=self, source=poller.source)):
+            for rec in result or ():
+                tag = rec.tag()
+                if tag in seen:
+                    self.warn_once(
+                        f"duplicate_record:{poller.source}:{tag}", "duplicate_counter_record",
+                        source=str(poller.source), format=tag,
+                    )
+                    continue
+                seen[tag] = rec
+                records.append(rec)
+        if not records:
+            return
+        poller.sequence += 1
+        self.exporter.add(encode_counter_sample(poller.sequence, poller.source, records))
+        self.health.count("counter_samples")
+
+    # ------------------------------------------------------------ the packet path
+
+    def take_samples(self, samples: Iterable[FlowSample]) -> None:
+        """Hand the core a batch of sampled packets (called by capture plugins per read batch)."""
+        phase1 = self._phase1
+        n = 0
+        for s in samples:
+            n += 1
+            if phase1:
+                for fn in phase1:
+                    fn(s)
+                if s._holds:
+                    s._on_released = self._released
+                    self._held.append((self.clock() + self.hold_timeout, s))
+                    self._arm_hold_timer()
+                    continue
+            self._released(s)
+        self.health.count("flow_samples_taken", n)
+
+    def _released(self, s: FlowSample) -> None:
+        for fn in self._phase2:
+            fn(s)
+        seq = self._flow_seq[s.source] + 1
+        self._flow_seq[s.source] = seq
+        self.exporter.add(encode_flow_sample(seq, s))
+
+    def expire_holds(self, now: float | None = None) -> None:
+        """Release held samples whose deadline passed (the core's guarantee to capture plugins)."""
+        now = self.clock() if now is None else now
+        held = self._held
+        while held and (held[0][0] <= now or not held[0][1]._holds):
+            _, sample = held.popleft()
+            if sample._holds:
+                late = sample._force_release()
+                self.health.count("holds_timed_out")
+                self.once.warn("hold_timeout", "sample_hold_timed_out", owners=late)
+
+    def _arm_hold_timer(self) -> None:
+        if self._hold_timer is None and self.loop is not None and self.loop.is_running():
+            self._hold_timer = self.loop.call_later(HOLD_CHECK_SECONDS, self._hold_tick)
+
+    def _hold_tick(self) -> None:
+        self._hold_timer = None
+        self.expire_holds()
+        if self._held:
+            self._arm_hold_timer()
+
+    # ------------------------------------------------------------ internals
+
+    def _resolve_fast_path(self) -> None:
+        self._phase1 = self.host.bound_impls("sflow_flow_sample", agent=self)
+        self._phase2 = self.host.bound_impls("sflow_flow_sample_released", agent=self)
+
+    def _guarded_reader(self, fd: int, callback: Callable[[], Any]) -> Callable[[], None]:
+        def read() -> None:
+            try:
+                callback()
+            except Exception as exc:  # noqa: BLE001 - a reader must never stop the loop
+                self.health.count("reader_errors")
+                self.once.warn(f"reader:{fd}", "reader_failed", fd=fd, error=repr(exc))
+
+        return read
+
+    def _udp_sender(self) -> UdpSender:
+        return UdpSender(
+            [Collector(c.ip, c.udpport, c.dev) for c in self.config.collectors], self.clock
+        )
+
+    def _elect_address(self) -> str:
+        cfg = self.config
+        chosen = elect_agent_address(
+            self.interfaces, agent_ip=cfg.agent_ip, agent_dev=cfg.agent,
+            cidrs=[str(c) for c in cfg.agent_cidr],
+        )
+        hooked = self.host.hook.sflow_agent_address(agent=self, candidates=[chosen])
+        address = hooked or chosen
+        if not address:
+            self.once.warn("agent_address", "no_agent_address", fallback="127.0.0.1")
+            address = "127.0.0.1"
+        return address
+
+    def _update_address(self) -> None:
+        address = self._elect_address()
+        if address != self.address:
+            self.log.info("agent_address_changed", old=self.address, new=address)
+            self.address = address
+            self.exporter.restart(address)
+
+    # ------------------------------------------------------------ running
+
+    async def run(self, reload: Callable[[], Any] | None = None) -> None:
+        """Run until SIGTERM/SIGINT; SIGHUP calls ``reload()`` (which returns a new config or
+        raises a config error that is logged while the old config stays in force)."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        if reload is not None:
+            loop.add_signal_handler(signal.SIGHUP, lambda: self._try_reload(reload))
+        self.start(loop)
+        next_second = self.clock() + 1.0
+        try:
+            while not stop.is_set():
+                delay = next_second - self.clock()
+                if delay > 0:
+                    try:
+                        await asyncio.wait_for(stop.wait(), timeout=delay)
+                        break
+                    except asyncio.TimeoutError:
+                        pass
+                self.second()
+                next_second += 1.0
+                if self.clock() - next_second > 5:  # the host was suspended: do not replay
+                    next_second = self.clock() + 1.0
+        finally:
+            self.stop()
+            self.log.info("stopped", **self.health.snapshot())
+
+    def _try_reload(self, reload: Callable[[], Any]) -> None:
+        try:
+            new = reload()
+        except Exception as exc:  # noqa: BLE001 - a bad config must not stop the agent
+            self.log.error("reload_refused", error=str(exc))
+            self.health.count("reloads_refused")
+            return
+        self.reload(new)
+
+
+def _collector_list(config: Any) -> list[tuple[Any, ...]]:
+    return [(c.ip, c.udpport, c.dev) for c in config.collectors]
+
+
+def recording_agent(config: Any, host: PluginHost, **kw: Any) -> tuple[Agent, RecordingSink]:
+    """An agent whose datagrams are kept in memory instead of sent (``--test``, testing kit)."""
+    sink = RecordingSink()
+    return Agent(config, host, sink=sink, **kw), sink

@@ -1,0 +1,88 @@
+"""From a config file to a plugin host: find the module blocks the file names, load only those
+entry points, let them declare their blocks, then validate the whole file.
+
+Installed is not enabled: a module that is installed but has no block is never imported."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import attrs
+import structlog
+
+from .config.parser import ConfigError
+from .config.registry import ConfigRegistry
+from .config.schema import module_blocks, parse_config_text
+from .host.poller import HostPoller
+from .plugins import ModuleInfo, PluginHost, PluginLoadError, installed_modules
+
+log = structlog.get_logger("hostsflow.bootstrap")
+
+CORE_PLUGIN = "core"
+
+
+@attrs.define
+class Loaded:
+    """The result of reading a config: the validated config, the host with its plugins, the
+    registry (for ``hostsflow config``) and the modules that failed to load."""
+
+    config: Any
+    host: PluginHost
+    registry: ConfigRegistry
+    failed: dict[str, str] = attrs.Factory(dict)
+
+
+def declare(host: PluginHost, registry: ConfigRegistry) -> None:
+    host.hook.sflow_declare_config(registry=registry)
+
+
+def load(
+    text: str,
+    filename: str,
+    *,
+    installed: Mapping[str, ModuleInfo] | None = None,
+    plugins: Mapping[str, Any] | None = None,
+    host_poller: bool = True,
+    require_collector: bool = True,
+) -> Loaded:
+    """Validate ``text`` and build a plugin host for it.
+
+    :param installed: the installed modules (default: the entry-point group).
+    :param plugins: explicit plugin objects by module name, instead of entry points (testing kit).
+    :raises ConfigError: ``FILE:LINE: message`` for any mistake, including a module that is named
+        but not installed, or that is installed and fails to import.
+    """
+    host = PluginHost()
+    if host_poller:
+        host.register(CORE_PLUGIN, HostPoller())
+    if plugins is not None:
+        registry = ConfigRegistry({name: "(test)" for name in plugins})
+        for name, obj in plugins.items():
+            host.register(name, obj, "(test)")
+        failed: dict[str, str] = {}
+    else:
+        installed = installed_modules() if installed is None else installed
+        registry = ConfigRegistry({n: i.distribution for n, i in installed.items()})
+        failed = {}
+        for name, line in module_blocks(text, filename).items():
+            info = installed.get(name)
+            if info is None or name in host.states or name in failed:
+                continue
+            try:
+                host.load(info)
+            except PluginLoadError as exc:
+                failed[name] = exc.reason
+                registry.not_loaded(name, exc.reason)
+                raise ConfigError(filename, line, str(exc)) from None
+    declare(host, registry)
+    config = parse_config_text(text, filename, registry, require_collector=require_collector)
+    return Loaded(config, host, registry, failed)
+
+
+def load_file(path: str, **kw: Any) -> Loaded:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(path, 0, f"cannot read config: {exc.strerror or exc}") from None
+    return load(text, path, **kw)

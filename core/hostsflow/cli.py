@@ -1,0 +1,210 @@
+"""Command lines: ``hostsflowd`` (the agent) and ``hostsflow`` (decode, modules, config, status).
+
+Config mistakes print ``FILE:LINE: message`` on stderr and exit with status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import Any, Sequence
+
+from . import __version__
+from .agent import Agent, recording_agent
+from .bootstrap import load, load_file
+from .config.parser import ConfigError
+from .health import read_status, write_status
+from .logsetup import configure_logging
+from .plugins import PluginHost, PluginLoadError, installed_modules
+
+DEFAULT_CONFIG = "/etc/hsflowd.conf"
+DEFAULT_STATUS = "/run/hostsflow/status.json"
+STATUS_EVERY = 5  # seconds between status file updates
+EXIT_CONFIG = 2
+
+
+# ================================================================ hostsflowd
+
+
+def agent_main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="hostsflowd", description="host sFlow agent")
+    p.add_argument("-f", "--config", default=DEFAULT_CONFIG, help="config file (%(default)s)")
+    p.add_argument("-d", "--debug", action="store_true", help="debug logging")
+    p.add_argument("--test", action="store_true",
+                   help="run the configured modules for one polling round, print what would be "
+                        "sent (decoded), send nothing")
+    p.add_argument("--test-seconds", type=float, default=2.0, help=argparse.SUPPRESS)
+    p.add_argument("--status-file", default=DEFAULT_STATUS,
+                   help="where to write health counters (%(default)s); '' for none")
+    p.add_argument("--json", action="store_true", help="with --test: one JSON object per datagram")
+    p.add_argument("-V", "--version", action="version", version=f"hostsflowd {__version__}")
+    args = p.parse_args(argv)
+    configure_logging(debug=args.debug)
+    try:
+        loaded = load_file(args.config, require_collector=not args.test)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_CONFIG
+    if args.test:
+        return _run_test(loaded.config, loaded.host, args.test_seconds, args.json)
+
+    agent = Agent(loaded.config, loaded.host, registry=loaded.registry)
+    if args.status_file:
+        _write_status_periodically(agent, args.status_file)
+
+    def reload() -> Any:
+        new = load_file(args.config)
+        for name in set(new.host.states) - set(agent.host.states):
+            agent.log.warning("reload_new_module_needs_restart", module=name)
+        return new.config
+
+    asyncio.run(agent.run(reload=reload))
+    return 0
+
+
+def _write_status_periodically(agent: Agent, path: str) -> None:
+    from .hookspecs import hookimpl
+
+    class StatusWriter:
+        @hookimpl
+        def sflow_tock(self, agent: Agent, now: float) -> None:
+            if agent._seconds % STATUS_EVERY == 0:
+                write_status(path, _status(agent))
+
+    agent.host.register("status", StatusWriter())
+
+
+def _status(agent: Agent) -> dict[str, Any]:
+    sink = agent.sink
+    return {
+        "time": time.time(),
+        "agent_address": agent.address,
+        "datagrams": agent.exporter.datagrams,
+        "samples_queued": agent.exporter.samples,
+        "send_errors": getattr(sink, "errors", 0),
+        "counters": agent.health.snapshot(),
+        "modules": {
+            n: {"errors": s.errors, "quarantined": s.quarantined, "distribution": s.distribution}
+            for n, s in agent.host.states.items()
+        },
+    }
+
+
+def _run_test(config: Any, host: PluginHost, seconds: float, as_json: bool) -> int:
+    from .sflow.datagram import decode_datagram
+    from .tools.render import datagram_json, datagram_text
+
+    agent, sink = recording_agent(config, host)
+
+    async def once() -> None:
+        agent.start(asyncio.get_running_loop())
+        agent.poll_counters(force=True)
+        await asyncio.sleep(seconds)
+        agent.stop()
+
+    asyncio.run(once())
+    import json
+
+    for raw in sink.datagrams:
+        d = decode_datagram(raw)
+        print(json.dumps(datagram_json(d)) if as_json else datagram_text(d))
+    return 0
+
+
+# ================================================================ hostsflow (tools)
+
+
+def tools_main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="hostsflow", description="hostsflow tools")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("decode", help="a small collector: print every datagram received")
+    d.add_argument("--listen", default="0.0.0.0:6343", help="ADDR:PORT (%(default)s)")
+    d.add_argument("--json", action="store_true", help="one JSON object per datagram")
+    d.add_argument("--count", type=int, default=None, help="stop after N datagrams")
+    mo = sub.add_parser("modules", help="installed modules, their distribution and version")
+    mo.add_argument("-f", "--config", default=DEFAULT_CONFIG, help="to show which are enabled")
+    c = sub.add_parser("config", help="annotated config blocks of the installed modules")
+    c.add_argument("module", nargs="?", help="only this module")
+    s = sub.add_parser("status", help="the running agent's health counters")
+    s.add_argument("--status-file", default=DEFAULT_STATUS)
+    args = p.parse_args(argv)
+    configure_logging()
+    if args.cmd == "decode":
+        from .tools.decode import run_decode
+
+        run_decode(listen=args.listen, json=args.json, count=args.count)
+        return 0
+    if args.cmd == "modules":
+        return _modules(args.config)
+    if args.cmd == "config":
+        return _config(args.module)
+    if args.cmd == "status":
+        try:
+            status = read_status(args.status_file)
+        except OSError as exc:
+            print(f"no status at {args.status_file}: {exc.strerror} (is hostsflowd running?)",
+                  file=sys.stderr)
+            return 1
+        import json
+
+        print(json.dumps(status, indent=1, sort_keys=True))
+        return 0
+    return 1
+
+
+def _enabled_in(path: str) -> set[str]:
+    from .config.schema import module_blocks
+
+    try:
+        with open(path) as f:
+            return set(module_blocks(f.read(), path))
+    except (OSError, ConfigError):
+        return set()
+
+
+def _modules(config_path: str = DEFAULT_CONFIG) -> int:
+    enabled = _enabled_in(config_path)
+    mods = installed_modules()
+    print(f"{'module':10} {'distribution':24} {'version':10} {'enabled':8} load")
+    for name in sorted(mods):
+        info = mods[name]
+        try:
+            PluginHost().load(info)
+            state = "ok"
+        except PluginLoadError as exc:
+            state = f"ERROR: {exc.reason}"
+        flag = "yes" if name in enabled else "no"
+        print(f"{name:10} {info.distribution:24} {info.version:10} {flag:8} {state}")
+    return 0
+
+
+def _config(only: str | None) -> int:
+    from .config.registry import ConfigRegistry, render_block
+    from .config.schema import AgentConfig
+
+    mods = installed_modules()
+    if only and only not in mods and only != "sflow":
+        print(f"unknown module '{only}' (installed: {', '.join(sorted(mods)) or 'none'})",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    host = PluginHost()
+    registry = ConfigRegistry({n: i.distribution for n, i in mods.items()})
+    for name, info in sorted(mods.items()):
+        if only and name != only:
+            continue
+        try:
+            host.load(info)
+        except PluginLoadError as exc:
+            print(f"# {name}: {exc}")
+    host.hook.sflow_declare_config(registry=registry)
+    if not only or only == "sflow":
+        print(render_block("sflow", AgentConfig, "the agent (hsflowd.conf top level)"))
+    for name, spec in sorted(registry.specs.items()):
+        print(render_block(spec.name, spec.cls, spec.help, repeatable=spec.repeatable))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(agent_main())
