@@ -88,7 +88,7 @@ def encode_flow_sample(seq: int, sample: "FlowSample") -> bytes:
                 sample.drops & U32, inp >> 30 & 3, inp & IFINDEX_MASK,
                 out >> 30 & 3, out & IFINDEX_MASK, 1,
                 _SH_TAG, rec_len, rec.protocol, rec.frame_length, rec.stripped, n),
-            hdr, _ZERO_PAD[-n & 3],
+            hdr, _ZERO_PAD[n & 3],
         ))
     encoded = [_encode_flow_record(rec) for rec in records]
     body_len = _FLOW_FIXED + sum(map(len, encoded))
@@ -108,7 +108,7 @@ def _encode_flow_record(rec: Record) -> bytes:
         return b"".join((
             _SH_HEAD.pack(_SH_TAG, 16 + n + (-n & 3), rec.protocol, rec.frame_length,
                           rec.stripped, n),
-            hdr, _ZERO_PAD[-n & 3]))
+            hdr, _ZERO_PAD[n & 3]))
     return rec.encode()
 
 

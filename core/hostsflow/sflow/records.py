@@ -277,6 +277,13 @@ class HostCpu(Record):
     cpu_guest: int = u32(0, "ms")
     cpu_guest_nice: int = u32(0, "ms")
 
+    @classmethod
+    def decode_body(cls, data: bytes) -> "HostCpu":
+        """Also reads the 68-byte form of the 2010 spec (steal, guest, guest_nice read as 0)."""
+        if len(data) == 68:
+            data = bytes(data) + bytes(12)
+        return cls(**cls._decode(data))
+
 
 @counter_record(2004)
 class HostMemory(Record):

@@ -146,3 +146,6 @@ def datagram_lines(dgram: Datagram, source: str | None = None) -> list[str]:
 def datagram_text(dgram: Datagram, source: str | None = None) -> str:
     """:func:`datagram_lines` joined with newlines."""
     return "\n".join(datagram_lines(dgram, source))
+
+#: the name the CLI uses
+datagram_json = datagram_dict
