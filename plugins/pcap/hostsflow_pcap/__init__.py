@@ -1,0 +1,1 @@
+"""hostsflow's pcap module: kernel-sampled packet taps (``pcap { dev = eth0 }``)."""

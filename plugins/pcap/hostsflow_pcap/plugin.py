@@ -1,0 +1,221 @@
+"""The pcap module's hooks: keep one sampling tap per selected device, feed the agent.
+
+Every second (``sflow_tick``) the plugin compares the taps it has with what the ``pcap { }``
+blocks select among ``agent.interfaces``: it opens taps on devices that appeared (or came
+back), closes taps whose device went away or was re-created under a new ifIndex, and re-attaches
+the kernel filter when a device's sampling rate changed (its speed changed, or a reload).  Each
+tap's descriptor is watched by the agent's loop; a wakeup drains the ring and hands the whole
+batch to ``agent.take_samples``.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import attrs
+
+from hostsflow import hookimpl
+
+from .config import PcapConfig
+from .tap import DEFAULT_TIMEOUT_MS, Tap, TapError
+
+NAME = "pcap"
+DEFAULT_HEADER_BYTES = 128
+
+
+@attrs.define(slots=True, frozen=True)
+class Want:
+    """A tap the config asks for right now: device, ifIndex, MAC, rate and options."""
+
+    name: str
+    ifindex: int
+    mac: bytes | None
+    rate: int
+    speed: int
+    promisc: bool
+    buffer: int
+    loopback: bool = False
+
+
+class PcapPlugin:
+    """hsflowd's mod_pcap: ``pcap { dev = eth0 }`` samples eth0 one packet in N, in the kernel."""
+
+    def __init__(self) -> None:
+        self.agent: Any = None
+        self.log: Any = None
+        self.taps: dict[str, Tap] = {}
+        self.started = False
+        self.timeout_ms = DEFAULT_TIMEOUT_MS
+
+    # ------------------------------------------------------------------ hooks
+
+    @hookimpl
+    def sflow_declare_config(self, registry: Any) -> None:
+        registry.block(
+            NAME, PcapConfig, repeatable=True,
+            help="sample packets on a device one in N at random (kernel filter + libpcap)",
+        )
+
+    @hookimpl
+    def sflow_configure(self, agent: Any) -> None:
+        self.agent = agent
+        self.log = agent.logger(NAME)
+        # Capture sockets need CAP_NET_RAW, also for devices that appear after start-up.
+        agent.retain_root("pcap: open taps on devices that appear or come back later")
+        self.sync()
+
+    @hookimpl
+    def sflow_start(self, agent: Any) -> None:
+        self.started = True
+        for tap in self.taps.values():
+            self._watch(tap)
+
+    @hookimpl
+    def sflow_tick(self, agent: Any, now: float) -> None:
+        self.sync()
+        for tap in self.taps.values():
+            tap.tick()
+
+    @hookimpl
+    def sflow_config_changed(self, agent: Any, old: Any, new: Any) -> None:
+        self.sync()
+
+    @hookimpl
+    def sflow_data_sources(self, agent: Any) -> list[Any]:
+        # hsflowd forces an interface counter poller for every tapped device
+        return [tap.source for tap in self.taps.values()]
+
+    @hookimpl
+    def sflow_final(self, agent: Any) -> None:
+        for name in list(self.taps):
+            self._close(name, "stopping")
+
+    # ------------------------------------------------------------------ tap set
+
+    def blocks(self) -> list[PcapConfig]:
+        cfg = self.agent.module_config(NAME) if self.agent is not None else None
+        if cfg is None:
+            return []
+        return list(cfg) if isinstance(cfg, (list, tuple)) else [cfg]
+
+    def wanted(self) -> dict[str, Want]:
+        """The taps the config asks for among the devices present now (first block wins)."""
+        agent = self.agent
+        out: dict[str, Want] = {}
+        for block in self.blocks():
+            for iface in agent.interfaces:
+                if iface.name in out or not block.selects(iface.name, iface.kind, iface.speed):
+                    continue
+                if block.sampling is not None:
+                    rate = block.sampling
+                elif iface.up:
+                    rate = agent.sampling_rate(iface)
+                else:
+                    rate = 0  # down: nothing to sample; re-rated when it comes up
+                mac = bytes(iface.mac) if iface.has_mac else None
+                out[iface.name] = Want(
+                    iface.name, iface.ifindex, mac, int(rate), iface.speed, block.promisc,
+                    block.buffer, iface.loopback,
+                )
+        return out
+
+    def sync(self) -> None:
+        """Bring the open taps in line with the config and the interface table."""
+        if self.agent is None:
+            return
+        wanted = self.wanted()
+        for name, tap in list(self.taps.items()):
+            want = wanted.get(name)
+            if want is None:
+                self._close(name, "device gone or no longer selected")
+            elif want.ifindex != tap.ifindex or _current_ifindex(name) != tap.ifindex:
+                self._close(name, "device gone or re-created")
+            elif (want.promisc, want.buffer, want.mac) != (tap.promisc, tap.buffer, tap.mac):
+                self._close(name, "tap options changed")
+        for name, want in wanted.items():
+            tap = self.taps.get(name)
+            if tap is None:
+                if _current_ifindex(name) != want.ifindex:
+                    continue  # the table is stale: wait for the agent's next scan
+                self._open(want)
+            elif want.rate != tap.rate:
+                self._rerate(tap, want)
+
+    def _open(self, want: Want) -> None:
+        agent = self.agent
+        snaplen = int(getattr(agent.config, "header_bytes", DEFAULT_HEADER_BYTES))
+        try:
+            tap = Tap(
+                want.name, want.ifindex, want.mac, want.rate, snaplen=snaplen,
+                promisc=want.promisc, buffer_bytes=want.buffer, timeout_ms=self.timeout_ms,
+                loopback=want.loopback,
+            )
+        except TapError as exc:
+            agent.warn_once(f"pcap_open:{want.name}", "pcap_open_failed", dev=want.name,
+                            error=str(exc))
+            return
+        agent.clear_warning(f"pcap_open:{want.name}")
+        tap.speed = want.speed
+        self.taps[want.name] = tap
+        agent.count("pcap.taps_opened")
+        self.log.info("tap_opened", dev=want.name, ifindex=want.ifindex, sampling=want.rate,
+                      snaplen=snaplen, promisc=want.promisc, pool=tap.counter_source)
+        if self.started:
+            self._watch(tap)
+
+    def _rerate(self, tap: Tap, want: Want) -> None:
+        self._read(tap)  # frames sampled at the old rate go out with it
+        if tap.closed:
+            return
+        old = tap.rate
+        try:
+            tap.set_rate(want.rate)
+        except TapError as exc:
+            self.agent.warn_once(f"pcap_rate:{tap.name}", "pcap_rate_failed", dev=tap.name,
+                                 error=str(exc))
+            return
+        tap.speed = want.speed
+        self.log.info("tap_rate_changed", dev=tap.name, old=old, new=want.rate, speed=want.speed)
+
+    def _close(self, name: str, reason: str) -> None:
+        tap = self.taps.pop(name, None)
+        if tap is None:
+            return
+        fd = tap.fileno()
+        if fd >= 0 and self.started:
+            self.agent.remove_reader(fd)
+        tap.close()
+        self.log.info("tap_closed", dev=name, ifindex=tap.ifindex, reason=reason,
+                      samples=tap.samples)
+
+    def _watch(self, tap: Tap) -> None:
+        self.agent.add_reader(tap.fileno(), lambda: self._read(tap))
+
+    # ------------------------------------------------------------------ packet path
+
+    def _read(self, tap: Tap) -> None:
+        """Reader callback: drain the tap's ring and hand the batch over."""
+        try:
+            samples = tap.drain()
+        except TapError as exc:
+            self.agent.warn_once(f"pcap_read:{tap.name}", "pcap_read_failed", dev=tap.name,
+                                 error=str(exc))
+            if self.taps.get(tap.name) is tap:
+                self._close(tap.name, "read failed")
+            return
+        if samples:
+            self.agent.take_samples(samples)
+
+    def status(self) -> dict[str, dict[str, int]]:
+        """Per-tap figures: rate, ifIndex and the capture statistics."""
+        return {name: {"rate": t.rate, "ifindex": t.ifindex, **t.stats()}
+                for name, t in self.taps.items()}
+
+
+def _current_ifindex(name: str) -> int:
+    """The device's ifIndex in this network namespace now, 0 if it does not exist."""
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return 0
