@@ -1,0 +1,235 @@
+"""The ``nflog { }`` module: flow samples from packets a firewall rule logs to an NFLOG group.
+
+Lifecycle: ``sflow_configure`` opens and binds the group while still root; ``sflow_start``
+registers the socket with the loop; each readable event drains the socket and hands one batch
+of samples to the core; ``sflow_tick`` retries a failed bind with exponential backoff;
+``sflow_config_changed`` re-reconciles rates (and re-binds if socket settings changed);
+``sflow_final`` unbinds.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+import attrs
+from hostsflow import hookimpl
+from hostsflow.config import integer, option, real, string
+
+from .fwlog import reconcile_rate
+from .nlsocket import NflogSocket
+from .reader import NflogReader, ReadStats
+
+MODULE = "nflog"
+RETRY_FIRST, RETRY_MAX = 1.0, 60.0
+MAX_RECVS_PER_WAKEUP = 64
+DEFAULT_QTHRESHOLD = 100  # kernel NFULNL_QTHRESH_DEFAULT
+DEFAULT_TIMEOUT = 1.0  # kernel NFULNL_TIMEOUT_DEFAULT (100 x 1/100 s)
+
+
+@attrs.frozen
+class NflogConfig:
+    """``nflog { group = 5 probability = 0.01 }``."""
+
+    group: int = option(help="NFLOG group the firewall rule logs to (log group G / "
+                             "--nflog-group G)", converter=integer(1, 65535, suffixes=""),
+                        example="5")
+    probability: float = option(1.0, help="the rule's sampling probability (numgen random mod "
+                                          "N 0 -> 1/N; -m statistic --probability P)",
+                                converter=real(0.0, 1.0))
+    snaplen: int | None = option(None, help="bytes copied per packet from the IP header on "
+                                            "(default: headerBytes)",
+                                 converter=integer(16, 65535, suffixes=""))
+    qthreshold: int = option(DEFAULT_QTHRESHOLD, help="packets per kernel batch (a rule's own "
+                                                      "queue-threshold wins)",
+                             converter=integer(1, 65535, suffixes=""))
+    timeout: float = option(DEFAULT_TIMEOUT, help="seconds before a partial batch is flushed",
+                            converter=real(0.01, 60.0))
+    netns: str | None = option(None, help="network namespace (name or path) whose rules to "
+                                          "listen to; default: the agent's own",
+                               converter=string(r"[^\s]{1,255}", "namespace name or path"))
+
+
+def _netns_path(netns: str | None) -> str | None:
+    if netns is None:
+        return None
+    return netns if "/" in netns else f"/var/run/netns/{netns}"
+
+
+class NflogPlugin:
+    """hostsflow module ``nflog`` (entry point ``hostsflow_nflog.plugin:NflogPlugin``)."""
+
+    def __init__(self) -> None:
+        self.cfg: NflogConfig | None = None
+        self.sock: NflogSocket | None = None
+        self.reader: NflogReader | None = None
+        self.log: Any = None
+        self.started = False
+        self.retry_at: float | None = None
+        self.backoff = RETRY_FIRST
+        self.registered_fd = -1
+
+    # ------------------------------------------------------------ hooks
+
+    @hookimpl
+    def sflow_declare_config(self, registry: Any) -> None:
+        registry.block(MODULE, NflogConfig,
+                       help="sample packets that an nftables/iptables rule logs to NFLOG")
+
+    @hookimpl
+    def sflow_configure(self, agent: Any) -> None:
+        self.cfg = agent.module_config(MODULE)
+        if self.cfg is None:
+            return
+        self.log = agent.logger(MODULE)
+        rates = reconcile_rate(agent.config.sampling, self.cfg.probability)
+        self.reader = NflogReader(rates, agent.config.header_bytes,
+                                  netns=_netns_path(self.cfg.netns), rng=agent.rng)
+        self.log.info("nflog_rates", group=self.cfg.group, probability=self.cfg.probability,
+                      sampling=agent.config.sampling, kernel_rate=rates.kernel,
+                      sub_sampling=rates.sub, reported_rate=rates.actual)
+        if not self._open(agent):
+            # the group may come free later; rebinding needs CAP_NET_ADMIN
+            agent.retain_root(f"nflog: retry binding NFLOG group {self.cfg.group}")
+
+    @hookimpl
+    def sflow_start(self, agent: Any) -> None:
+        self.started = True
+        self._register(agent)
+
+    @hookimpl
+    def sflow_tick(self, agent: Any, now: float) -> None:
+        if self.cfg is None or self.sock is not None or self.retry_at is None:
+            return
+        if now >= self.retry_at and self._open(agent):
+            self._register(agent)
+
+    @hookimpl
+    def sflow_config_changed(self, agent: Any, old: Any, new: Any) -> None:
+        cfg = agent.module_config(MODULE)
+        if cfg is None:
+            self._close(agent)
+            self.cfg = None
+            return
+        if self.log is None:
+            self.log = agent.logger(MODULE)
+        rates = reconcile_rate(new.sampling, cfg.probability)
+        if self.reader is None:
+            self.reader = NflogReader(rates, new.header_bytes, netns=_netns_path(cfg.netns),
+                                      rng=agent.rng)
+        else:
+            self.reader.set_rates(rates, new.header_bytes)
+        socket_changed = (self.cfg is None or self._socket_args(self.cfg, old)
+                          != self._socket_args(cfg, new))
+        self.cfg = cfg
+        if socket_changed:
+            self._close(agent)
+            self.reader.netns = _netns_path(cfg.netns)
+            if self._open(agent):
+                self._register(agent)
+
+    @hookimpl
+    def sflow_final(self, agent: Any) -> None:
+        self._close(agent)
+        self.started = False
+
+    # ------------------------------------------------------------ socket
+
+    @staticmethod
+    def _socket_args(cfg: NflogConfig, config: Any) -> tuple[Any, ...]:
+        return (cfg.group, cfg.snaplen or config.header_bytes, cfg.qthreshold, cfg.timeout,
+                cfg.netns)
+
+    def _open(self, agent: Any) -> bool:
+        """Open and bind; on failure log once (naming the group), schedule a retry, False."""
+        cfg = self.cfg
+        assert cfg is not None and self.reader is not None
+        sock = NflogSocket(cfg.group, cfg.snaplen or agent.config.header_bytes,
+                           cfg.qthreshold, max(1, round(cfg.timeout * 100)), netns=cfg.netns)
+        try:
+            sock.open()
+        except Exception as exc:  # noqa: BLE001 - any failure: log, retry later
+            self._failed(agent, exc)
+            return False
+        self.sock = sock
+        self.reader.reset_sequence()
+        self.retry_at = None
+        self.backoff = RETRY_FIRST
+        agent.clear_warning(f"nflog.bind:{cfg.group}")
+        self.log.info("nflog_bound", group=cfg.group, netns=cfg.netns,
+                      copy_range=sock.copy_range, qthreshold=cfg.qthreshold)
+        return True
+
+    def _failed(self, agent: Any, exc: Exception) -> None:
+        cfg = self.cfg
+        assert cfg is not None
+        agent.count("nflog.bind_failures")
+        err = getattr(exc, "errno", None)
+        if err == errno.EPERM:
+            why = (f"NFLOG group {cfg.group} is already bound by another process in this "
+                   f"network namespace (or the agent lacks CAP_NET_ADMIN)")
+        elif err == errno.ENOENT and cfg.netns:
+            why = f"network namespace {cfg.netns} does not exist"
+        else:
+            why = f"cannot bind NFLOG group {cfg.group}: {exc}"
+        agent.warn_once(f"nflog.bind:{cfg.group}", "nflog_bind_failed", group=cfg.group,
+                        reason=why, retry_in=self.backoff, error=str(exc))
+        self.retry_at = agent.now() + self.backoff
+        self.backoff = min(RETRY_MAX, self.backoff * 2)
+
+    def _register(self, agent: Any) -> None:
+        if self.started and self.sock is not None and self.registered_fd < 0:
+            self.registered_fd = self.sock.fileno()
+            agent.add_reader(self.registered_fd, lambda: self._on_readable(agent))
+
+    def _close(self, agent: Any) -> None:
+        if self.registered_fd >= 0:
+            agent.remove_reader(self.registered_fd)
+            self.registered_fd = -1
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    # ------------------------------------------------------------ packet path
+
+    def _on_readable(self, agent: Any) -> None:
+        """Drain the socket (up to 64 kernel batches) and hand the samples over in one batch."""
+        sock, reader = self.sock, self.reader
+        if sock is None or reader is None:
+            return
+        stats = ReadStats()
+        samples: list[Any] = []
+        overruns = 0
+        for _ in range(MAX_RECVS_PER_WAKEUP):
+            try:
+                data = sock.recv()
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    overruns += 1  # the loss itself shows up as a NFULA_SEQ gap
+                    continue
+                agent.warn_once("nflog.recv", "nflog_recv_failed", error=str(exc))
+                break
+            samples.extend(reader.process(data, stats))
+        if samples:
+            agent.take_samples(samples)
+        self._account(agent, stats, overruns)
+
+    def _account(self, agent: Any, st: ReadStats, overruns: int) -> None:
+        if st.messages:
+            agent.count("nflog.messages", st.messages)
+        if overruns:
+            agent.count("nflog.overruns", overruns)
+            agent.warn_once("nflog.enobufs", "nflog_socket_overrun",
+                            hint="the agent did not keep up; lost messages are reported "
+                                 "as drops")
+        if st.lost:
+            agent.count("nflog.lost", st.lost)
+        if st.malformed:
+            agent.count("nflog.malformed", st.malformed)
+            agent.warn_once("nflog.malformed", "nflog_malformed_message", example=st.first_error)
+        if st.no_source:
+            agent.count("nflog.no_interface", st.no_source)
+        if st.not_ip:
+            agent.count("nflog.not_ip", st.not_ip)
