@@ -104,8 +104,10 @@ def decode_sampled_header(header: SampledHeader | None) -> PacketInfo | None:
     data = header.header
     if proto == HEADER_ETHERNET:
         return parse_ethernet(data)
-    if proto == HEADER_IPV4 or proto == HEADER_IPV6:
-        return parse_ip(data)
+    if proto == HEADER_IPV4:
+        return _parse_ipv4(data, 0)
+    if proto == HEADER_IPV6:
+        return _parse_ipv6(data, 0)
     return None
 
 
