@@ -1,0 +1,30 @@
+"""The ``systemd { }`` config block (hsflowd's mod_systemd keys, plus ``slice`` and ``bus``)."""
+
+from __future__ import annotations
+
+import attrs
+from hostsflow.config.options import integer, on_off, option, string
+
+
+@attrs.define
+class SystemdConfig:
+    """``systemd { markTraffic = on  refreshVMs = 60  slice = system.slice  bus = ...  dropPriv = off }``"""
+
+    markTraffic: bool = option(
+        False, converter=on_off,
+        help="mark sampled packets with the services that sent/received them (extended_entities)")
+    refreshVMs: int = option(
+        60, converter=integer(1, 3600),
+        help="seconds between full unit lists (unit signals also trigger one at once)")
+    slice: list[str] = option(
+        repeat=True, converter=string(r"[^\s/]+\.slice", "slice name like system.slice"),
+        help="monitor services under this slice (repeatable; default system.slice)")
+    bus: str | None = option(
+        None, converter=string(r"\S+", "D-Bus address"),
+        help="D-Bus address of systemd (default: the system bus, DBUS_SYSTEM_BUS_ADDRESS honoured)")
+    dropPriv: bool = option(
+        False, converter=on_off,
+        help="allow the agent to drop root (per-process /proc/PID/io fallback is then skipped)")
+
+    def slices(self) -> list[str]:
+        return list(self.slice) or ["system.slice"]
