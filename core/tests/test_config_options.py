@@ -96,6 +96,11 @@ BAD: list[tuple[str, o.Converter, Any, str]] = [
     ("device dotdot", o.device, "..", "'..' is not a valid device name"),
     ("uuid", o.uuid, "1234", "expected a UUID, got '1234'"),
     ("choice", o.choice("in", "out"), "both", "expected one of in, out, got 'both'"),
+    ("huge digit string", o.u32(), "9" * 30,
+     f"expected an integer (suffix K/M/G allowed), got '{'9' * 30}'"),
+    ("regex repeat overflow", o.regex, "a{99999999999}",
+     "bad regular expression 'a{99999999999}': the repetition number is too large"),
+    ("float overflow", o.real(0.0, 1.0), "9" * 400, "inf is out of range 0.0..1.0"),
     ("regex", o.regex, "eth[", "bad regular expression 'eth[': unterminated character set at "
      "position 3"),
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import uuid as _uuid
+import warnings
 from typing import Any, Callable, Iterable
 
 import attrs
@@ -68,7 +69,7 @@ class Converter:
 
 
 _SI = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15}
-_NUM_RE = re.compile(r"(\d+)([KMGTP]?)\Z", re.IGNORECASE)
+_NUM_RE = re.compile(r"(\d{1,24})([KMGTP]?)\Z", re.IGNORECASE)
 
 
 def format_si(n: int) -> str:
@@ -246,8 +247,10 @@ def _parse_regex(value: Any) -> re.Pattern[str]:
     if isinstance(value, re.Pattern):
         return value
     try:
-        return re.compile(str(value))
-    except re.error as exc:
+        with warnings.catch_warnings():  # FutureWarning on odd sets: the error path is enough
+            warnings.simplefilter("ignore")
+            return re.compile(str(value))
+    except (re.error, OverflowError, RecursionError) as exc:
         raise ValueError(f"bad regular expression '{value}': {exc}") from None
 
 

@@ -15,8 +15,8 @@ This module knows the syntax only (no key names, no types).  The grammar is hsfl
 
 Where hsflowd is lenient we are stricter, because a config mistake found at start-up is cheaper
 than a silent one: a value must be on the same line as its key, a missing final ``}`` is an
-error (hsflowd only logs it), a ``"`` inside a bare word is an error, and keys are names
-(``[A-Za-z_][A-Za-z0-9_.-]*``).
+error (hsflowd only logs it), a ``"`` inside a bare word is an error, a token longer than 255
+characters is an error (hsflowd truncates it), and keys are names (``[A-Za-z_][A-Za-z0-9_.-]*``).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ import attrs
 
 #: deepest block nesting hsflowd accepts (HSP_MAX_CONFIG_DEPTH)
 MAX_DEPTH = 3
+#: longest token hsflowd reads (HSP_MAX_TOKEN_LEN; it truncates, we refuse)
+MAX_TOKEN = 255
 
 _KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*\Z")
 # one token: a brace, a quoted string (maybe unterminated), or a bare word; separators skipped
@@ -108,6 +110,9 @@ def tokenize(text: str, file: str) -> Iterator[Token]:
                 break
             pos = m.end()
             brace, quoted, word = m.groups()
+            if len(quoted or word or "") > MAX_TOKEN + (2 if quoted else 0):
+                raise ConfigError(file, lineno, f"'{(quoted or word)[:20]}...' is longer than "
+                                  f"{MAX_TOKEN} characters")
             if brace:
                 yield Token(brace, lineno, brace)
             elif quoted is not None:
