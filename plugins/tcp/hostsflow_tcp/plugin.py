@@ -185,11 +185,12 @@ class TcpPlugin:
 
     def _annotate(self, sample: FlowSample, sock: SockInfo, dirn: int, key: FlowKey) -> None:
         st = sample.stash
-        st[SOCKET_INODE] = sock.inode
-        st[SOCKET_UID] = sock.uid
-        st[SOCKET_LOCAL_SRC] = dirn == 2
-        if sock.cgroup_id is not None:
-            st[SOCKET_CGROUP_ID] = sock.cgroup_id
+        if sock.inode:  # 0 for TIME_WAIT / SYN_RECV mini-sockets: no owner, no cgroup
+            st[SOCKET_INODE] = sock.inode
+            st[SOCKET_UID] = sock.uid
+            st[SOCKET_LOCAL_SRC] = dirn == 2
+            if sock.cgroup_id is not None:
+                st[SOCKET_CGROUP_ID] = sock.cgroup_id
         ti = sock.tcp_info
         if ti is not None and key.protocol == IPPROTO_TCP:
             sample.add(
