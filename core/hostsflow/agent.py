@@ -24,7 +24,7 @@ from .host.sampling import sampling_rate_for
 from .host.interfaces import Interface, InterfaceTable, scan_interfaces
 from .logsetup import OnceLog
 from .plugins import PluginHost
-from .samples import HOST_SOURCE, DataSource, FlowSample
+from .samples import DS_IFINDEX, HOST_SOURCE, DataSource, FlowSample
 from .sflow.datagram import encode_counter_sample, encode_flow_sample
 from .sflow.exporter import Collector, Exporter, RecordingSink, Sink, UdpSender
 
@@ -236,8 +236,7 @@ class Agent:
             if ds not in self._pollers:
                 phase = self.rng.randint(1, max(1, interval))
                 self._pollers[ds] = Poller(ds, phase)
-        # the host sample first: collectors (gmond) learn the host before its services
-        for ds in sorted(self._pollers, key=lambda d: (d != HOST_SOURCE, d.ds_class, d.ds_index)):
+        for ds in sorted(self._pollers, key=_poll_order):
             poller = self._pollers[ds]
             poller.countdown -= 1
             if poller.countdown <= 0 or force:
@@ -390,6 +389,13 @@ class Agent:
             self.health.count("reloads_refused")
             return
         self.reload(new)
+
+
+def _poll_order(ds: DataSource) -> tuple[int, int, int]:
+    """Interfaces first (decoders that stop at host records, such as tshark, still read them),
+    then the host, then virtual sources: gmond must see the host before its services."""
+    rank = 0 if ds.ds_class == DS_IFINDEX else 1 if ds == HOST_SOURCE else 2
+    return rank, ds.ds_class, ds.ds_index
 
 
 def _collector_list(config: Any) -> list[tuple[Any, ...]]:

@@ -235,3 +235,130 @@ def samples_from(frames: Iterable[bytes], ifindex: int = 2, rate: int = 1) -> li
         FlowSample(DataSource(0, ifindex), rate, [SampledHeader(1, len(f) + 4, 4, f[:128])])
         for f in frames
     ]
+
+
+# ================================================================ end-to-end helpers
+
+
+class UdpCollector:
+    """A collector socket on loopback that keeps every datagram it receives (in a thread).
+
+    ``port`` is chosen by the kernel; ``wait_for(predicate, timeout)`` waits until the decoded
+    datagrams satisfy ``predicate``."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        import socket
+        import threading
+
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.sock.settimeout(0.2)
+        self.host, self.port = host, self.sock.getsockname()[1]
+        self.raw: list[bytes] = []
+        self.received_at: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65535)
+            except OSError:
+                continue
+            self.received_at.append(time.time())
+            self.raw.append(data)
+
+    @property
+    def datagrams(self) -> list[Any]:
+        return [decode_datagram(d) for d in list(self.raw)]
+
+    def wait_for(self, predicate: Any, timeout: float = 10.0) -> list[Any]:
+        """Wait until ``predicate(decoded datagrams)`` is true; return the datagrams."""
+        deadline = time.monotonic() + timeout
+        while True:
+            dgs = self.datagrams
+            if predicate(dgs):
+                return dgs
+            if time.monotonic() > deadline:
+                raise AssertionError(f"collector: condition not met in {timeout}s "
+                                     f"({len(dgs)} datagrams)")
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(1)
+        self.sock.close()
+
+    def __enter__(self) -> "UdpCollector":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class AgentProcess:
+    """A real ``hostsflowd`` process (optionally inside a network namespace) on a config text.
+
+    Use as a context manager; ``stop()`` sends SIGTERM and returns the exit status."""
+
+    def __init__(self, config_text: str, tmpdir: Any, netns: str | None = None,
+                 args: tuple[str, ...] = ()) -> None:
+        import os
+        import subprocess
+        import sys
+
+        self.conf = os.path.join(str(tmpdir), "hsflowd.conf")
+        with open(self.conf, "w") as f:
+            f.write(config_text)
+        self.log_path = os.path.join(str(tmpdir), "agent.log")
+        self.status_path = os.path.join(str(tmpdir), "status.json")
+        cmd = [sys.executable, "-m", "hostsflow", "-f", self.conf,
+               "--status-file", self.status_path, *args]
+        if netns:
+            cmd = ["ip", "netns", "exec", netns, *cmd]
+        self._log = open(self.log_path, "w+")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        with open(self.log_path) as f:
+            return f.read()
+
+    def stop(self, timeout: float = 5.0) -> int:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except Exception:  # noqa: BLE001 - still running: kill it, the test will fail
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> "AgentProcess":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def write_pcap(path: str, datagrams: Iterable[bytes], port: int = 6343) -> None:
+    """Write sFlow datagrams as a pcap of UDP packets 127.0.0.1 -> 127.0.0.1:``port``, so
+    that tshark, sflowtool or sfacctd can read them offline."""
+    with open(path, "wb") as f:
+        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        for i, d in enumerate(datagrams):
+            udp = struct.pack(">HHHH", 40000, port, 8 + len(d), 0) + d
+            ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i & 0xFFFF, 0, 64, 17, 0,
+                             b"\x7f\0\0\1", b"\x7f\0\0\1")
+            frame = b"\0" * 12 + b"\x08\x00" + ip + udp
+            f.write(struct.pack("<IIII", 1_700_000_000 + i, 0, len(frame), len(frame)) + frame)
