@@ -103,6 +103,18 @@ class AgentHarness:
             self.clock.advance(1.0)
             self.agent.second()
 
+    def advance(self, seconds: float) -> None:
+        """Move the clock by ``seconds`` (less than a second, typically) without running an
+        agent second, then release the holds whose deadline passed, as the agent's 100 ms hold
+        timer does.  Samples released here are encoded but only sent at the next ``tick``."""
+        self.start()
+        self.clock.advance(seconds)
+        self.agent.expire_holds()
+
+    def held(self) -> list[FlowSample]:
+        """The samples still waiting for a hold to be released, oldest first."""
+        return [s for _, s in self.agent._held if s.held]
+
     def poll_now(self) -> None:
         """Poll every data source now (whatever its phase) and flush."""
         self.start()
@@ -138,11 +150,13 @@ class AgentHarness:
         self.loop.run_until_complete(spin())
 
     def stop(self) -> None:
+        """Run ``sflow_final`` and flush, as at shutdown (safe to call twice)."""
         if self.started:
             self.agent.stop()
             self.started = False
-        self.loop.run_until_complete(asyncio.sleep(0))
-        self.loop.close()
+        if not self.loop.is_closed():
+            self.loop.run_until_complete(asyncio.sleep(0))
+            self.loop.close()
 
     def __enter__(self) -> "AgentHarness":
         return self.start()
@@ -183,16 +197,20 @@ class AgentHarness:
         rate: int = 1,
         direction: int = 0,
         payload: bytes = b"",
+        netns: str | None = None,
     ) -> FlowSample:
         """A flow sample with a real Ethernet/IPv4 (or IPv6) TCP or UDP header.
 
-        ``tcp``/``udp`` = (src ip, src port, dst ip, dst port)."""
+        ``tcp``/``udp`` = (src ip, src port, dst ip, dst port); ``direction`` one of
+        ``hostsflow.samples.DIRECTION_*``; ``netns`` as a capture plugin in another network
+        namespace would set it."""
         header = ethernet_frame(tcp=tcp, udp=udp, payload=payload)
         return FlowSample(
             source=DataSource(0, ifindex),
             sampling_rate=rate,
             records=[SampledHeader(1, len(header) + 4, 4, header[:128])],
             direction=direction,
+            netns=netns,
         )
 
 
