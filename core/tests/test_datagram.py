@@ -380,7 +380,6 @@ def test_decode_file_reads_bare_datagram_and_pcap(tmp_path):
         pcap += struct.pack("<IIII", 0, 0, len(f), len(f)) + f
     p = tmp_path / "d.pcap"
     p.write_bytes(pcap)
-    out = io.StringIO()
     assert main(["--file", str(p), "--json"]) == 1  # one malformed datagram
     out = io.StringIO()
     stats = decode_file(str(p), json=True, out=out)

@@ -428,10 +428,6 @@ def craft():
     return mod
 
 
-def _net_io(cls, values):
-    return cls(**values)
-
-
 def our_datagram(c, i=0, flow=True, virtual=True, vnode=True) -> tuple[bytes, list]:
     """Datagram i built by our encoder from craft_datagram_full's constants (not its bytes);
     also returns the samples as (kind, source, records) for checking the decoder."""
