@@ -407,14 +407,5 @@ class VirtDiskIo(Record):
 
 
 @counter_record(2104)
-class VirtNetIo(Record):
-    """virt_net_io: a virtual data source's network I/O (same layout as host_net_io)."""
-
-    bytes_in: int = u64()
-    pkts_in: int = u32()
-    errs_in: int = u32()
-    drops_in: int = u32()
-    bytes_out: int = u64()
-    pkts_out: int = u32()
-    errs_out: int = u32()
-    drops_out: int = u32()
+class VirtNetIo(HostNetIo):
+    """virt_net_io: a virtual data source's network I/O (the layout of host_net_io)."""
