@@ -172,10 +172,10 @@ class AgentHarness:
         return [decode_datagram(d) for d in self.sink.datagrams]
 
     def flow_samples(self) -> list[Any]:
-        return [s for d in self.datagrams for s in d.samples if hasattr(s, "sampling_rate")]
+        return [s for d in self.datagrams for s in d.flow_samples]
 
     def counter_samples(self, source: DataSource | None = None) -> list[Any]:
-        out = [s for d in self.datagrams for s in d.samples if not hasattr(s, "sampling_rate")]
+        out = [s for d in self.datagrams for s in d.counter_samples]
         if source is not None:
             out = [s for s in out if (s.source.ds_class, s.source.ds_index) ==
                    (source.ds_class, source.ds_index)]
