@@ -14,7 +14,6 @@ import textwrap
 import time
 
 import pytest
-
 from hostsflow.host.agent_address import (
     AgentCidr,
     base_priority,
@@ -159,10 +158,20 @@ class Nic:
 
 @pytest.mark.parametrize(
     "speed,expected",
-    [(0, "0"), (999, "999"), (1000, "1K"), (10_000_000, "10M"), (100_000_000, "100M"),
-     (1_000_000_000, "1G"), (2_500_000_000, "2G"), (10_000_000_000, "10G"),
-     (40_000_000_000, "40G"), (100_000_000_000, "100G"), (1_000_000_000_000, "1T"),
-     (400_000_000_000_000, "400T")],  # fmt: skip
+    [
+        (0, "0"),
+        (999, "999"),
+        (1000, "1K"),
+        (10_000_000, "10M"),
+        (100_000_000, "100M"),
+        (1_000_000_000, "1G"),
+        (2_500_000_000, "2G"),
+        (10_000_000_000, "10G"),
+        (40_000_000_000, "40G"),
+        (100_000_000_000, "100G"),
+        (1_000_000_000_000, "1T"),
+        (400_000_000_000_000, "400T"),
+    ],
 )
 def test_format_speed(speed, expected):
     assert format_speed(speed) == expected
@@ -235,7 +244,10 @@ print(json.dumps(dict(
 @pytest.mark.skipif(shutil.which("ip") is None, reason="iproute2 is not installed")
 def test_election_in_a_namespace():
     ns = f"hf-host-{os.getpid()}-{secrets.token_hex(3)}"
-    run = lambda *a: subprocess.run(a, check=True, capture_output=True, text=True)  # noqa: E731
+
+    def run(*a: str) -> None:
+        subprocess.run(a, check=True, capture_output=True, text=True)
+
     run("ip", "netns", "add", ns)
     try:
         run("ip", "-n", ns, "link", "set", "lo", "up")
@@ -249,7 +261,7 @@ def test_election_in_a_namespace():
             "valid_lft", "600", "preferred_lft", "600")  # fmt: skip
         time.sleep(0.1)
         r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", textwrap.dedent(ELECT)],
-                           capture_output=True, text=True, timeout=60)  # fmt: skip
+                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
     finally:
@@ -263,3 +275,13 @@ def test_election_in_a_namespace():
     assert order[:3] == ["198.51.100.9", "10.77.0.2", "2001:db8:77::9"]
     assert order.index("2001:db8:77::9") < order.index("2001:db8:78::9")  # configured first
     assert order.index("169.254.7.7") > order.index("2001:db8:78::9")
+
+
+def test_accepts_the_config_agent_cidr_objects():
+    from hostsflow.config.options import AgentCIDR
+
+    t = InterfaceTable([LO, iface("eth0", 2, "198.51.100.5", "10.0.0.5")])
+    veto = [AgentCIDR(ipaddress.ip_network("198.51.100.0/24"), negate=True)]
+    assert elect_agent_address(t, cidrs=veto) == "10.0.0.5"
+    boost = [AgentCIDR(ipaddress.ip_network("127.0.0.0/8"))]
+    assert elect_agent_address(t, cidrs=boost) == "127.0.0.1"

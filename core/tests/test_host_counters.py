@@ -19,7 +19,6 @@ import time
 import uuid as uuidlib
 
 import pytest
-
 from hostsflow.host import counters
 from hostsflow.host.counters import CounterReadError
 from hostsflow.host.interfaces import scan_interfaces
@@ -102,7 +101,9 @@ def test_host_cpu_matches_proc():
 
 def test_host_memory_matches_proc():
     def snap():
-        mem = {l.split(":")[0]: int(l.split()[1]) * 1024 for l in _read("/proc/meminfo").splitlines()}
+        mem = {
+            l.split(":")[0]: int(l.split()[1]) * 1024 for l in _read("/proc/meminfo").splitlines()
+        }
         vm = {l.split()[0]: int(l.split()[1]) for l in _read("/proc/vmstat").splitlines()}
         return mem, vm
 
@@ -153,7 +154,7 @@ def _mountinfo_space() -> tuple[int, int, int]:
     for line in _read("/proc/self/mountinfo").splitlines():
         left, _, right = line.partition(" - ")
         lw, rw = left.split(), right.split()
-        majmin, mount, opts = lw[2], lw[4].replace("\\040", " "), lw[5].split(",")
+        mount, opts = lw[4].replace("\\040", " "), lw[5].split(",")
         fstype, source = rw[0], rw[1]
         if not source.startswith("/dev/") or "rw" not in opts or fstype.startswith("nfs"):
             continue
@@ -217,7 +218,8 @@ def test_partition_io_counted_once(tmp_path):
         pytest.skip("losetup (util-linux) is not installed")
     img = str(tmp_path / "disk.img")
     _mbr_image(img)
-    dev = subprocess.run(["losetup", "-fP", "--show", img], capture_output=True, text=True)
+    dev = subprocess.run(["losetup", "-fP", "--show", img], capture_output=True, text=True,
+                         check=False)  # fmt: skip
     if dev.returncode != 0:
         pytest.skip(f"cannot attach a loop device: {dev.stderr.strip()}")
     loop = dev.stdout.strip()
@@ -263,7 +265,12 @@ def _net_io_truth() -> dict[str, int]:
         base = f"/sys/class/net/{name}"
         flags = int(_read(f"{base}/flags"), 16)
         uevent = _read(f"{base}/uevent")
-        if not flags & 1 or flags & 8 or "DEVTYPE=vlan" in uevent or os.path.isdir(f"{base}/bonding"):
+        if (
+            not flags & 1
+            or flags & 8
+            or "DEVTYPE=vlan" in uevent
+            or os.path.isdir(f"{base}/bonding")
+        ):
             continue
         for k in keys:
             tot[k] += int(_read(f"{base}/statistics/{k}"))
@@ -301,8 +308,12 @@ ALIASES = {"InParamProbs": "InParmProbs", "OutParamProbs": "OutParmProbs"}
 
 @pytest.mark.parametrize(
     "cls,group,fields",
-    [(Mib2Ip, "Ip", MIB2_IP_FIELDS), (Mib2Icmp, "Icmp", MIB2_ICMP_FIELDS),
-     (Mib2Tcp, "Tcp", MIB2_TCP_FIELDS), (Mib2Udp, "Udp", MIB2_UDP_FIELDS)],  # fmt: skip
+    [
+        (Mib2Ip, "Ip", MIB2_IP_FIELDS),
+        (Mib2Icmp, "Icmp", MIB2_ICMP_FIELDS),
+        (Mib2Tcp, "Tcp", MIB2_TCP_FIELDS),
+        (Mib2Udp, "Udp", MIB2_UDP_FIELDS),
+    ],
 )
 def test_mib2_by_column_name(cls, group, fields):
     s0 = _snmp_by_name()
@@ -432,7 +443,7 @@ def test_unreadable_proc_file_skips_that_record(tmp_path):
     r = subprocess.run(
         ["unshare", "-m", "--propagation", "private", "sh", "-c",
          f'mount --bind "{bad}" /proc/loadavg && exec "{sys.executable}" -c "$0"', code],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -445,6 +456,7 @@ def test_unreadable_proc_file_skips_that_record(tmp_path):
 
 def test_full_host_poll_is_fast():
     """One full poll (interface scan, host records, counters of every interface)."""
+
     def poll():
         table = scan_interfaces()
         counters.host_records(table)

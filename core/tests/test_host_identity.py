@@ -14,7 +14,6 @@ import socket
 import subprocess
 
 import pytest
-
 from hostsflow.host import identity
 
 C_SOURCE = r"""
@@ -97,7 +96,8 @@ def test_machine_id_and_host_uuid():
     text = None
     for path in identity.MACHINE_ID_PATHS:
         if os.path.exists(path):
-            text = open(path).read().strip()
+            with open(path) as f:
+                text = f.read().strip()
             break
     mid = identity.machine_id()
     if text is None:
@@ -107,7 +107,8 @@ def test_machine_id_and_host_uuid():
     sysu = None
     if os.path.exists(identity.SYSTEM_UUID_PATH):
         try:
-            raw = open(identity.SYSTEM_UUID_PATH).read().strip()
+            with open(identity.SYSTEM_UUID_PATH) as f:
+                raw = f.read().strip()
             sysu = bytes.fromhex(raw.replace("-", ""))
         except OSError:
             pass

@@ -28,7 +28,7 @@ Differences from hsflowd, on purpose:
 from __future__ import annotations
 
 import ipaddress
-from typing import Iterable
+from collections.abc import Iterable
 
 import attrs
 
@@ -69,7 +69,7 @@ class AgentCidr:
     veto: bool = False
 
     @classmethod
-    def parse(cls, text: str) -> "AgentCidr":
+    def parse(cls, text: str) -> AgentCidr:
         """``"10.0.0.0/8"`` or ``"!192.168.0.0/16"`` (host bits are ignored)."""
         t = text.strip()
         veto = t.startswith("!")
@@ -79,8 +79,19 @@ class AgentCidr:
         return ("!" if self.veto else "") + str(self.network)
 
 
-def _as_cidrs(cidrs: Iterable[str | AgentCidr] | None) -> list[AgentCidr]:
-    return [c if isinstance(c, AgentCidr) else AgentCidr.parse(c) for c in (cidrs or ())]
+def _as_cidr(c: object) -> AgentCidr:
+    if isinstance(c, AgentCidr):
+        return c
+    if isinstance(c, str):
+        return AgentCidr.parse(c)
+    network = getattr(c, "network", None)  # the config's AgentCIDR (network, negate)
+    if network is not None:
+        return AgentCidr(ipaddress.ip_network(network), bool(getattr(c, "negate", False)))
+    raise TypeError(f"not an agent.cidr entry: {c!r}")
+
+
+def _as_cidrs(cidrs: Iterable[object] | None) -> list[AgentCidr]:
+    return [_as_cidr(c) for c in (cidrs or ())]
 
 
 def base_priority(addr: IpAddress, vlan: bool = False, loopback: bool = False) -> int:
@@ -164,10 +175,12 @@ def resolve_agent_device(interfaces: InterfaceTable, agent_dev: str | None) -> I
 def candidates(
     interfaces: InterfaceTable | Iterable[Interface],
     agent_dev: str | None = None,
-    cidrs: Iterable[str | AgentCidr] | None = None,
+    cidrs: Iterable[object] | None = None,
 ) -> list[Candidate]:
     """Every address of every admin-up interface as a :class:`Candidate`, best first."""
-    table = interfaces if isinstance(interfaces, InterfaceTable) else InterfaceTable(list(interfaces))
+    table = (
+        interfaces if isinstance(interfaces, InterfaceTable) else InterfaceTable(list(interfaces))
+    )
     cidr_list = _as_cidrs(cidrs)
     pegged_iface = resolve_agent_device(table, agent_dev)
     pegged = pegged_iface.name if pegged_iface is not None else None
@@ -225,7 +238,7 @@ def elect_agent_address(
     interfaces: InterfaceTable | Iterable[Interface],
     agent_ip: str | None = None,
     agent_dev: str | None = None,
-    cidrs: Iterable[str | AgentCidr] | None = None,
+    cidrs: Iterable[object] | None = None,
 ) -> str | None:
     """The agent address: ``agent_ip`` if given (used as is, even if not local, as hsflowd),
     else the best :func:`candidates` entry with a priority above 0, else None (the agent then

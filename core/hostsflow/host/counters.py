@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 import platform
-from typing import Callable
+from collections.abc import Callable
 
 from ..sflow.records import (
     MIB2_ICMP_FIELDS,
@@ -135,9 +135,7 @@ def host_descr(uuid: bytes | None = None, hostname: str | None = None) -> HostDe
 def adapter_interfaces(interfaces: InterfaceTable) -> list[Interface]:
     """The interfaces host_adapters lists: up, not loopback, not a veth (container side or
     peer, as hsflowd), with a non-zero MAC; at most 32, in ifIndex order."""
-    chosen = [
-        i for i in interfaces if i.up and not i.loopback and i.kind != "veth" and i.has_mac
-    ]
+    chosen = [i for i in interfaces if i.up and not i.loopback and i.kind != "veth" and i.has_mac]
     return chosen[:MAX_ADAPTERS]
 
 
@@ -391,7 +389,9 @@ def host_net_io(interfaces: InterfaceTable | None = None) -> HostNetIo:
 _SNMP_ALIASES = {"InParamProbs": "InParmProbs", "OutParamProbs": "OutParmProbs"}
 
 
-def _mib2_group(cls: type[Record], group: str, fields: list[str], snmp: dict[str, dict[str, int]]) -> Record:
+def _mib2_group(
+    cls: type[Record], group: str, fields: list[str], snmp: dict[str, dict[str, int]]
+) -> Record:
     cols = snmp.get(group, {})
     values = {f: _u32(cols.get(_SNMP_ALIASES.get(f, f), cols.get(f, 0))) for f in fields}
     return cls(**values)

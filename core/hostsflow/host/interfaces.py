@@ -15,7 +15,7 @@ import fcntl
 import os
 import socket
 import struct
-from typing import Iterator
+from collections.abc import Iterator
 
 import attrs
 
@@ -93,9 +93,9 @@ class InterfaceTable:
     ifIndex wins when several share a MAC (bridges, VLANs and bonds copy their ports' MACs).
     """
 
-    __slots__ = ("_by_name", "_by_index", "_by_mac")
+    __slots__ = ("_by_index", "_by_mac", "_by_name")
 
-    def __init__(self, interfaces: "list[Interface] | tuple[Interface, ...]" = ()) -> None:
+    def __init__(self, interfaces: list[Interface] | tuple[Interface, ...] = ()) -> None:
         ordered = sorted(interfaces, key=lambda i: i.ifindex)
         self._by_name = {i.name: i for i in ordered}
         self._by_index = {i.ifindex: i for i in ordered}
@@ -139,7 +139,7 @@ class InterfaceTable:
     def __repr__(self) -> str:
         return f"InterfaceTable({', '.join(self.names())})"
 
-    def diff(self, other: "InterfaceTable") -> InterfaceDiff:
+    def diff(self, other: InterfaceTable) -> InterfaceDiff:
         """Compare with a newer table: names ``other`` added, removed, and changed."""
         mine, theirs = self._by_name, other._by_name
         return InterfaceDiff(
@@ -328,7 +328,9 @@ def read_interface(
     addrs = list(addresses or [])
     flags6 = v6flags or {}
     dynamic = frozenset(
-        a for a in addrs if ":" in a and not flags6.get((name, a), IFA_F_PERMANENT) & IFA_F_PERMANENT
+        a
+        for a in addrs
+        if ":" in a and not flags6.get((name, a), IFA_F_PERMANENT) & IFA_F_PERMANENT
     )
     return Interface(
         name=name,

@@ -6,7 +6,8 @@ pcap ask ``agent.sampling_rate(interface)``; nflog/ulog use the global ``samplin
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol
+from collections.abc import Mapping
+from typing import Protocol
 
 BPS_RATIO = "bps_ratio"
 SPEED_SAMPLING_RATIO = 1_000_000  # default: one sample per this many bits per second of speed
@@ -38,9 +39,9 @@ def lookup_setting(settings: Mapping[str, int], name: str) -> int | None:
     best, best_len = None, 0
     for key, value in settings.items():
         n = len(key)
-        if n > best_len and n <= len(name) and name.startswith(key):
-            if n == len(name) or name[n] == ".":
-                best, best_len = value, n
+        if (best_len < n <= len(name) and name.startswith(key)
+                and (n == len(name) or name[n] == ".")):  # fmt: skip
+            best, best_len = value, n
     return best
 
 
