@@ -1,0 +1,67 @@
+"""The sample pool: the interface's real packet counters, interpolated per sample."""
+
+from __future__ import annotations
+
+import socket
+
+from hostsflow_pcap.pool import PacketCounter, SamplePool
+
+
+class Readings:
+    """Counter readings given in advance (for the arithmetic of the pool)."""
+
+    def __init__(self, *values: int | None) -> None:
+        self.values = list(values)
+        self.source = "given"
+
+    def read(self) -> int | None:
+        return self.values.pop(0)
+
+    def close(self) -> None:
+        pass
+
+
+def test_pool_counts_packets_since_open_and_interpolates() -> None:
+    pool = SamplePool(Readings(1000, 1100, 1500), now=10.0)  # type: ignore[arg-type]
+    assert pool.update(now=11.0) == 100
+    assert pool.update(now=12.0) == 500
+    assert pool.at(11.0) == 100
+    assert pool.at(11.5) == 300
+    assert pool.at(12.5) == 500
+    assert pool.at(10.0) == 100  # before the window: its start
+
+
+def test_pool_survives_counter_reset_and_unreadable_counters() -> None:
+    pool = SamplePool(Readings(1000, 1200, None, 50, 80), now=0.0)  # type: ignore[arg-type]
+    assert pool.update(now=1.0) == 200
+    assert pool.update(now=2.0) == 200  # unreadable: unchanged
+    assert pool.update(now=3.0) == 200  # reset (device re-created): restart from 50
+    assert pool.update(now=4.0) == 230
+
+
+def test_loopback_counter_reads_real_kernel_counters() -> None:
+    counter = PacketCounter("lo", socket.if_nametoindex("lo"), loopback=True)
+    try:
+        before = counter.read()
+        assert before is not None
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            rx.bind(("127.0.0.1", 0))
+            for _ in range(50):
+                tx.sendto(b"p", rx.getsockname())
+        after = counter.read()
+        assert after is not None and after - before >= 50
+    finally:
+        counter.close()
+
+
+def test_wrong_namespace_sysfs_falls_back_to_procfs() -> None:
+    # an ifindex sysfs does not show for this name: sysfs is not trusted, /proc/net/dev is used
+    counter = PacketCounter("lo", 999999, loopback=True)
+    try:
+        assert counter.source == "procfs"
+        assert counter.read() is not None
+    finally:
+        counter.close()
+    missing = PacketCounter("nosuchdev0", 424242)
+    assert missing.read() is None
