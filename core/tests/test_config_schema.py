@@ -384,7 +384,11 @@ def test_load_config_from_files(tmp_path: Any) -> None:
     binary.write_bytes(b"sflow {\n collector { ip = ::1 }\n agent = caf\xe9\n}\n")
     with pytest.raises(ConfigError) as info:
         load_config(str(binary))
-    assert str(info.value) == f"{binary}:3: not UTF-8 text"
+    assert str(info.value) == f"{binary}:3: 'caf\ufffd' holds bytes that are not UTF-8 (only " \
+        "comments may)"
+    latin1 = tmp_path / "latin1.conf"
+    latin1.write_bytes(b"# caf\xe9 au lait\n" + MINIMAL.encode())
+    assert load_config(str(latin1)).collectors == [CollectorConfig("127.0.0.1")]
 
     with pytest.raises(ConfigError, match="cannot read config file: Is a directory"):
         load_config(str(tmp_path))

@@ -16,7 +16,8 @@ This module knows the syntax only (no key names, no types).  The grammar is hsfl
 Where hsflowd is lenient we are stricter, because a config mistake found at start-up is cheaper
 than a silent one: a value must be on the same line as its key, a missing final ``}`` is an
 error (hsflowd only logs it), a ``"`` inside a bare word is an error, a token longer than 255
-characters is an error (hsflowd truncates it), and keys are names (``[A-Za-z_][A-Za-z0-9_.-]*``).
+characters is an error (hsflowd truncates it), bytes that are not UTF-8 (read as U+FFFD) are an
+error outside comments, and keys are names (``[A-Za-z_][A-Za-z0-9_.-]*``).
 """
 
 from __future__ import annotations
@@ -113,6 +114,9 @@ def tokenize(text: str, file: str) -> Iterator[Token]:
             if len(quoted or word or "") > MAX_TOKEN + (2 if quoted else 0):
                 raise ConfigError(file, lineno, f"'{(quoted or word)[:20]}...' is longer than "
                                   f"{MAX_TOKEN} characters")
+            if "\ufffd" in (quoted or word or ""):
+                raise ConfigError(file, lineno, f"'{quoted or word}' holds bytes that are not "
+                                  "UTF-8 (only comments may)")
             if brace:
                 yield Token(brace, lineno, brace)
             elif quoted is not None:

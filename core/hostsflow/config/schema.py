@@ -363,17 +363,15 @@ def parse_config_text(text: str, filename: str, registry: ConfigRegistry | None 
 
 
 def read_config_text(path: str) -> str:
-    """The text of config file ``path``; :class:`ConfigError` if unreadable or not UTF-8."""
+    """The text of config file ``path``; :class:`ConfigError` if unreadable."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:
         raise ConfigError(path, 0, f"cannot read config file: {exc.strerror or exc}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError(path, line, "not UTF-8 text") from None
+    # hsflowd reads bytes: old files may hold Latin-1 comments.  Undecodable bytes become U+FFFD,
+    # which the parser refuses outside comments.
+    return data.decode("utf-8", errors="replace")
 
 
 def load_config(path: str, registry: ConfigRegistry | None = None, *,
