@@ -217,9 +217,11 @@ def lookup_socket(
         seq = 1
         s.send(request_for(key, seq, with_info=with_info))
         deadline = time.monotonic() + timeout
+        poller = select.poll()  # not select(): the fd may be above FD_SETSIZE
+        poller.register(s, select.POLLIN)
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([s], [], [], left)[0]:
+            if left <= 0 or not poller.poll(left * 1000):
                 raise TimeoutError("sock_diag lookup timed out")
             for r in diag.iter_replies(s.recv(65536)):
                 if r.seq != seq:
