@@ -68,6 +68,7 @@ class NflogPlugin:
         self.retry_at: float | None = None
         self.backoff = RETRY_FIRST
         self.registered_fd = -1
+        self.bind_failing = False
 
     # ------------------------------------------------------------ hooks
 
@@ -155,7 +156,7 @@ class NflogPlugin:
         self.reader.reset_sequence()
         self.retry_at = None
         self.backoff = RETRY_FIRST
-        agent.clear_warning(f"nflog.bind:{cfg.group}")
+        self.bind_failing = False
         self.log.info("nflog_bound", group=cfg.group, netns=cfg.netns,
                       copy_range=sock.copy_range, qthreshold=cfg.qthreshold)
         return True
@@ -172,8 +173,10 @@ class NflogPlugin:
             why = f"network namespace {cfg.netns} does not exist"
         else:
             why = f"cannot bind NFLOG group {cfg.group}: {exc}"
-        agent.warn_once(f"nflog.bind:{cfg.group}", "nflog_bind_failed", group=cfg.group,
-                        reason=why, retry_in=self.backoff, error=str(exc))
+        if not self.bind_failing:  # one error per failure streak, not one per retry
+            self.log.error("nflog_bind_failed", group=cfg.group, reason=why,
+                           retry_in=self.backoff, error=str(exc))
+        self.bind_failing = True
         self.retry_at = agent.now() + self.backoff
         self.backoff = min(RETRY_MAX, self.backoff * 2)
 
