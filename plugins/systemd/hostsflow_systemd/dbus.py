@@ -50,7 +50,11 @@ def parse_units(body: Any) -> list[tuple[str, str, str, str]]:
     try:
         (rows,) = body
         out = []
+        if not isinstance(rows, (list, tuple)):
+            raise MalformedReply("ListUnits: not an array")
         for row in rows:
+            if not isinstance(row, (list, tuple)) or len(row) < 7:
+                raise MalformedReply("ListUnits: not a (ssssssouso) struct")
             name, _desc, load, active, _sub, _follow, path = row[:7]
             if not all(isinstance(x, str) for x in (name, load, active, path)):
                 raise MalformedReply("ListUnits: non-string field")

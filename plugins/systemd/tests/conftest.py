@@ -269,3 +269,23 @@ def user_manager() -> Iterator[UserManager]:
         yield um
     finally:
         um.stop()
+
+
+@pytest.fixture
+def user_manager_factory() -> Iterator[Any]:
+    """Start extra, private user managers (for tests that break them)."""
+    why = _why_not()
+    if why:
+        pytest.skip(why)
+    made: list[UserManager] = []
+
+    def make() -> UserManager:
+        um = UserManager()
+        made.append(um)
+        return um.start()
+
+    try:
+        yield make
+    finally:
+        for um in made:
+            um.stop()

@@ -401,3 +401,29 @@ def test_lookup_cost_with_10000_sockets(harness, world):
             c.close()
             a.close()
         srv.close()
+
+
+
+def test_bus_going_away_is_logged_once_and_services_dropped(user_manager_factory):
+    """Kill the bus under a running agent: one message, the services go, the agent runs on."""
+    import structlog
+
+    um = user_manager_factory()
+    port = free_port()
+    um.add_service("short", [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"])
+    plugin = SystemdPlugin()
+    with structlog.testing.capture_logs() as logs:
+        h = AgentHarness(conf(um), plugins={"systemd": plugin}, host_poller=True)
+        h.plugin = plugin
+        try:
+            h.start()
+            wait_for(h, lambda: "short.service" in sources(h), 5)
+            os.kill(um.dbus_pid, 15)
+            wait_for(h, lambda: not sources(h), 5)
+            h.run_loop(3.5)  # several reconnect attempts
+            h.tick(2)
+            assert h.counter_samples()  # host counters still flow
+        finally:
+            h.stop()
+    down = [e for e in logs if e.get("event") == "systemd_unreachable"]
+    assert len(down) == 1, down

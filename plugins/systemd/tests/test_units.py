@@ -1,0 +1,241 @@
+"""Unit tests of the pieces that do not need systemd: identity, cgroup mounts, accounting
+fallbacks, D-Bus reply parsing, and the plugin when there is no systemd to talk to."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import uuid as uuidlib
+from pathlib import Path
+
+import pytest
+import structlog
+from hostsflow.testing import AgentHarness
+
+from hostsflow_systemd.cgroups import CgroupMounts, DeltaAccumulator, ServiceAccounting
+from hostsflow_systemd.dbus import MalformedReply, parse_units, wanted
+from hostsflow_systemd.identity import DsIndexAllocator, hash_uuid, unit_uuid
+from hostsflow_systemd.plugin import SystemdPlugin
+from hostsflow_systemd.services import under_slice
+from hostsflow_systemd.sockdiag import SockDiag
+
+HOST = bytes.fromhex("0123456789abcdef0123456789abcdef")
+
+
+def test_unit_uuid_is_rfc4122_v5():
+    # with no agent address, the name is the unit name alone: Python's uuid5 must agree
+    assert unit_uuid(HOST, "sshd.service", None) == uuidlib.uuid5(
+        uuidlib.UUID(bytes=HOST), "sshd.service").bytes
+    u = uuidlib.UUID(bytes=unit_uuid(HOST, "sshd.service", "10.0.0.1"))
+    assert u.version == 5 and u.variant == uuidlib.RFC_4122
+    assert unit_uuid(HOST, "sshd.service", "10.0.0.1") != unit_uuid(HOST, "sshd.service", "10.0.0.2")
+    assert unit_uuid(HOST, "a.service", "::1") != unit_uuid(HOST, "a.service", None)
+
+
+def fnv1a_reference(data: bytes, signed: bool) -> int:
+    h = 2166136261
+    for b in data:
+        v = b - 256 if (signed and b >= 128) else b
+        h = ((h ^ (v & 0xFFFFFFFF)) * 16777619) & 0xFFFFFFFF
+    return h
+
+
+def test_fnv_hash_signed_char_quirk():
+    ascii16 = b"abcdefghijklmnop"
+    assert hash_uuid(ascii16) == fnv1a_reference(ascii16, signed=False)
+    assert hash_uuid(b"a" + bytes(15)) == fnv1a_reference(b"a" + bytes(15), False)
+    high = bytes(range(0x80, 0x90))
+    assert hash_uuid(high) == fnv1a_reference(high, signed=True)
+    assert hash_uuid(high) != fnv1a_reference(high, signed=False)
+
+
+def test_dsindex_linear_probing_and_full_table():
+    a = DsIndexAllocator(100, 102)
+    same = bytes(16)
+    pref = 100 + hash_uuid(same) % 3
+    got = [a.assign(n, same) for n in ("x", "y", "z")]
+    assert got[0] == pref and sorted(got) == [100, 101, 102]
+    assert got[1] == (pref - 100 + 1) % 3 + 100  # next slot, wrapping
+    assert a.assign("w", same) == 0  # full
+    assert a.assign("x", same) == got[0]  # stable
+    a.release("y")
+    assert a.assign("w", same) == got[1]
+
+
+MOUNTINFO = {
+    "unified": "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n",
+    "hybrid": (
+        "31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755\n"
+        "32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n"
+        "35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+        "38 31 0:35 / /sys/fs/cgroup/blkio rw - cgroup cgroup rw,blkio\n"
+        "40 31 0:37 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd\n"
+        "41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n"),
+    "legacy": (
+        "32 31 0:29 / /sys/fs/cgroup/cpu\\040acct rw shared:9 - cgroup cgroup rw,cpuacct\n"
+        "40 31 0:37 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd\n"),
+}
+
+
+def test_mountinfo_modes():
+    u = CgroupMounts.parse(MOUNTINFO["unified"])
+    assert u.mode == "unified" and u.v2 == Path("/sys/fs/cgroup") and not u.v1
+    h = CgroupMounts.parse(MOUNTINFO["hybrid"])
+    assert h.mode == "hybrid" and h.v2 == Path("/sys/fs/cgroup/unified")
+    assert h.v1["cpuacct"] == h.v1["cpu"] == Path("/sys/fs/cgroup/cpu,cpuacct")
+    assert h.v1["systemd"] == Path("/sys/fs/cgroup/systemd")
+    assert h.v2_dir("/system.slice/x.service") == Path("/sys/fs/cgroup/unified/system.slice/x.service")
+    legacy = CgroupMounts.parse(MOUNTINFO["legacy"])
+    assert legacy.mode == "legacy" and legacy.v1["cpuacct"] == Path("/sys/fs/cgroup/cpu acct")
+    assert CgroupMounts.parse("garbage\n\n1 2 3\n").mode == "none"
+    # this machine (whatever it is) parses to something consistent with /proc/mounts
+    here = CgroupMounts.read()
+    mounts = Path("/proc/mounts").read_text()
+    assert (here.v2 is not None) == (" cgroup2 " in mounts)
+
+
+def test_slice_match():
+    assert under_slice("/system.slice/sshd.service", ["system.slice"])
+    assert under_slice("/system.slice/system-getty.slice/getty@tty1.service", ["system.slice"])
+    assert under_slice("/sflowuser/app.slice/x.service", ["app.slice"])
+    assert not under_slice("/user.slice/user-0.slice/x.service", ["system.slice"])
+    assert not under_slice("/my-system.slice-x/x.service", ["system.slice"])
+
+
+def test_delta_accumulator_survives_exits():
+    acc = DeltaAccumulator(1)
+    assert acc.update({1: (100,), 2: (50,)}) == [150]
+    assert acc.update({1: (120,)}) == [170]  # pid 2 exited: no step back
+    assert acc.update({1: (130,), 3: (5,)}) == [185]
+
+
+def test_accounting_v2_then_proc_fallback():
+    """A cgroup made by the test: cpu.stat comes from cgroup v2 (always present), memory from
+    memory.current when the memory controller is there, else the processes' resident pages."""
+    m = CgroupMounts.read()
+    if m.v2 is None or os.geteuid() != 0:
+        pytest.skip("needs root and a cgroup2 mount")
+    name = f"sflowunit-{os.getpid()}"
+    d = m.v2 / name
+    d.mkdir()
+    p = subprocess.Popen(["python3", "-c", "x = bytearray(30 << 20)\nimport time\n"
+                          "t = time.time()\nwhile time.time() - t < 0.4: pass\ntime.sleep(30)"])
+    try:
+        (d / "cgroup.procs").write_text(str(p.pid))
+        time.sleep(0.6)
+        acc = ServiceAccounting(m, "/" + name)
+        u = acc.read([p.pid], 8 << 30)
+        assert u.cpu_source == "cgroup2 cpu.stat" and u.cpu_ms >= 100
+        if (d / "memory.current").exists():
+            assert u.memory_source == "cgroup2 memory.current"
+        else:
+            assert u.memory_source == "/proc/PID/statm"
+        assert u.memory >= 30 << 20
+        assert m.pids("/" + name) == [p.pid]
+        assert m.cgroup_id("/" + name) == os.stat(d).st_ino
+    finally:
+        p.kill()
+        p.wait()
+        time.sleep(0.05)
+        d.rmdir()
+
+
+def test_parse_units_rejects_malformed():
+    good = ([("a.service", "d", "loaded", "active", "running", "", "/o/a", 0, "", "/")],)
+    assert parse_units(good) == [("a.service", "loaded", "active", "/o/a")]
+    for bad in ((), ([("a.service",)],), ([(1, "d", "loaded", "active", "r", "", "/o", 0, "", "/")],),
+                (["not a struct"],)):
+        with pytest.raises(MalformedReply):
+            parse_units(bad)
+    assert wanted("a.service", "loaded", "active")
+    assert not wanted("a.socket", "loaded", "active")
+    assert not wanted("a.service", "not-found", "active")
+    assert not wanted("a.service", "loaded", "activating")
+
+
+def test_sockdiag_finds_cgroup_id_and_inode():
+    if os.geteuid() != 0:
+        pytest.skip("sock_diag of other users' sockets needs root")
+    d = SockDiag()
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    c = socket.create_connection(srv.getsockname())
+    a, _ = srv.accept()
+    lo = socket.inet_aton("127.0.0.1")
+    info = d.lookup(6, socket.AF_INET, lo, c.getsockname()[1], lo, srv.getsockname()[1])
+    assert info is not None and info.inode == os.fstat(c.fileno()).st_ino
+    m = CgroupMounts.read()
+    if m.v2 is not None:
+        mine = Path("/proc/self/cgroup").read_text().split("0::", 1)[1].split()[0]
+        assert info.cgroup_id == m.cgroup_id(mine)
+    u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    u.bind(("::1", 0))
+    l6 = socket.inet_pton(socket.AF_INET6, "::1")
+    uinfo = d.lookup(17, socket.AF_INET6, l6, u.getsockname()[1], l6, 9)
+    assert uinfo is not None and uinfo.inode == os.fstat(u.fileno()).st_ino
+    assert d.lookup(6, socket.AF_INET, lo, 1, lo, 2) is None
+    for s in (a, c, srv, u):
+        s.close()
+    d.close()
+
+
+def _run_without_systemd(bus: str, seconds: float):
+    plugin = SystemdPlugin()
+    conf = ("sflow {\n collector { ip = 127.0.0.1 }\n polling = 1\n"
+            f" systemd {{\n  bus = \"{bus}\"\n  markTraffic = on\n }}\n}}\n")
+    with structlog.testing.capture_logs() as logs:
+        h = AgentHarness(conf, plugins={"systemd": plugin}, host_poller=True)
+        try:
+            h.start()
+            h.run_loop(seconds)
+            h.tick(2)
+            h.feed(h.make_sample(tcp=("127.0.0.1", 1, "127.0.0.1", 2)))
+            h.flush()
+            assert plugin.sflow_data_sources(h.agent) == []
+            assert len(h.flow_samples()) == 1  # the packet path runs on
+            assert h.counter_samples()  # the host's counters still go out
+        finally:
+            h.stop()
+    return plugin, [e for e in logs if e.get("event") == "systemd_unreachable"]
+
+
+def test_no_systemd_one_message_and_retries():
+    plugin, msgs = _run_without_systemd("unix:path=/nonexistent/hostsflow-test-bus", 3.5)
+    assert len(msgs) == 1, msgs
+    assert "FileNotFoundError" in msgs[0]["detail"] or "No such file" in msgs[0]["detail"]
+    assert plugin.watcher is not None and plugin.watcher.syncs == 0
+
+
+@pytest.fixture
+def bare_bus():
+    tmp = tempfile.mkdtemp(prefix="sflow-bus-")
+    conf = Path(tmp, "bus.conf")
+    conf.write_text(
+        '<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"\n'
+        ' "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">\n'
+        f"<busconfig><type>session</type><listen>unix:path={tmp}/bus.sock</listen>"
+        '<auth>EXTERNAL</auth><policy context="default">'
+        '<allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/>'
+        '<allow own="*"/></policy></busconfig>\n')
+    out = subprocess.run(["dbus-daemon", f"--config-file={conf}", "--print-address=1",
+                          "--print-pid=1", "--fork"], capture_output=True, text=True, check=True)
+    pid = int(out.stdout.split()[1])
+    try:
+        yield f"unix:path={tmp}/bus.sock"
+    finally:
+        os.kill(pid, 15)
+        time.sleep(0.05)
+        for f in Path(tmp).iterdir():
+            f.unlink()
+        os.rmdir(tmp)
+
+
+def test_bus_without_systemd_one_message(bare_bus):
+    """A D-Bus bus is there but nobody owns org.freedesktop.systemd1."""
+    plugin, msgs = _run_without_systemd(bare_bus, 3.5)
+    assert len(msgs) == 1, msgs
+    assert "ServiceUnknown" in msgs[0]["detail"] or "NameHasNoOwner" in msgs[0]["detail"]
