@@ -2,15 +2,15 @@
 
 The kernel filter throws away the packets it does not sample, so the capture socket cannot
 count them (test-facilities.md gotcha 4).  The pool comes from the interface's own packet
-counters (received + sent), read once per read batch and once per tick, and each sample gets the
-value interpolated at its capture time between two readings.  The pool only grows: a counter
-that goes backwards (interface re-created, counters reset) restarts the delta from the new value.
+counters (received + sent), read once per read batch and once per tick; the samples of a
+batch are spread over the packets counted since the previous reading by their rank.  The pool
+only grows: a counter that goes backwards (interface re-created, counters reset) restarts the
+delta from the new value.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from typing import Callable
 
 
@@ -88,43 +88,36 @@ class PacketCounter:
 class SamplePool:
     """A monotonic packet pool fed by :class:`PacketCounter` readings.
 
-    ``update(now)`` takes a reading; ``at(ts)`` gives the pool at a time between the previous
-    reading and the last one (linear), which is what each sample of a batch gets.
+    ``update()`` takes a reading and returns the pool before and after it.  The samples read in
+    one batch are spread over that interval by their rank (:meth:`spread`): the kernel keeps a
+    uniform random subset of the packets, so the i-th of k samples sits on average at
+    ``i/(k+1)`` of the packets counted in the interval, however bursty the traffic was.
     """
 
-    __slots__ = ("counter", "total", "prev_total", "prev_time", "last_time", "_last_raw")
+    __slots__ = ("counter", "total", "prev_total", "_last_raw")
 
-    def __init__(self, counter: PacketCounter, now: float | None = None) -> None:
+    def __init__(self, counter: PacketCounter) -> None:
         self.counter = counter
         self.total = 0
-        self._last_raw = counter.read()
-        t = time.time() if now is None else now
         self.prev_total = 0
-        self.prev_time = t
-        self.last_time = t
+        self._last_raw = counter.read()
 
-    def update(self, now: float | None = None) -> int:
-        """Read the counters; the pool so far.  The previous reading becomes the start of the
-        interpolation window."""
+    def update(self) -> tuple[int, int]:
+        """Read the counters; (pool at the previous reading, pool now)."""
         raw = self.counter.read()
-        t = time.time() if now is None else now
-        self.prev_total, self.prev_time = self.total, self.last_time
+        self.prev_total = self.total
         if raw is not None:
             last = self._last_raw
             if last is not None and raw >= last:
                 self.total += raw - last
             self._last_raw = raw
-        self.last_time = t
-        return self.total
+        return self.prev_total, self.total
 
-    def at(self, ts: float) -> int:
-        """The pool at wall-clock time ``ts``, interpolated between the last two readings."""
-        span = self.last_time - self.prev_time
-        if span <= 0 or ts >= self.last_time:
-            return self.total
-        if ts <= self.prev_time:
-            return self.prev_total
-        return self.prev_total + int((self.total - self.prev_total) * (ts - self.prev_time) / span)
+    @staticmethod
+    def spread(p0: int, p1: int, k: int) -> list[int]:
+        """The pools of k samples read between the readings ``p0`` and ``p1``."""
+        span = p1 - p0
+        return [p0 + span * (i + 1) // (k + 1) for i in range(k)]
 
     def close(self) -> None:
         self.counter.close()

@@ -214,10 +214,14 @@ class Tap:
     def _build(self, chunks: list[tuple[bytes, bytes]]) -> list[FlowSample]:
         pool = self._pool
         assert pool is not None
-        pool.update()
-        p0, t0, p1, t1 = pool.prev_total, pool.prev_time, pool.total, pool.last_time
-        span = t1 - t0
-        scale = (p1 - p0) / span if span > 0 else 0.0
+        p0, p1 = pool.update()
+        k = 0
+        for _, meta in chunks:
+            k += len(meta) >> 4
+        # the i-th of k samples sits on average at (i+1)/(k+1) of the packets counted since
+        # the previous reading (a uniform random subset), whatever the timing
+        step = (p1 - p0) / (k + 1)
+        rank = 0
         drop_now = self._drops_now()
         drops = drop_now - self._last_drop
         self._last_drop = drop_now
@@ -233,22 +237,16 @@ class Tap:
             for data, meta in chunks:
                 for sec, usec, off, caplen in iter_meta(meta):
                     pkt = data[off : off + caplen]
-                    ts = sec + usec * 1e-6
-                    if ts >= t1:
-                        sp = p1
-                    elif ts <= t0:
-                        sp = p0
-                    else:
-                        sp = p0 + int((ts - t0) * scale)
+                    rank += 1
+                    sp = p0 + int(rank * step)
                     if mac is not None and pkt[6:12] == mac:
                         inp, outp, direction = INTERNAL_IFINDEX, ifindex, DIRECTION_SENT
                     else:
                         inp, outp, direction = ifindex, INTERNAL_IFINDEX, DIRECTION_RECEIVED
                     flen = ethernet_length(pkt, caplen, snaplen) + FCS
                     hdr = SampledHeader(HEADER_ETHERNET, flen, FCS, pkt)
-                    append(
-                        FlowSample(source, rate, [hdr], sp, drops, inp, outp, direction, ts)
-                    )
+                    ts = sec + usec * 1e-6
+                    append(FlowSample(source, rate, [hdr], sp, drops, inp, outp, direction, ts))
                     drops = 0
         else:
             for data, meta in chunks:
@@ -263,19 +261,13 @@ class Tap:
                         proto = HEADER_IPV6
                     else:
                         continue
-                    ts = sec + usec * 1e-6
-                    if ts >= t1:
-                        sp = p1
-                    elif ts <= t0:
-                        sp = p0
-                    else:
-                        sp = p0 + int((ts - t0) * scale)
+                    rank += 1
+                    sp = p0 + int(rank * step)
                     # hsflowd: a link without a MAC header counts 14 bytes of it as stripped
                     flen = raw_ip_length(pkt, caplen, snaplen) + FCS + ETH_HLEN
                     hdr = SampledHeader(proto, flen, FCS + ETH_HLEN, pkt)
-                    append(
-                        FlowSample(source, rate, [hdr], sp, drops, 0, 0, DIRECTION_UNKNOWN, ts)
-                    )
+                    ts = sec + usec * 1e-6
+                    append(FlowSample(source, rate, [hdr], sp, drops, 0, 0, DIRECTION_UNKNOWN, ts))
                     drops = 0
         self.samples += len(out)
         return out

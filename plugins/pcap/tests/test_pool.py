@@ -21,22 +21,25 @@ class Readings:
         pass
 
 
-def test_pool_counts_packets_since_open_and_interpolates() -> None:
-    pool = SamplePool(Readings(1000, 1100, 1500), now=10.0)  # type: ignore[arg-type]
-    assert pool.update(now=11.0) == 100
-    assert pool.update(now=12.0) == 500
-    assert pool.at(11.0) == 100
-    assert pool.at(11.5) == 300
-    assert pool.at(12.5) == 500
-    assert pool.at(10.0) == 100  # before the window: its start
+def test_pool_counts_packets_since_open() -> None:
+    pool = SamplePool(Readings(1000, 1100, 1500))  # type: ignore[arg-type]
+    assert pool.update() == (0, 100)
+    assert pool.update() == (100, 500)
+
+
+def test_samples_are_spread_over_the_interval_by_rank() -> None:
+    assert SamplePool.spread(100, 500, 3) == [200, 300, 400]
+    assert SamplePool.spread(0, 10, 1) == [5]
+    spread = SamplePool.spread(0, 1000, 9)
+    assert spread == sorted(spread) and spread[-1] < 1000
 
 
 def test_pool_survives_counter_reset_and_unreadable_counters() -> None:
-    pool = SamplePool(Readings(1000, 1200, None, 50, 80), now=0.0)  # type: ignore[arg-type]
-    assert pool.update(now=1.0) == 200
-    assert pool.update(now=2.0) == 200  # unreadable: unchanged
-    assert pool.update(now=3.0) == 200  # reset (device re-created): restart from 50
-    assert pool.update(now=4.0) == 230
+    pool = SamplePool(Readings(1000, 1200, None, 50, 80))  # type: ignore[arg-type]
+    assert pool.update() == (0, 200)
+    assert pool.update() == (200, 200)  # unreadable: unchanged
+    assert pool.update() == (200, 200)  # reset (device re-created): restart from 50
+    assert pool.update() == (200, 230)
 
 
 def test_loopback_counter_reads_real_kernel_counters() -> None:

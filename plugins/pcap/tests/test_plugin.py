@@ -1,0 +1,110 @@
+"""The plugin inside the testing kit's agent, tapping the loopback device of this namespace
+(loopback traffic only): config, tap set, batches through the agent, re-rating on reload."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from hostsflow.bootstrap import load
+from hostsflow.config import ConfigError
+from hostsflow.samples import DIRECTION_RECEIVED
+from hostsflow.sflow.records import INTERNAL_IFINDEX
+from hostsflow.testing import AgentHarness
+
+from hostsflow_pcap.config import PcapConfig
+from hostsflow_pcap.plugin import PcapPlugin
+
+root = pytest.mark.skipif(os.geteuid() != 0, reason="packet capture needs root (CAP_NET_RAW)")
+
+LO = socket.if_nametoindex("lo")
+
+
+def conf(body: str) -> str:
+    return "sflow {\n collector { ip = 127.0.0.1 }\n polling = 0\n" + body + "\n}"
+
+
+def blast(count: int, size: int = 300) -> None:
+    """``count`` UDP datagrams over loopback to a socket that is not read."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        rx.bind(("127.0.0.1", 0))
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        for _ in range(count):
+            tx.sendto(b"z" * size, rx.getsockname())
+
+
+def test_config_blocks_are_repeatable_and_typed() -> None:
+    loaded = load(conf('pcap { dev = lo sampling = 2K promisc = on }\n'
+                       'pcap { dev.pattern = "eth[0-9]+" speed = 1G- buffer = 1M }'),
+                  "<t>", plugins={"pcap": PcapPlugin()})
+    a, b = loaded.config.modules["pcap"]
+    assert (a.dev, a.sampling, a.promisc) == ("lo", 2000, True)
+    assert b.dev is None and b.dev_pattern.pattern == "eth[0-9]+" and b.buffer == 1_000_000
+    assert b.selects("eth0", "physical", 10**10)
+    assert not b.selects("eth0", "physical", 10**8)  # below the speed range
+    assert not b.selects("eth0", "veth", 10**10)  # veth only when named with dev
+    assert PcapConfig(dev="veth1").selects("veth1", "veth", 0)
+    with pytest.raises(ConfigError, match="sampling"):
+        load(conf("pcap { dev = lo sampling = lots }"), "<t>", plugins={"pcap": PcapPlugin()})
+
+
+@root
+def test_loopback_tap_feeds_batches_with_pool_and_direction() -> None:
+    plugin = PcapPlugin()
+    with AgentHarness(conf("pcap { dev = lo sampling = 1 }\npcap { dev = nosuchdev0 }"),
+                      plugins={"pcap": plugin}) as h:
+        assert list(plugin.taps) == ["lo"]  # the absent device is simply not tapped (yet)
+        assert [str(ds) for ds in plugin.sflow_data_sources(h.agent)] == [f"0:{LO}"]
+        blast(300)
+        h.run_loop(0.4)
+        h.tick()
+        samples = h.flow_samples()
+        # libpcap shows each loopback packet once (incoming); rate 1 keeps every one
+        ours = [s for s in samples if s.records[0].frame_length == 300 + 42 + 4]
+        assert len(ours) == 300
+        s = ours[-1]
+        assert s.sampling_rate == 1 and (s.source.ds_class, s.source.ds_index) == (0, LO)
+        assert s.input == (0, LO) and s.output == (0, INTERNAL_IFINDEX)
+        assert len(s.records[0].header) == 128
+        # rate 1: the pool (loopback: rx only) is the packet count, whoever else used lo
+        last = samples[-1]
+        assert 0.95 * len(samples) <= last.sample_pool <= 1.05 * len(samples) + 5
+        assert plugin.status()["lo"]["samples"] == len(samples)
+    assert plugin.taps == {}  # sflow_final closed it
+
+
+@root
+def test_reload_reattaches_a_new_rate_and_drops_unselected_taps() -> None:
+    plugin = PcapPlugin()
+    with AgentHarness(conf("pcap { dev = lo sampling = 1 }"), plugins={"pcap": plugin}) as h:
+        tap = plugin.taps["lo"]
+        new = load(conf("pcap { dev = lo sampling = 50 }"), "<t>", plugins={"pcap": PcapPlugin()})
+        h.agent.reload(new.config)
+        assert plugin.taps["lo"] is tap and tap.rate == 50  # same socket, new filter
+        blast(5000, 64)
+        h.run_loop(0.4)
+        h.tick()
+        got = [s for s in h.flow_samples() if s.sampling_rate == 50]
+        # 1 in 50 of ~5000: 100 expected, sigma 9.9
+        assert 50 <= len(got) <= 150, len(got)
+        none = load(conf('pcap { dev.pattern = "nomatch.*" }'), "<t>",
+                    plugins={"pcap": PcapPlugin()})
+        h.agent.reload(none.config)
+        assert plugin.taps == {} and tap.closed
+
+
+@root
+def test_samples_built_by_the_tap_say_received_without_a_mac() -> None:
+    plugin = PcapPlugin()
+    with AgentHarness(conf("pcap { dev = lo sampling = 1 }"), plugins={"pcap": plugin}):
+        tap = plugin.taps["lo"]
+        blast(10)
+        import select
+
+        select.select([tap.fileno()], [], [], 1.0)
+        batch = tap.drain()
+        assert batch and all(s.direction == DIRECTION_RECEIVED for s in batch)
+        assert sum(s.drops for s in batch) == 0
