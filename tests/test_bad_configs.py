@@ -14,7 +14,6 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
-
 from hostsflow.config import ConfigError, ConfigRegistry, parse_config_text, read_config_text
 
 CORPUS = Path(__file__).parent / "bad_configs"
@@ -53,7 +52,7 @@ def _agent_command() -> list[str]:
     """How to run ``hostsflowd``, or skip if the CLI is not importable yet."""
     try:
         cli = importlib.import_module("hostsflow.cli")
-        getattr(cli, "agent_main")
+        cli.agent_main
     except (ImportError, AttributeError) as exc:
         pytest.skip(f"hostsflowd is not importable yet ({exc})")
     script = shutil.which("hostsflowd")

@@ -7,14 +7,19 @@ import re
 from typing import Any
 
 import attrs
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from hostsflow.config.options import device
 from hostsflow.config import (
-    AgentConfig, ConfigError, ConfigRegistry, on_off, option, parse_config_text, regex,
+    AgentConfig,
+    ConfigError,
+    ConfigRegistry,
+    on_off,
+    option,
+    parse_config_text,
+    regex,
     speed_range,
 )
+from hostsflow.config.options import device
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 
 @attrs.frozen

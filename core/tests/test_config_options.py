@@ -8,7 +8,6 @@ import uuid as _uuid
 from typing import Any
 
 import pytest
-
 from hostsflow.config import options as o
 
 GOOD: list[tuple[str, o.Converter, Any, Any]] = [

@@ -8,11 +8,27 @@ from typing import Any
 
 import attrs
 import pytest
-
 from hostsflow.config import (
-    AgentCIDR, AgentConfig, CollectorConfig, ConfigError, ConfigRegistry, SpeedRange,
-    load_config, module_blocks, on_off, option, parse_config_text, real, regex,
-    render_block, render_config, sampling_name, speed_name, speed_range, sub_block, u32,
+    AgentCIDR,
+    AgentConfig,
+    CollectorConfig,
+    ConfigError,
+    ConfigRegistry,
+    SpeedRange,
+    load_config,
+    module_blocks,
+    on_off,
+    option,
+    parse_config_text,
+    real,
+    regex,
+    render_block,
+    render_config,
+    sampling_name,
+    speed_name,
+    speed_range,
+    sub_block,
+    u32,
 )
 from hostsflow.config.options import device
 
@@ -392,3 +408,22 @@ def test_load_config_from_files(tmp_path: Any) -> None:
 
     with pytest.raises(ConfigError, match="cannot read config file: Is a directory"):
         load_config(str(tmp_path))
+
+
+def test_installed_plugins_render_valid_samples() -> None:
+    """Every installed module's declared block renders to a sample that validates back to its
+    defaults (``hostsflow config`` output is usable as it stands)."""
+    from importlib.metadata import entry_points
+
+    eps = list(entry_points(group="hostsflow.modules"))
+    if not eps:
+        pytest.skip("no hostsflow module is installed (pip install -e plugins/NAME)")
+    reg = ConfigRegistry({ep.name: ep.dist.name if ep.dist else "?" for ep in eps})
+    for ep in eps:
+        ep.load()().sflow_declare_config(registry=reg)
+    assert set(reg.specs) == {ep.name for ep in eps}
+    for name, spec in reg.specs.items():
+        text = render_config(reg, [name])
+        config = parse_config_text(text, f"{name}.conf", reg)
+        (instance,) = config.modules[name]
+        assert isinstance(instance, spec.cls)

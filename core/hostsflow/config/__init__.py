@@ -17,14 +17,40 @@ Plugins declare their block with an attrs class whose fields come from :func:`op
 """
 
 from .options import (
-    AgentCIDR, Converter, SpeedRange, choice, cidr, device, device_or_alias, format_si, host,
-    integer, on_off, option, option_map, real, regex, speed_range, string, sub_block, u32, uuid,
+    AgentCIDR,
+    Converter,
+    SpeedRange,
+    choice,
+    cidr,
+    device,
+    device_or_alias,
+    format_si,
+    host,
+    integer,
+    on_off,
+    option,
+    option_map,
+    real,
+    regex,
+    speed_range,
+    string,
+    sub_block,
+    u32,
+    uuid,
 )
 from .parser import Block, ConfigError, Entry, parse
 from .registry import BlockSpec, ConfigRegistry, render_block
 from .schema import (
-    AgentConfig, CollectorConfig, ConfigNote, load_config, module_blocks, parse_config_text,
-    read_config_text, render_config, sampling_name, speed_name,
+    AgentConfig,
+    CollectorConfig,
+    ConfigNote,
+    load_config,
+    module_blocks,
+    parse_config_text,
+    read_config_text,
+    render_config,
+    sampling_name,
+    speed_name,
 )
 
 __all__ = [

@@ -12,7 +12,8 @@ import ipaddress
 import re
 import uuid as _uuid
 import warnings
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import attrs
 
@@ -198,7 +199,7 @@ def _parse_cidr(value: Any) -> AgentCIDR:
         return value
     if not isinstance(value, str):
         raise ValueError(f"expected a CIDR, got {value!r}")
-    text = value[1:] if value.startswith("!") else value
+    text = value.removeprefix("!")
     try:
         return AgentCIDR(ipaddress.ip_network(text, strict=False), value.startswith("!"))
     except ValueError:
@@ -260,10 +261,11 @@ regex = Converter(_parse_regex, "regular expression", lambda p: _quote(p.pattern
 # ---------------------------------------------------------------- attrs fields
 
 NOTHING = attrs.NOTHING
+_TEXT = string()
 
 
 def option(default: Any = NOTHING, *, help: str, key: str | None = None,
-           converter: Converter = string(), validator: Any = None,
+           converter: Converter = _TEXT, validator: Any = None,
            aliases: Iterable[str] = (), repeat: bool = False, example: str | None = None) -> Any:
     """An attrs field for one ``key = value`` setting.
 
@@ -305,7 +307,7 @@ def sub_block(cls: type, *, help: str, key: str, repeat: bool = False) -> Any:
         default=None, metadata=meta)
 
 
-def conf_key(field: "attrs.Attribute[Any]") -> str | None:
+def conf_key(field: attrs.Attribute[Any]) -> str | None:
     """The conf spelling of a field made by :func:`option` & co, or None for other fields."""
     if "kind" not in field.metadata:
         return None

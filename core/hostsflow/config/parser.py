@@ -23,7 +23,7 @@ error outside comments, and keys are names (``[A-Za-z_][A-Za-z0-9_.-]*``).
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 import attrs
 
@@ -75,7 +75,7 @@ class Block:
     line: int
     file: str
     entries: list[Entry] = attrs.Factory(list)
-    blocks: list["Block"] = attrs.Factory(list)
+    blocks: list[Block] = attrs.Factory(list)
 
     @property
     def norm(self) -> str:
@@ -86,7 +86,7 @@ class Block:
         key = key.lower()
         return [e for e in self.entries if e.norm == key]
 
-    def sub(self, name: str) -> list["Block"]:
+    def sub(self, name: str) -> list[Block]:
         """Every sub-block named ``name`` (case-insensitive), in file order."""
         name = name.lower()
         return [b for b in self.blocks if b.norm == name]

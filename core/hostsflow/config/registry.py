@@ -9,13 +9,32 @@ name that nobody declared is then either an installed module that did not load, 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
 from .options import (  # noqa: F401  (re-exported: plugins import them from here too)
-    AgentCIDR, Converter, SpeedRange, choice, cidr, conf_key, device, device_or_alias, host,
-    integer, on_off, option, option_map, real, regex, speed_range, string, sub_block, u32, uuid,
+    AgentCIDR,
+    Converter,
+    SpeedRange,
+    choice,
+    cidr,
+    conf_key,
+    device,
+    device_or_alias,
+    host,
+    integer,
+    on_off,
+    option,
+    option_map,
+    real,
+    regex,
+    speed_range,
+    string,
+    sub_block,
+    u32,
+    uuid,
 )
 
 #: block names the core itself owns; a module cannot declare them
@@ -91,7 +110,7 @@ class ConfigRegistry:
 # ---------------------------------------------------------------- sample config
 
 
-def _render_value(field: "attrs.Attribute[Any]", value: Any) -> str:
+def _render_value(field: attrs.Attribute[Any], value: Any) -> str:
     conv: Converter = field.metadata["conv"]
     return conv.render(value)
 

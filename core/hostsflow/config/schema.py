@@ -28,11 +28,24 @@ from typing import Any
 import attrs
 
 from .options import (
-    AgentCIDR, Converter, cidr, choice, conf_key, device, device_or_alias, host, on_off,
-    option, option_map, real, string, sub_block, u32,
+    AgentCIDR,
+    Converter,
+    choice,
+    cidr,
+    conf_key,
+    device,
+    device_or_alias,
+    host,
+    on_off,
+    option,
+    option_map,
+    real,
+    string,
+    sub_block,
+    u32,
 )
 from .options import uuid as uuid_value
-from .parser import Block, ConfigError, parse
+from .parser import Block, ConfigError, Entry, parse
 from .registry import ConfigRegistry
 
 # ---------------------------------------------------------------- notes
@@ -123,7 +136,8 @@ class AgentConfig:
                                          help="prefer (or with '!' veto) agent addresses inside")
     sub_agent_id: int = option(100000, key="subAgentId", converter=u32(0, 199_999),
                                help="sub-agent id of the datagrams")
-    uuid: Any = option(None, converter=uuid_value, help="host UUID (default: from DMI or machine-id)")
+    uuid: Any = option(None, converter=uuid_value,
+                       help="host UUID (default: from DMI or machine-id)")
     refresh_adaptors: int = option(180, key="refreshAdaptors", converter=u32(60, 3600),
                                    help="seconds between full interface re-reads")
     check_adaptors: int = option(10, key="checkAdaptors", converter=u32(1, 3600),
@@ -165,9 +179,9 @@ _LEGACY_WARN = {"ulog", "nflo", "json"}
 
 @attrs.frozen
 class _Keys:
-    exact: dict[str, "attrs.Attribute[Any]"]  # lower-case spelling or alias -> field
+    exact: dict[str, attrs.Attribute[Any]]  # lower-case spelling or alias -> field
     spelled: dict[str, str]  # lower-case spelling or alias -> conf spelling (for hints)
-    maps: dict[str, "attrs.Attribute[Any]"]  # lower-case prefix -> field
+    maps: dict[str, attrs.Attribute[Any]]  # lower-case prefix -> field
     listing: str  # "a, b, c" for messages
 
 
@@ -190,7 +204,7 @@ def _keys(cls: type) -> _Keys:
     return _Keys(exact, spelled, maps, ", ".join(sorted(names, key=str.lower)))
 
 
-def _field_for(keys: _Keys, norm: str) -> tuple["attrs.Attribute[Any] | None", str]:
+def _field_for(keys: _Keys, norm: str) -> tuple[attrs.Attribute[Any] | None, str]:
     """The field a key names, and the map name (for ``prefix.name`` keys)."""
     if norm in keys.exact:
         return keys.exact[norm], ""
@@ -200,7 +214,7 @@ def _field_for(keys: _Keys, norm: str) -> tuple["attrs.Attribute[Any] | None", s
     return None, ""
 
 
-def _convert(field: "attrs.Attribute[Any]", value: str, file: str, line: int, key: str) -> Any:
+def _convert(field: attrs.Attribute[Any], value: str, file: str, line: int, key: str) -> Any:
     try:
         converted = field.metadata["conv"](value)
         if field.validator is not None and field.metadata["kind"] == "value":
@@ -271,7 +285,8 @@ def build(block: Block, cls: type, notes: list[ConfigNote], *,
                 try:
                     conv(item.value)
                 except ValueError as exc:
-                    raise ConfigError(file, item.line, f"bad value for '{item.key}': {exc}") from None
+                    raise ConfigError(file, item.line,
+                                      f"bad value for '{item.key}': {exc}") from None
                 level = "warning" if item.norm[:4] in _LEGACY_WARN else "debug"
                 notes.append(ConfigNote(file, item.line, level, f"'{item.key}' is accepted for "
                                         f"hsflowd compatibility and ignored: {advice}"))
@@ -306,7 +321,7 @@ def build(block: Block, cls: type, notes: list[ConfigNote], *,
         if field.default is attrs.NOTHING and field.name not in values and conf_key(field):
             raise ConfigError(file, block.line, f"'{block.name}' block has no '{conf_key(field)}' "
                               "(required)")
-    kwargs = {attrs.fields_dict(cls)[k].alias: v for k, v in values.items()}
+    kwargs = {attrs.fields_dict(cls)[k].alias or k: v for k, v in values.items()}
     kwargs.update(extra or {})
     try:
         return cls(**kwargs)
@@ -319,8 +334,8 @@ def build(block: Block, cls: type, notes: list[ConfigNote], *,
 
 def _the_sflow_block(root: Block) -> Block:
     file = root.file
-    strays = sorted([*root.entries, *(b for b in root.blocks if b.norm != "sflow")],
-                    key=lambda item: item.line)
+    others = [b for b in root.blocks if b.norm != "sflow"]
+    strays: list[Entry | Block] = sorted([*root.entries, *others], key=lambda item: item.line)
     if strays:
         item = strays[0]
         what = f"block '{item.name}'" if isinstance(item, Block) else f"setting '{item.key}'"
