@@ -19,9 +19,9 @@ import structlog
 
 from .health import Health
 from .host import identity
-from .host.agent_address import elect_agent_address
+from .host.agent_address import candidates, elect_agent_address
 from .host.sampling import sampling_rate_for
-from .host.interfaces import Interface, InterfaceTable, scan_interfaces
+from .host.interfaces import Interface, InterfaceTable, interfaces_fingerprint, scan_interfaces
 from .logsetup import OnceLog
 from .plugins import PluginHost
 from .samples import DS_IFINDEX, HOST_SOURCE, DataSource, FlowSample
@@ -73,6 +73,7 @@ class Agent:
         self.root_reasons: list[str] = []
 
         self.interfaces = scan()
+        self._if_mark = interfaces_fingerprint()
         self.interfaces_version = 0
         self.hostname = identity.hostname()
         self.uuid = identity.host_uuid(getattr(config.uuid, "bytes", config.uuid))
@@ -215,6 +216,13 @@ class Agent:
         self.exporter.flush()
 
     def refresh_interfaces(self) -> None:
+        """Rescan interfaces when the cheap /sys fingerprint changed (or every
+        ``refresh_adaptors`` seconds, for changes it cannot see, such as speed)."""
+        mark = interfaces_fingerprint()
+        due = self._seconds % max(1, self.config.refresh_adaptors) == 0
+        if mark == self._if_mark and not due:
+            return
+        self._if_mark = mark
         table = self.scan()
         if self.interfaces.diff(table):
             self.interfaces = table
@@ -333,11 +341,14 @@ class Agent:
 
     def _elect_address(self) -> str:
         cfg = self.config
+        cidrs = [str(c) for c in cfg.agent_cidr]
         chosen = elect_agent_address(
-            self.interfaces, agent_ip=cfg.agent_ip, agent_dev=cfg.agent,
-            cidrs=[str(c) for c in cfg.agent_cidr],
+            self.interfaces, agent_ip=cfg.agent_ip, agent_dev=cfg.agent, cidrs=cidrs
         )
-        hooked = self.host.hook.sflow_agent_address(agent=self, candidates=[chosen])
+        ranked = [c.address for c in candidates(self.interfaces, cfg.agent, cidrs)]
+        if chosen and chosen not in ranked:
+            ranked.insert(0, chosen)  # agentIP: used as given
+        hooked = self.host.hook.sflow_agent_address(agent=self, candidates=ranked)
         address = hooked or chosen
         if not address:
             self.once.warn("agent_address", "no_agent_address", fallback="127.0.0.1")

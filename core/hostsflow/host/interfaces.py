@@ -374,3 +374,25 @@ def scan_interfaces(sys_class_net: str = "/sys/class/net") -> InterfaceTable:
             if iface is not None:
                 found.append(iface)
     return InterfaceTable(found)
+
+
+def interfaces_fingerprint(sys_class_net: str = "/sys/class/net") -> tuple[tuple[str, str, str], ...]:
+    """A cheap summary of the interfaces (name, ifindex, flags): two small reads each, so the
+    agent can check every couple of seconds and rescan fully only when it changed (hsflowd's
+    10-second flags check, made cheaper)."""
+    out = []
+    try:
+        names = sorted(os.listdir(sys_class_net))
+    except OSError:
+        return ()
+    for name in names:
+        base = os.path.join(sys_class_net, name)
+        try:
+            with open(os.path.join(base, "ifindex")) as f:
+                ifindex = f.read().strip()
+            with open(os.path.join(base, "flags")) as f:
+                flags = f.read().strip()
+        except OSError:
+            continue  # vanished while we looked: the next check sees it gone
+        out.append((name, ifindex, flags))
+    return tuple(out)
