@@ -91,8 +91,11 @@ def random_values(draw: Any) -> str:
     top = [f"  {k} = {draw(values)}" for k in draw(st.lists(st.sampled_from(KEYS), max_size=4))]
     mod = [f"{k} = {draw(values)}" for k in draw(st.lists(st.sampled_from(MODULE_KEYS),
                                                           max_size=3))]
-    return ("sflow {\n  collector { ip = %s udpport = %s }\n%s\n  pcap { %s }\n}\n"
-            % (draw(values), draw(values), "\n".join(top), " ".join(mod)))
+    # mostly a valid collector, so the values after it get converted too
+    ip = draw(values if draw(st.integers(0, 4)) == 4 else st.sampled_from(["::1", "c.example"]))
+    port = draw(values if draw(st.integers(0, 4)) == 4 else st.sampled_from(["6343", "65535"]))
+    return (f"sflow {{\n  collector {{ ip = {ip} udpport = {port} }}\n" + "\n".join(top)
+            + f"\n  pcap {{ {' '.join(mod)} }}\n}}\n")
 
 
 def check(text: str) -> None:
