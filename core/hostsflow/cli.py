@@ -125,6 +125,7 @@ def tools_main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("--count", type=int, default=None, help="stop after N datagrams")
     mo = sub.add_parser("modules", help="installed modules, their distribution and version")
     mo.add_argument("-f", "--config", default=DEFAULT_CONFIG, help="to show which are enabled")
+    mo.add_argument("-v", "--verbose", action="store_true", help="also entry points and hooks")
     c = sub.add_parser("config", help="annotated config blocks of the installed modules")
     c.add_argument("module", nargs="?", help="only this module")
     s = sub.add_parser("status", help="the running agent's health counters")
@@ -137,7 +138,7 @@ def tools_main(argv: Sequence[str] | None = None) -> int:
         run_decode(listen=args.listen, json=args.json, count=args.count)
         return 0
     if args.cmd == "modules":
-        return _modules(args.config)
+        return _modules(args.config, args.verbose)
     if args.cmd == "config":
         return _config(args.module)
     if args.cmd == "status":
@@ -164,23 +165,39 @@ def _enabled_in(path: str) -> set[str]:
         return set()
 
 
-def _modules(config_path: str = DEFAULT_CONFIG) -> int:
+def _modules(config_path: str = DEFAULT_CONFIG, verbose: bool = False) -> int:
+    """List every installed module (in-repo or third-party): distribution, version, whether
+    the config enables it, and whether it loads.  Exit status 1 if any module fails to load."""
+    from .plugins import implemented_hooks
+
     enabled = _enabled_in(config_path)
     mods = installed_modules()
+    failed = 0
     print(f"{'module':10} {'distribution':24} {'version':10} {'enabled':8} load")
     for name in sorted(mods):
         info = mods[name]
+        hooks: list[str] = []
         try:
-            PluginHost().load(info)
+            hooks = implemented_hooks(PluginHost().load(info))
             state = "ok"
         except PluginLoadError as exc:
-            state = f"ERROR: {exc.reason}"
+            state = f"ERROR: {exc}"
+            failed += 1
         flag = "yes" if name in enabled else "no"
         print(f"{name:10} {info.distribution:24} {info.version:10} {flag:8} {state}")
-    return 0
+        if verbose:
+            print(f"{'':10} entry point {info.value}")
+            if hooks:
+                print(f"{'':10} hooks: {', '.join(hooks)}")
+    if not mods:
+        print("(no modules installed: pip install hostsflow-pcap, for example)")
+    return 1 if failed else 0
 
 
 def _config(only: str | None) -> int:
+    """Print an annotated sample block for the agent and every installed module (or only
+    ``only``), rendered from the attrs classes the modules declare.  A module that fails to
+    load is named in a comment and makes the exit status 1."""
     from .config.registry import ConfigRegistry, render_block
     from .config.schema import AgentConfig
 
@@ -191,19 +208,25 @@ def _config(only: str | None) -> int:
         return EXIT_CONFIG
     host = PluginHost()
     registry = ConfigRegistry({n: i.distribution for n, i in mods.items()})
+    failed: list[str] = []
     for name, info in sorted(mods.items()):
         if only and name != only:
             continue
         try:
             host.load(info)
         except PluginLoadError as exc:
-            print(f"# {name}: {exc}")
+            print(f"# {name}: not loaded: {exc}")
+            failed.append(name)
     host.hook.sflow_declare_config(registry=registry)
     if not only or only == "sflow":
         print(render_block("sflow", AgentConfig, "the agent (hsflowd.conf top level)"))
     for name, spec in sorted(registry.specs.items()):
         print(render_block(spec.name, spec.cls, spec.help, repeatable=spec.repeatable))
-    return 0
+    for name in sorted(host.states):
+        if name not in registry.specs:
+            print(f"# {name}: declares no config block, so it cannot be enabled "
+                  f"(its sflow_declare_config must call registry.block('{name}', ...))")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -109,9 +109,14 @@ class PluginHost:
     def register(self, name: str, plugin: Any, distribution: str = "hostsflow") -> Any:
         """Register a plugin object under ``name``; refuse one whose hooks match no spec."""
         plugin = instantiate(plugin)
-        self.pm.register(plugin, name=name)
         try:
-            self._check_specs(name, plugin)
+            self.pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:
+            if self.pm.is_registered(plugin):  # pluggy leaves it half registered
+                self.pm.unregister(plugin)
+            raise PluginLoadError(name, distribution, _first_line(exc)) from None
+        try:
+            self._check_specs(name, plugin, distribution)
         except PluginLoadError:
             self.pm.unregister(plugin)
             raise
@@ -125,16 +130,18 @@ class PluginHost:
             self.on_change()
         return plugin
 
-    def _check_specs(self, name: str, plugin: Any) -> None:
+    def _check_specs(self, name: str, plugin: Any, distribution: str) -> None:
         for caller in self.pm.get_hookcallers(plugin) or []:
             if caller.spec is None:
-                raise PluginLoadError(name, "?", f"implements unknown hook {caller.name}")
+                raise PluginLoadError(name, distribution,
+                                      f"implements unknown hook {caller.name}")
             for impl in caller.get_hookimpls():
                 if impl.plugin is plugin:
                     extra = set(impl.argnames) - set(caller.spec.argnames)
                     if extra:
                         raise PluginLoadError(
-                            name, "?", f"{caller.name} takes unknown arguments {sorted(extra)}"
+                            name, distribution,
+                            f"{caller.name} takes unknown arguments {sorted(extra)}"
                         )
 
     def load(self, info: ModuleInfo) -> Any:
@@ -143,6 +150,12 @@ class PluginHost:
             obj = info.entry_point.load()
         except Exception as exc:  # noqa: BLE001 - any import failure is the module's fault
             raise PluginLoadError(info.name, info.distribution, f"import failed: {exc!r}") from exc
+        if not _hook_names(obj):
+            raise PluginLoadError(
+                info.name, info.distribution,
+                f"{info.value} implements no hostsflow hook (are the methods decorated with "
+                "@hostsflow.hookimpl?)",
+            )
         try:
             return self.register(info.name, obj, info.distribution)
         except PluginLoadError as exc:
@@ -211,6 +224,22 @@ class PluginHost:
             else:
                 out.append(_by_name(fn, names, fixed, free))
         return tuple(out)
+
+
+def _hook_names(obj: Any) -> list[str]:
+    """The names of ``obj``'s attributes marked with ``@hostsflow.hookimpl``."""
+    marker = f"{hookspecs.PROJECT}_impl"
+    return [n for n in dir(obj) if hasattr(getattr(obj, n, None), marker)]
+
+
+def implemented_hooks(plugin: Any) -> list[str]:
+    """The hooks a plugin object (or class) implements, sorted (``hostsflow modules -v``)."""
+    return sorted(_hook_names(plugin))
+
+
+def _first_line(exc: BaseException) -> str:
+    """pluggy's validation messages span lines; keep them on one for logs and tables."""
+    return " ".join(str(exc).split())
 
 
 def _partial_first(fn: Callable[..., Any], first: Any) -> Callable[..., Any]:
