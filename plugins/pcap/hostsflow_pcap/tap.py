@@ -41,6 +41,9 @@ FCS = 4
 
 #: packets per next_batch call; a shorter read means the ring is empty
 BATCH = 1024
+#: at most this many next_batch calls per wakeup (bounds memory and the time away from the
+#: loop; the descriptor stays readable, so the loop calls again)
+MAX_BATCHES = 8
 #: the kernel retires a ring block at the latest this long after its first packet (ms)
 DEFAULT_TIMEOUT_MS = 50
 DEFAULT_BUFFER_BYTES = 4 << 20
@@ -198,7 +201,7 @@ class Tap:
             return []
         chunks = []
         try:
-            while True:
+            for _ in range(MAX_BATCHES):
                 data, meta = cap.next_batch(BATCH)
                 if not meta:
                     break
@@ -243,7 +246,10 @@ class Tap:
                         inp, outp, direction = INTERNAL_IFINDEX, ifindex, DIRECTION_SENT
                     else:
                         inp, outp, direction = ifindex, INTERNAL_IFINDEX, DIRECTION_RECEIVED
-                    flen = ethernet_length(pkt, caplen, snaplen) + FCS
+                    if caplen < snaplen:
+                        flen = caplen + FCS
+                    else:
+                        flen = ethernet_length(pkt, caplen, snaplen) + FCS
                     hdr = SampledHeader(HEADER_ETHERNET, flen, FCS, pkt)
                     ts = sec + usec * 1e-6
                     append(FlowSample(source, rate, [hdr], sp, drops, inp, outp, direction, ts))
