@@ -1,0 +1,240 @@
+"""Firewall-log sampling: what NFLOG and ULOG have in common once a packet is parsed.
+
+The kernel rule already sampled 1 in K packets (``probability`` = 1/K); this module turns a
+logged packet into a :class:`~hostsflow.samples.FlowSample`:
+
+* :func:`reconcile_rate` -- hsflowd's rule (behaviour notes section 4.2) for the user-space
+  sub-sampling rate and the rate reported to collectors;
+* :class:`SubSampler` -- the random 1-in-``sub`` skip applied on top of the kernel's sampling;
+* :func:`build_sampled_header` -- the sampled_header record from an L3 payload and an optional
+  link-layer header (frame length rebuilt from the IP length);
+* :func:`placement` -- direction, input/output ifIndex and data source from the netfilter hook;
+* :class:`Samplers` -- per data source sample pool and drop totals, and the FlowSample itself.
+
+This file is kept byte-identical in hostsflow_nflog and hostsflow_ulog (a test checks it) so
+that neither distribution depends on the other.  ``build_sampled_header`` is proposed for
+``hostsflow.packet`` in the core; when it lands there, both copies shrink to an import.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import struct
+
+import attrs
+from hostsflow.samples import (
+    DIRECTION_RECEIVED,
+    DIRECTION_SENT,
+    DS_IFINDEX,
+    DataSource,
+    FlowSample,
+)
+from hostsflow.sflow.records import (
+    HEADER_ETHERNET,
+    HEADER_IPV4,
+    HEADER_IPV6,
+    INTERNAL_IFINDEX,
+    SampledHeader,
+)
+
+FCS_BYTES = 4
+
+# ---------------------------------------------------------------- sampling rate
+
+
+@attrs.frozen
+class Rates:
+    """``kernel`` = K (the rule logs 1 in K), ``sub`` = user-space 1-in-sub (0 = off),
+    ``actual`` = sub x K, the rate reported in every sample."""
+
+    kernel: int
+    sub: int
+    actual: int
+
+
+def kernel_rate(probability: float) -> int:
+    """K = (u32)(1/probability) as hsflowd computes it (truncation), after absorbing float
+    noise (1/0.1 must be 10, not 9); probability 0 or >= 1 gives 1."""
+    if probability <= 0.0 or probability >= 1.0:
+        return 1
+    return max(1, int(1.0 / probability + 1e-9))
+
+
+def reconcile_rate(sampling: int, probability: float) -> Rates:
+    """hsflowd ``setSamplingRate``: with K = 1/probability > 1, sub = ceil(S / K) and
+    actual = sub x K (S=400,K=400 -> 1,400; S=1000,K=400 -> 3,1200; S=10,K=400 -> 1,400);
+    without a probability the kernel is assumed to log every packet: sub = actual = S.
+    S = 0 turns sampling off (sub 0)."""
+    k = kernel_rate(probability)
+    if sampling <= 0:
+        return Rates(k, 0, 0)
+    sub = math.ceil(sampling / k) if k > 1 else sampling
+    return Rates(k, sub, sub * k)
+
+
+class SubSampler:
+    """Take 1 in ``sub`` messages at random: the skip to the next taken one is uniform in
+    [1, 2*sub-1] (mean ``sub``), as hsflowd and the sFlow reference sampler do.
+    ``sub`` 1 takes everything; 0 takes nothing."""
+
+    __slots__ = ("sub", "skip", "_rng")
+
+    def __init__(self, sub: int, rng: random.Random | None = None) -> None:
+        self._rng = rng or random.Random()
+        self.sub = sub
+        self.skip = self._next()
+
+    def _next(self) -> int:
+        return self._rng.randint(1, 2 * self.sub - 1) if self.sub > 1 else 1
+
+    def take(self) -> bool:
+        if self.sub <= 1:
+            return self.sub == 1
+        self.skip -= 1
+        if self.skip > 0:
+            return False
+        self.skip = self._next()
+        return True
+
+
+# ---------------------------------------------------------------- header record
+
+_BE16 = struct.Struct("!H")
+
+
+def ip_length(l3: bytes) -> tuple[int, int] | None:
+    """(sFlow header protocol, original IP packet length) of a packet starting at its IP
+    header, or None if it is not IPv4/IPv6 or too short to say.  A zero length field (IPv6
+    jumbogram, BIG TCP) or one shorter than what was captured falls back to the captured
+    length."""
+    if not l3:
+        return None
+    version = l3[0] >> 4
+    if version == 4 and len(l3) >= 20:
+        return HEADER_IPV4, max(_BE16.unpack_from(l3, 2)[0], len(l3))
+    if version == 6 and len(l3) >= 40:
+        plen = _BE16.unpack_from(l3, 4)[0]
+        return HEADER_IPV6, max(plen + 40 if plen else 0, len(l3))
+    return None
+
+
+def build_sampled_header(l3: bytes, mac_header: bytes | None,
+                         header_bytes: int) -> SampledHeader | None:
+    """The sampled_header record for a packet logged from its L3 header on.
+
+    With an Ethernet ``mac_header`` (14 bytes, more with an inline VLAN tag): protocol 1, the
+    header is MAC header + payload cut to ``header_bytes``, frame_length = original L3 length +
+    MAC header + 4 (FCS), stripped = 4.  Without one: protocol 11 (IPv4) or 12 (IPv6), the
+    header is the IP packet cut to ``header_bytes``, frame_length = the IP length, stripped 0.
+    The original L3 length comes from the IP header (the kernel copied at most the snap
+    length); a non-IP payload behind a MAC header counts as captured.  None: neither IP nor
+    Ethernet, nothing sensible to report."""
+    ip = ip_length(l3)
+    if mac_header:
+        l3_len = ip[1] if ip is not None else len(l3)
+        return SampledHeader(
+            protocol=HEADER_ETHERNET,
+            frame_length=len(mac_header) + l3_len + FCS_BYTES,
+            stripped=FCS_BYTES,
+            header=(mac_header + l3[: max(0, header_bytes - len(mac_header))])[:header_bytes],
+        )
+    if ip is None:
+        return None
+    return SampledHeader(protocol=ip[0], frame_length=ip[1], stripped=0,
+                         header=l3[:header_bytes])
+
+
+def is_ethernet_header(mac: bytes | None) -> bool:
+    """A usable Ethernet header: at least 14 bytes and not all-zero addresses (the loopback
+    device hands out a zero 14-byte header; hsflowd treats that as no MAC header too)."""
+    return mac is not None and len(mac) >= 14 and any(mac[:12])
+
+
+# ---------------------------------------------------------------- direction and interfaces
+
+# netfilter hooks (NF_INET_*; NF_BR_* use the same numbers)
+HOOK_PRE_ROUTING, HOOK_LOCAL_IN, HOOK_FORWARD, HOOK_LOCAL_OUT, HOOK_POST_ROUTING = 0, 1, 2, 3, 4
+NFPROTO_ARP, NFPROTO_NETDEV = 3, 5
+
+
+@attrs.frozen
+class Placement:
+    """Where a logged packet was: direction, input and output ifIndex (0 unknown,
+    0x3FFFFFFF this host) and the data source ifIndex (0 = none, sample discarded)."""
+
+    direction: int
+    input: int
+    output: int
+    source: int
+
+
+def placement(hook: int, indev: int, outdev: int, family: int = 2) -> Placement:
+    """Map a netfilter hook and the logged in/out devices to sFlow terms.
+
+    Received (prerouting, input; netdev/arp ingress): data source = in device, input = in,
+    output = out device if known, else this host (input hook) or unknown (prerouting: no
+    routing decision yet).  Sent (output, postrouting; netdev/arp egress): data source = out
+    device, output = out, input = in device for a forwarded packet, else this host.
+    Forwarded: received on the in device, input = in, output = out.  Unlike hsflowd's
+    "standalone host" model, input is never swapped with output."""
+    if family == NFPROTO_NETDEV or family == NFPROTO_ARP:
+        # netdev: 0 ingress, 1 egress; arp: 0 in, 1 out, 2 forward
+        sent = hook == 1
+        if family == NFPROTO_ARP and hook == 2:
+            return Placement(DIRECTION_RECEIVED, indev, outdev, indev)
+        if sent:
+            return Placement(DIRECTION_SENT, indev or INTERNAL_IFINDEX, outdev, outdev)
+        return Placement(DIRECTION_RECEIVED, indev, outdev or INTERNAL_IFINDEX, indev)
+    if hook == HOOK_LOCAL_IN:
+        return Placement(DIRECTION_RECEIVED, indev, outdev or INTERNAL_IFINDEX, indev)
+    if hook == HOOK_PRE_ROUTING:
+        return Placement(DIRECTION_RECEIVED, indev, outdev, indev)
+    if hook == HOOK_FORWARD:
+        return Placement(DIRECTION_RECEIVED, indev, outdev, indev)
+    return Placement(DIRECTION_SENT, indev or INTERNAL_IFINDEX, outdev, outdev)
+
+
+# ---------------------------------------------------------------- per data source state
+
+
+class Samplers:
+    """Sample pool and drop totals per data source, and the FlowSample factory.
+
+    Pool: every logged message stands for K packets (the rule's 1-in-K), so each message,
+    taken or skipped by the sub-sampler, adds K to its data source's pool; the expected pool
+    per taken sample is therefore the reported rate (hsflowd adds the rate per taken sample,
+    same mean, more noise).  Drops: lost messages cannot be tied to an interface, so they are
+    added to the next sample's data source (the total over data sources is exact)."""
+
+    def __init__(self) -> None:
+        self.pools: dict[int, int] = {}
+        self.drops: dict[int, int] = {}
+        self.pending_drops = 0
+
+    def seen(self, ifindex: int, kernel_rate: int) -> None:
+        """A logged message for data source ``ifindex`` (before sub-sampling)."""
+        self.pools[ifindex] = self.pools.get(ifindex, 0) + kernel_rate
+
+    def lost(self, n: int) -> None:
+        """``n`` logged messages never reached us (sequence gap, socket overrun)."""
+        self.pending_drops += n
+
+    def sample(self, where: Placement, rate: int, header: SampledHeader,
+               timestamp: float = 0.0, netns: str | None = None) -> FlowSample:
+        ifindex = where.source
+        drops = self.drops.get(ifindex, 0) + self.pending_drops
+        self.drops[ifindex] = drops
+        self.pending_drops = 0
+        return FlowSample(
+            source=DataSource(DS_IFINDEX, ifindex),
+            sampling_rate=rate,
+            records=[header],
+            sample_pool=self.pools.get(ifindex, 0) & 0xFFFFFFFF,
+            drops=drops & 0xFFFFFFFF,
+            input=where.input,
+            output=where.output,
+            direction=where.direction,
+            timestamp=timestamp,
+            netns=netns,
+        )

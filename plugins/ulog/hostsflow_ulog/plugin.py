@@ -1,0 +1,183 @@
+"""The ``ulog { }`` module: flow samples from packets the legacy iptables ULOG target logs.
+
+Lifecycle: ``sflow_configure`` opens the NETLINK_NFLOG socket and joins the group while root.
+On kernels without ULOG (removed in Linux 3.17; every current kernel) ``socket()`` fails with
+EPROTONOSUPPORT: the module logs one error saying so and suggesting ``nflog { }``, and stays
+idle; the agent and its other modules carry on.  Otherwise ``sflow_start`` registers the
+socket, each readable event drains it and hands one batch of samples to the core.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any
+
+import attrs
+from hostsflow import hookimpl
+from hostsflow.config import integer, option, real
+
+from .fwlog import reconcile_rate
+from .protocol import NETLINK_NFLOG
+from .reader import ReadStats, UlogReader
+
+MODULE = "ulog"
+RCVBUF_BYTES = 8_000_000  # hsflowd's receive buffer
+RECV_BYTES = 1 << 17
+MAX_RECVS_PER_WAKEUP = 64
+
+UNSUPPORTED = ("this kernel has no ULOG netlink protocol (NETLINK_NFLOG=5): the iptables ULOG "
+               "target was removed in Linux 3.17. Use an NFLOG rule and "
+               "'nflog {{ group = {group} probability = {probability} }}' instead "
+               "(hostsflow-nflog); the ulog module stays idle")
+
+
+@attrs.frozen
+class UlogConfig:
+    """``ulog { group = 1 probability = 0.0025 }``."""
+
+    group: int = option(help="ULOG netlink group of the rule (--ulog-nlgroup, 1..32)",
+                        converter=integer(1, 32, suffixes=""), example="1")
+    probability: float = option(1.0, help="the rule's sampling probability "
+                                          "(-m statistic --probability P)",
+                                converter=real(0.0, 1.0))
+
+
+def open_ulog_socket(group: int) -> socket.socket:
+    """A NETLINK_NFLOG socket joined to ULOG ``group``; raises OSError (EPROTONOSUPPORT on
+    kernels >= 3.17)."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NFLOG)
+    try:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, 33, RCVBUF_BYTES)  # SO_RCVBUFFORCE (root)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+        sock.bind((0, 1 << (group - 1)))  # the kernel picks our port id
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class UlogPlugin:
+    """hostsflow module ``ulog`` (entry point ``hostsflow_ulog.plugin:UlogPlugin``)."""
+
+    def __init__(self) -> None:
+        self.cfg: UlogConfig | None = None
+        self.sock: Any = None
+        self.reader: UlogReader | None = None
+        self.log: Any = None
+        self.registered_fd = -1
+        self.unsupported = False
+
+    @hookimpl
+    def sflow_declare_config(self, registry: Any) -> None:
+        registry.block(MODULE, UlogConfig,
+                       help="sample packets the legacy iptables ULOG target logs (Linux < 3.17)")
+
+    @hookimpl
+    def sflow_configure(self, agent: Any) -> None:
+        self.cfg = agent.module_config(MODULE)
+        if self.cfg is None:
+            return
+        self.log = agent.logger(MODULE)
+        rates = reconcile_rate(agent.config.sampling, self.cfg.probability)
+        self.reader = UlogReader(rates, agent.config.header_bytes,
+                                 lambda name: _ifindex(agent, name), rng=agent.rng)
+        try:
+            self.sock = open_ulog_socket(self.cfg.group)
+        except OSError as exc:
+            agent.count("ulog.open_failures")
+            if exc.errno == errno.EPROTONOSUPPORT:
+                self.unsupported = True
+                self.log.error("ulog_unavailable", group=self.cfg.group,
+                               reason=UNSUPPORTED.format(group=self.cfg.group,
+                                                         probability=self.cfg.probability))
+            else:
+                self.log.error("ulog_open_failed", group=self.cfg.group, error=str(exc))
+            return
+        self.log.info("ulog_bound", group=self.cfg.group, kernel_rate=rates.kernel,
+                      sub_sampling=rates.sub, reported_rate=rates.actual)
+
+    @hookimpl
+    def sflow_start(self, agent: Any) -> None:
+        if self.sock is not None:
+            self.attach(agent, self.sock)
+
+    @hookimpl
+    def sflow_config_changed(self, agent: Any, old: Any, new: Any) -> None:
+        cfg = agent.module_config(MODULE)
+        if cfg is not None and self.reader is not None:
+            self.reader.set_rates(reconcile_rate(new.sampling, cfg.probability),
+                                  new.header_bytes)
+            if self.cfg is not None and cfg.group != self.cfg.group and self.sock is not None:
+                self.log.warning("ulog_group_change_needs_restart", old=self.cfg.group,
+                                 new=cfg.group)
+        self.cfg = cfg or self.cfg
+
+    @hookimpl
+    def sflow_final(self, agent: Any) -> None:
+        if self.registered_fd >= 0:
+            agent.remove_reader(self.registered_fd)
+            self.registered_fd = -1
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    # ------------------------------------------------------------ packet path
+
+    def attach(self, agent: Any, sock: Any) -> None:
+        """Read ULOG datagrams from ``sock`` (any non-blocking datagram socket) on the loop."""
+        self.sock = sock
+        self.registered_fd = sock.fileno()
+        agent.add_reader(self.registered_fd, lambda: self.on_readable(agent))
+
+    def on_readable(self, agent: Any) -> None:
+        """Drain the socket and hand the samples to the core in one batch."""
+        sock, reader = self.sock, self.reader
+        if sock is None or reader is None:
+            return
+        stats = ReadStats()
+        samples: list[Any] = []
+        overruns = 0
+        for _ in range(MAX_RECVS_PER_WAKEUP):
+            try:
+                data = sock.recv(RECV_BYTES)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    overruns += 1
+                    continue
+                agent.warn_once("ulog.recv", "ulog_recv_failed", error=str(exc))
+                break
+            samples.extend(reader.process(data, stats))
+        if overruns:
+            # ULOG has no sequence numbers: each overrun lost at least one batch
+            reader.lost(overruns)
+            agent.count("ulog.overruns", overruns)
+            agent.warn_once("ulog.enobufs", "ulog_socket_overrun")
+        if samples:
+            agent.take_samples(samples)
+        if stats.messages:
+            agent.count("ulog.messages", stats.messages)
+        if stats.malformed:
+            agent.count("ulog.malformed", stats.malformed)
+            agent.warn_once("ulog.malformed", "ulog_malformed_message",
+                            example=stats.first_error)
+        if stats.no_source:
+            agent.count("ulog.no_interface", stats.no_source)
+        if stats.not_ip:
+            agent.count("ulog.not_ip", stats.not_ip)
+
+
+def _ifindex(agent: Any, name: str) -> int:
+    """ifIndex of a device name: the agent's interface table, else the kernel; 0 if gone."""
+    intf = agent.interfaces.by_name(name)
+    if intf is not None:
+        return int(intf.ifindex)
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return 0
