@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import socket
 
 import pytest
@@ -108,3 +109,48 @@ def test_samples_built_by_the_tap_say_received_without_a_mac() -> None:
         batch = tap.drain()
         assert batch and all(s.direction == DIRECTION_RECEIVED for s in batch)
         assert sum(s.drops for s in batch) == 0
+
+
+@root
+def test_speed_change_re_rates_the_open_tap() -> None:
+    """The rate follows the core's sampling.<speed> rule when the device's speed changes."""
+    from hostsflow.host.interfaces import Interface, InterfaceTable
+
+    def table(speed: int) -> InterfaceTable:
+        return InterfaceTable([Interface("lo", LO, speed=speed, up=True, oper_up=True,
+                                         loopback=True, kind="loopback")])
+
+    plugin = PcapPlugin()
+    h = AgentHarness(conf("sampling.1G = 50\nsampling.10G = 500\npcap { dev = lo }"),
+                     plugins={"pcap": plugin}, interfaces=table(10**9))
+    with h:
+        tap = plugin.taps["lo"]
+        assert tap.rate == 50
+        # what the agent's rescan installs when it sees the new speed
+        h.agent.interfaces = table(10 * 10**9)
+        h.tick()
+        assert plugin.taps["lo"] is tap and tap.rate == 500
+        h.agent.interfaces = InterfaceTable([Interface("lo", LO, speed=10**9, up=False,
+                                                       loopback=True, kind="loopback")])
+        h.tick()
+        assert tap.rate == 0  # down: the filter keeps nothing
+
+
+@root
+def test_odd_frames_are_turned_into_samples_without_raising() -> None:
+    from hostsflow_pcap.tap import Tap
+
+    tap = Tap("lo", LO, None, 1, snaplen=64, loopback=True)
+    try:
+        frames = [b"\x01\x02\x03", bytes(13), bytes(12) + b"\x08\x00" + b"\x45" + bytes(49),
+                  bytes(12) + b"\x81\x00" + bytes(50)]
+        data = b"".join(frames)
+        meta, off = b"", 0
+        for f in frames:
+            meta += struct.pack("=IIII", 1, 2, off, len(f))
+            off += len(f)
+        samples = tap._build([(data, meta)])
+        assert [s.records[0].frame_length for s in samples] == [7, 17, 68, 68]
+        assert [s.sample_pool for s in samples] == sorted(s.sample_pool for s in samples)
+    finally:
+        tap.close()
