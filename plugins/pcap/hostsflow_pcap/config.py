@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 
 import attrs
-
 from hostsflow.config import SpeedRange, device, integer, on_off, option, regex, speed_range, u32
 
 #: device kinds tapped when the device is not named explicitly (hsflowd's rule)

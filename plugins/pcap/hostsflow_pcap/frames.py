@@ -56,7 +56,7 @@ def ethernet_length(pkt: bytes, caplen: int, snaplen: int) -> int:
         return caplen
     iplen = ip_length(pkt, off, caplen)
     total = off + iplen
-    return total if total > caplen else caplen
+    return max(caplen, total)
 
 
 def raw_ip_length(pkt: bytes, caplen: int, snaplen: int) -> int:
@@ -64,4 +64,4 @@ def raw_ip_length(pkt: bytes, caplen: int, snaplen: int) -> int:
     if caplen < snaplen:
         return caplen
     iplen = ip_length(pkt, 0, caplen)
-    return iplen if iplen > caplen else caplen
+    return max(caplen, iplen)

@@ -14,7 +14,6 @@ import socket
 from typing import Any
 
 import attrs
-
 from hostsflow import hookimpl
 
 from .config import PcapConfig
@@ -134,13 +133,13 @@ class PcapPlugin:
             elif (want.promisc, want.buffer, want.mac) != (tap.promisc, tap.buffer, tap.mac):
                 self._close(name, "tap options changed")
         for name, want in wanted.items():
-            tap = self.taps.get(name)
-            if tap is None:
+            existing = self.taps.get(name)
+            if existing is None:
                 if _current_ifindex(name) != want.ifindex:
                     continue  # the table is stale: wait for the agent's next scan
                 self._open(want)
-            elif want.rate != tap.rate:
-                self._rerate(tap, want)
+            elif want.rate != existing.rate:
+                self._rerate(existing, want)
 
     def _open(self, want: Want) -> None:
         agent = self.agent

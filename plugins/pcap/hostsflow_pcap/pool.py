@@ -11,7 +11,7 @@ delta from the new value.
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 
 class PacketCounter:
@@ -94,7 +94,7 @@ class SamplePool:
     ``i/(k+1)`` of the packets counted in the interval, however bursty the traffic was.
     """
 
-    __slots__ = ("counter", "total", "prev_total", "_last_raw")
+    __slots__ = ("_last_raw", "counter", "prev_total", "total")
 
     def __init__(self, counter: PacketCounter) -> None:
         self.counter = counter

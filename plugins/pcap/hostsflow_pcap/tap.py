@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 import pcapy
-
 from hostsflow.samples import (
     DIRECTION_RECEIVED,
     DIRECTION_SENT,
@@ -228,8 +227,7 @@ class Tap:
         drop_now = self._drops_now()
         drops = drop_now - self._last_drop
         self._last_drop = drop_now
-        if drops < 0:
-            drops = 0
+        drops = max(drops, 0)
 
         rate, snaplen, mac, ifindex = self.rate, self.snaplen, self.mac, self.ifindex
         source = self.source

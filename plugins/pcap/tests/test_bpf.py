@@ -6,7 +6,6 @@ import socket
 import struct
 
 import pytest
-
 from hostsflow_pcap.bpf import (
     LD_RANDOM,
     attach_filter,

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from hostsflow.packet import decode_sampled_header
 from hostsflow.sflow.records import INTERNAL_IFINDEX, SampledHeader
 

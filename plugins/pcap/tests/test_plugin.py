@@ -4,17 +4,15 @@
 from __future__ import annotations
 
 import os
-import struct
 import socket
+import struct
 
 import pytest
-
 from hostsflow.bootstrap import load
 from hostsflow.config import ConfigError
 from hostsflow.samples import DIRECTION_RECEIVED
 from hostsflow.sflow.records import INTERNAL_IFINDEX
 from hostsflow.testing import AgentHarness
-
 from hostsflow_pcap.config import PcapConfig
 from hostsflow_pcap.plugin import PcapPlugin
 
