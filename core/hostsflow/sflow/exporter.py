@@ -135,6 +135,12 @@ class UdpSender:
             sock.close()
             self.once.warn(c.key, "collector_socket_failed", error=str(exc))
             return False
+        try:
+            sock.connect(addr)  # connected: ICMP port unreachable comes back as ECONNREFUSED
+        except OSError as exc:
+            sock.close()
+            self.once.warn(c.key, "collector_unreachable", error=str(exc))
+            return False
         c.sock, c.addr = sock, addr
         return True
 
@@ -146,7 +152,7 @@ class UdpSender:
                     c.retry_at = max(c.retry_at, now + self.RETRY_SECONDS)
                     continue
             try:
-                c.sock.sendto(datagram, c.addr)  # type: ignore[union-attr]
+                c.sock.send(datagram)  # type: ignore[union-attr]
             except OSError as exc:
                 self.errors += 1
                 self.once.warn(c.key, "collector_send_failed", error=str(exc))
