@@ -204,19 +204,20 @@ def read_messages(data: bytes) -> ReadResult:
     header's length cannot be trusted, the rest of the buffer is one malformed message.
     """
     res = ReadResult()
+    data = bytes(data)
     end = len(data)
     off = 0
-    mv = memoryview(data)
+    unpack_hdr = _NLMSGHDR.unpack_from
     while off < end:
         if off + 16 > end:
             _bad(res, f"truncated netlink header at offset {off}")
             break
-        length, mtype = _NLMSGHDR.unpack_from(data, off)[:2]
+        length, mtype = unpack_hdr(data, off)[:2]
         if length < 16 or off + length > end:
             _bad(res, f"netlink length {length} at offset {off} does not fit the buffer")
             break
         if mtype == MSG_PACKET:
-            pkt = _read_packet(mv, off + 16, off + length, res)
+            pkt = _read_packet(data, off + 16, off + length, res)
             if pkt is not None:
                 res.packets.append(pkt)
         elif mtype in (NLMSG_ERROR, NLMSG_DONE) or (mtype >> 8) == NFNL_SUBSYS_ULOG:
@@ -227,51 +228,62 @@ def read_messages(data: bytes) -> ReadResult:
     return res
 
 
-def _read_packet(mv: memoryview, start: int, end: int, res: ReadResult) -> NflogPacket | None:
+def _read_packet(data: bytes, start: int, end: int, res: ReadResult) -> NflogPacket | None:
     if start + 4 > end:
         _bad(res, "packet message shorter than nfgenmsg")
         return None
-    family = mv[start]
+    unpack_nla, unpack_be32 = _NLA.unpack_from, _BE32.unpack_from
     pos = start + 4
-    hdr = None
-    payload = None
-    pkt = NflogPacket(family, 0, 0)
+    hdr = payload = hwheader = seq = None
+    indev = outdev = physin = physout = hwtype = mark = 0
+    prefix = b""
     while pos + 4 <= end:
-        alen, atype = _NLA.unpack_from(mv, pos)
-        if alen < 4 or pos + alen > end:
+        alen, atype = unpack_nla(data, pos)
+        vend = pos + alen
+        if alen < 4 or vend > end:
             _bad(res, f"attribute length {alen} runs past its message")
             return None
         atype &= NLA_TYPE_MASK
-        vstart, vend = pos + 4, pos + alen
-        vlen = alen - 4
+        v = pos + 4
         if atype == NFULA_PAYLOAD:
-            payload = bytes(mv[vstart:vend])
+            payload = data[v:vend]
         elif atype == NFULA_PACKET_HDR:
-            if vlen < 3:
+            if alen < 7:
                 _bad(res, "PACKET_HDR shorter than 3 bytes")
                 return None
-            hdr = _PKTHDR.unpack_from(mv, vstart)
-        elif atype in _BE32_ATTRS:
-            if vlen < 4:
-                _bad(res, f"attribute {atype} shorter than 4 bytes")
-                return None
-            setattr(pkt, _BE32_ATTRS[atype], _BE32.unpack_from(mv, vstart)[0])
+            hdr = _PKTHDR.unpack_from(data, v)
         elif atype == NFULA_HWHEADER:
-            pkt.hwheader = bytes(mv[vstart:vend])
+            hwheader = data[v:vend]
+        elif atype == NFULA_PREFIX:
+            prefix = data[v:vend].rstrip(b"\0")
         elif atype == NFULA_HWTYPE:
-            if vlen < 2:
+            if alen < 6:
                 _bad(res, "HWTYPE shorter than 2 bytes")
                 return None
-            pkt.hwtype = _BE16.unpack_from(mv, vstart)[0]
-        elif atype == NFULA_PREFIX:
-            pkt.prefix = bytes(mv[vstart:vend]).rstrip(b"\0")
-        pos += (alen + 3) & ~3
+            hwtype = _BE16.unpack_from(data, v)[0]
+        elif atype in _BE32_ATTRS:
+            if alen < 8:
+                _bad(res, f"attribute {atype} shorter than 4 bytes")
+                return None
+            value = unpack_be32(data, v)[0]
+            if atype == NFULA_IFINDEX_INDEV:
+                indev = value
+            elif atype == NFULA_IFINDEX_OUTDEV:
+                outdev = value
+            elif atype == NFULA_SEQ:
+                seq = value
+            elif atype == NFULA_IFINDEX_PHYSINDEV:
+                physin = value
+            elif atype == NFULA_IFINDEX_PHYSOUTDEV:
+                physout = value
+            else:
+                mark = value
+        pos = (vend + 3) & ~3
     if hdr is None or payload is None:
         _bad(res, "packet message without PACKET_HDR or PAYLOAD")
         return None
-    pkt.hw_protocol, pkt.hook = hdr
-    pkt.payload = payload
-    return pkt
+    return NflogPacket(data[start], hdr[0], hdr[1], indev, outdev, physin, physout, hwtype,
+                       hwheader, payload, seq, prefix, mark)
 
 
 _BE32_ATTRS = {

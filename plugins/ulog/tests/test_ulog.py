@@ -253,3 +253,46 @@ def test_fwlog_is_shared_verbatim_with_nflog() -> None:
     if not nflog.exists():
         pytest.skip("the nflog plugin is not in this checkout")
     assert (here / "ulog" / "hostsflow_ulog" / "fwlog.py").read_text() == nflog.read_text()
+
+
+def test_real_agent_refuses_once_and_keeps_sending(tmp_path: Path) -> None:
+    """The real ``hostsflowd`` with a ulog block on this kernel: one error line, and host
+    counter samples still reach a collector on loopback."""
+    import subprocess
+    import time
+
+    from hostsflow.sflow.datagram import decode_datagram
+
+    try:
+        socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, p.NETLINK_NFLOG).close()
+        pytest.skip("this kernel still has ULOG (< 3.17)")
+    except OSError as exc:
+        if exc.errno != errno.EPROTONOSUPPORT:
+            pytest.skip(f"cannot probe NETLINK_NFLOG here: {exc}")
+    col = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    col.bind(("127.0.0.1", 0))
+    col.settimeout(0.2)
+    conf = tmp_path / "hsflowd.conf"
+    conf.write_text(f"sflow {{ polling = 1 collector {{ ip = 127.0.0.1 "
+                    f"udpport = {col.getsockname()[1]} }} ulog {{ group = 2 }} }}\n")
+    agent = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from hostsflow.cli import agent_main; "
+         "sys.exit(agent_main())", "-f", str(conf), "--status-file", ""],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    datagrams = []
+    try:
+        end = time.monotonic() + 4
+        while time.monotonic() < end:
+            try:
+                datagrams.append(decode_datagram(col.recv(65536)))
+            except (TimeoutError, OSError):
+                pass
+        assert agent.poll() is None, "the agent exited"
+    finally:
+        agent.terminate()
+        out, _ = agent.communicate(timeout=10)
+        col.close()
+    assert out.count("ulog_unavailable") == 1, out
+    assert "3.17" in out and "nflog" in out
+    assert any(not hasattr(s, "sampling_rate") for d in datagrams for s in d.samples), \
+        "no counter samples: the agent did not carry on"
