@@ -15,7 +15,7 @@ from . import __version__
 from .agent import Agent, recording_agent
 from .bootstrap import load, load_file
 from .config.parser import ConfigError
-from .health import read_status, write_status
+from .health import StatusFile, read_status
 from .logsetup import configure_logging
 from .plugins import PluginHost, PluginLoadError, installed_modules
 
@@ -39,6 +39,10 @@ def agent_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--status-file", default=DEFAULT_STATUS,
                    help="where to write health counters (%(default)s); '' for none")
     p.add_argument("--json", action="store_true", help="with --test: one JSON object per datagram")
+    p.add_argument("-u", "--user", default="nobody",
+                   help="user to run as after start-up when dropPriv is on (%(default)s)")
+    p.add_argument("-P", "--keep-root", action="store_true",
+                   help="do not drop root after start-up (as hsflowd -P)")
     p.add_argument("-V", "--version", action="version", version=f"hostsflowd {__version__}")
     args = p.parse_args(argv)
     configure_logging(debug=args.debug)
@@ -50,7 +54,8 @@ def agent_main(argv: Sequence[str] | None = None) -> int:
     if args.test:
         return _run_test(loaded.config, loaded.host, args.test_seconds, args.json)
 
-    agent = Agent(loaded.config, loaded.host, registry=loaded.registry)
+    agent = Agent(loaded.config, loaded.host, registry=loaded.registry,
+                  user=None if args.keep_root else args.user)
     if args.status_file:
         _write_status_periodically(agent, args.status_file)
 
@@ -67,11 +72,18 @@ def agent_main(argv: Sequence[str] | None = None) -> int:
 def _write_status_periodically(agent: Agent, path: str) -> None:
     from .hookspecs import hookimpl
 
+    status_file = StatusFile(path)
+
     class StatusWriter:
         @hookimpl
         def sflow_tock(self, agent: Agent, now: float) -> None:
-            if agent._seconds % STATUS_EVERY == 0:
-                write_status(path, _status(agent))
+            if agent.seconds % STATUS_EVERY == 0:
+                status_file.write(_status(agent))
+
+        @hookimpl
+        def sflow_final(self, agent: Agent) -> None:
+            status_file.write(_status(agent))
+            status_file.close()
 
     agent.host.register("status", StatusWriter())
 
@@ -135,6 +147,7 @@ def tools_main(argv: Sequence[str] | None = None) -> int:
     if args.cmd == "decode":
         from .tools.decode import run_decode
 
+        _import_record_classes()
         run_decode(listen=args.listen, json=args.json, count=args.count)
         return 0
     if args.cmd == "modules":
@@ -153,6 +166,17 @@ def tools_main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(status, indent=1, sort_keys=True))
         return 0
     return 1
+
+
+def _import_record_classes() -> None:
+    """Import every installed module so the record classes they define are registered and
+    ``hostsflow decode`` prints them by name (third-party records too).  A module that fails
+    to import is skipped; ``hostsflow modules`` shows why."""
+    for info in installed_modules().values():
+        try:
+            info.entry_point.load()
+        except Exception:  # noqa: BLE001 - decoding must work whatever is installed
+            continue
 
 
 def _enabled_in(path: str) -> set[str]:

@@ -116,3 +116,41 @@ def test_extended_user_on_real_loopback_traffic(foreign_sockets: Any, tmp_path: 
                 tshark_pairs.add(quad)
     assert ("106", ME, "106", fs.user) in tshark_pairs, out.stdout
     assert ("106", fs.user, "106", ME) in tshark_pairs, out.stdout
+
+
+def test_hostsflow_decode_knows_the_record_of_an_installed_module() -> None:
+    """``hostsflow decode`` imports installed modules, so third-party records print by name."""
+    import sys
+
+    from hostsflow.samples import DataSource, FlowSample
+    from hostsflow.sflow.datagram import DatagramHeader, encode_datagram, encode_flow_sample
+    from hostsflow.sflow.records import SampledHeader
+    from hostsflow.testing import ethernet_frame
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    code = "import sys; from hostsflow.cli import tools_main; sys.exit(tools_main(sys.argv[1:]))"
+    dec = subprocess.Popen([sys.executable, "-c", code, "decode", "--listen",
+                            f"127.0.0.1:{port}", "--json", "--count", "1"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        frame = ethernet_frame(tcp=("127.0.0.1", 40000, "127.0.0.1", 80))
+        sample = FlowSample(DataSource(0, 1), 1, [SampledHeader(1, len(frame) + 4, 4, frame),
+                                                  ExtendedUser(106, "alice", 106, "bob")])
+        header = DatagramHeader("127.0.0.1", 0, 1, 1000)
+        raw = encode_datagram(header, [encode_flow_sample(1, sample)])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            deadline = time.monotonic() + 10
+            while dec.poll() is None and time.monotonic() < deadline:
+                s.sendto(raw, ("127.0.0.1", port))
+                time.sleep(0.2)
+        out, err = dec.communicate(timeout=10)
+    finally:
+        if dec.poll() is None:
+            dec.kill()
+            dec.wait()
+    assert dec.returncode == 0, err
+    assert "alice" in out and "bob" in out
+    assert "extended_user" in out.lower() or "ExtendedUser" in out, out
