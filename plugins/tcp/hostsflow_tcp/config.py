@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import attrs
-from hostsflow.config.options import on_off, option
+from hostsflow.config import on_off, option
 
 
 @attrs.define
