@@ -16,7 +16,7 @@ Attribute numbers and layouts are those of linux ``include/uapi/linux/netfilter/
 from __future__ import annotations
 
 import struct
-from typing import Iterator
+from collections.abc import Iterator
 
 import attrs
 from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, nla

@@ -12,7 +12,8 @@ import secrets
 import shutil
 import socket
 import subprocess
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import attrs
 import pytest
@@ -50,15 +51,22 @@ class NetPair:
 
         return netns.create_socket(ns, socket.AF_INET, socket.SOCK_DGRAM, 0, flags=0)
 
-    def send(self, ns: str, dst: str, port: int, count: int, size: int = 64) -> int:
-        """Send ``count`` UDP datagrams of ``size`` payload bytes from ``ns``; returns sent."""
+    def send(self, ns: str, dst: str, port: int | list[int], count: int, size: int = 64,
+             dev: str | None = None) -> int:
+        """Send ``count`` UDP datagrams of ``size`` payload bytes from ``ns`` (cycling over
+        ``port`` if it is a list); returns how many the kernel accepted.  The socket is bound
+        to ``dev`` (default: this namespace's veth end) with SO_BINDTODEVICE, so a socket that
+        somehow was not made in ``ns`` fails instead of sending anywhere else."""
+        dev = dev or ("va" if ns == self.a else "vb")
         s = self.udp_socket(ns)
+        ports = port if isinstance(port, list) else [port]
         payload = b"s" * size
         sent = 0
         try:
-            for _ in range(count):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
+            for i in range(count):
                 try:
-                    s.sendto(payload, (dst, port))
+                    s.sendto(payload, (dst, ports[i % len(ports)]))
                     sent += 1
                 except OSError:  # ECONNREFUSED from an earlier ICMP port unreachable
                     pass
@@ -101,7 +109,7 @@ def netpair() -> Iterator[NetPair]:
         yield pair
     finally:
         for ns in made:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
 @pytest.fixture

@@ -10,10 +10,9 @@ from hostsflow.packet import decode_sampled_header
 from hostsflow.samples import DIRECTION_RECEIVED, DIRECTION_SENT
 from hostsflow.sflow.records import INTERNAL_IFINDEX
 from hostsflow.testing import ethernet_frame
+from hostsflow_nflog import fwlog
 from hypothesis import given
 from hypothesis import strategies as st
-
-from hostsflow_nflog import fwlog
 
 
 @pytest.mark.parametrize("sampling,probability,expected", [

@@ -14,7 +14,6 @@ import structlog
 from hostsflow.config import ConfigError
 from hostsflow.sflow.records import INTERNAL_IFINDEX
 from hostsflow.testing import AgentHarness
-
 from hostsflow_nflog import NflogPlugin
 from hostsflow_nflog.nlsocket import NflogSocket
 

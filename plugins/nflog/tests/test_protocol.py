@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import struct
 
+from hostsflow_nflog import protocol as p
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from hostsflow_nflog import protocol as p
 
 U32 = st.integers(0, 2**32 - 1)
 
@@ -83,7 +82,7 @@ def test_batches_round_trip(batch) -> None:  # type: ignore[no-untyped-def]
 @settings(max_examples=200)
 def test_agrees_with_pyroute2_decoder(case) -> None:  # type: ignore[no-untyped-def]
     """pyroute2's generic decoder with our NflogPacketMsg nla_map is the independent oracle."""
-    f, msg = case
+    _, msg = case
     m = p.NflogPacketMsg(msg)
     m.decode()
     (pkt,) = p.read_messages(msg).packets

@@ -8,12 +8,11 @@ import struct
 from hostsflow.samples import DIRECTION_RECEIVED, DIRECTION_SENT
 from hostsflow.sflow.records import INTERNAL_IFINDEX
 from hostsflow.testing import ethernet_frame
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from hostsflow_nflog import protocol as p
 from hostsflow_nflog.fwlog import reconcile_rate
 from hostsflow_nflog.reader import NflogReader, ReadStats
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 FRAME = ethernet_frame(udp=("10.9.0.1", 5000, "10.9.0.2", 6000), payload=b"q" * 400)
 

@@ -78,7 +78,7 @@ class SubSampler:
     [1, 2*sub-1] (mean ``sub``), as hsflowd and the sFlow reference sampler do.
     ``sub`` 1 takes everything; 0 takes nothing."""
 
-    __slots__ = ("sub", "skip", "_rng")
+    __slots__ = ("_rng", "skip", "sub")
 
     def __init__(self, sub: int, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()

@@ -7,7 +7,7 @@ kernel-format byte fixtures).  ULOG names devices, so each name is looked up to 
 from __future__ import annotations
 
 import random
-from typing import Callable
+from collections.abc import Callable
 
 import attrs
 from hostsflow.samples import FlowSample

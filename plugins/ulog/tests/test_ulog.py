@@ -25,13 +25,12 @@ from hostsflow.packet import decode_sampled_header
 from hostsflow.samples import DIRECTION_RECEIVED, DIRECTION_SENT
 from hostsflow.sflow.records import INTERNAL_IFINDEX
 from hostsflow.testing import AgentHarness, ethernet_frame
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from hostsflow_ulog import UlogPlugin
 from hostsflow_ulog import protocol as p
 from hostsflow_ulog.fwlog import reconcile_rate
 from hostsflow_ulog.reader import ReadStats, UlogReader
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 LP64 = struct.calcsize("l") == 8 and struct.calcsize("P") == 8
 needs_lp64 = pytest.mark.skipif(not LP64, reason="fixtures use the LP64 (x86-64) layout")
@@ -86,6 +85,7 @@ def batch(*msgs: dict) -> bytes:  # type: ignore[type-arg]
 
 
 IFINDEX = {"eth0": 2, "eth1": 3}
+AGENT_MAIN = "import sys; from hostsflow.cli import agent_main; sys.exit(agent_main())"
 
 
 def reader(sampling: int = 400, probability: float = 0.0025) -> UlogReader:
@@ -276,8 +276,7 @@ def test_real_agent_refuses_once_and_keeps_sending(tmp_path: Path) -> None:
     conf.write_text(f"sflow {{ polling = 1 collector {{ ip = 127.0.0.1 "
                     f"udpport = {col.getsockname()[1]} }} ulog {{ group = 2 }} }}\n")
     agent = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from hostsflow.cli import agent_main; "
-         "sys.exit(agent_main())", "-f", str(conf), "--status-file", ""],
+        [sys.executable, "-c", AGENT_MAIN, "-f", str(conf), "--status-file", ""],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     datagrams = []
     try:
