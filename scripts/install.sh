@@ -24,7 +24,9 @@ if [ "${HOSTSFLOW_SKIP_APT:-}" != 1 ]; then
   fi
 fi
 
-PY=${PYTHON:-python3}
+# Debian's interpreter by default: installed where an unprivileged user can read it, so the
+# agent can drop root after start-up (dropPriv) and still import what it needs.
+PY=${PYTHON:-$(command -v /usr/bin/python3 || command -v python3)}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import random
 import signal
 import time
@@ -24,6 +25,7 @@ from .host.sampling import sampling_rate_for
 from .host.interfaces import Interface, InterfaceTable, interfaces_fingerprint, scan_interfaces
 from .logsetup import OnceLog
 from .plugins import PluginHost
+from .privileges import PrivilegeError, capability_mask, drop_privileges
 from .samples import DS_IFINDEX, HOST_SOURCE, DataSource, FlowSample
 from .sflow.datagram import encode_counter_sample, encode_flow_sample
 from .sflow.exporter import Collector, Exporter, RecordingSink, Sink, UdpSender
@@ -58,6 +60,7 @@ class Agent:
         scan: Callable[[], InterfaceTable] = scan_interfaces,
         registry: Any = None,
         rng: random.Random | None = None,
+        user: str | None = None,
     ) -> None:
         self.config = config
         self.host = host
@@ -71,6 +74,8 @@ class Agent:
         self.hold_timeout = DEFAULT_HOLD_TIMEOUT
         self.loop: asyncio.AbstractEventLoop | None = None
         self.root_reasons: list[str] = []
+        self.kept_capabilities: dict[str, set[str]] = {}
+        self.user = user
 
         self.interfaces = scan()
         self._if_mark = interfaces_fingerprint()
@@ -87,7 +92,7 @@ class Agent:
         self._flow_seq: dict[DataSource, int] = collections.defaultdict(int)
         self._held: collections.deque[tuple[float, FlowSample]] = collections.deque()
         self._hold_timer: Any = None
-        self._seconds = 0
+        self.seconds = 0
         self._readers: set[int] = set()
         self._phase1: tuple[Callable[..., Any], ...] = ()
         self._phase2: tuple[Callable[..., Any], ...] = ()
@@ -139,8 +144,15 @@ class Agent:
         return self.loop.call_later(delay, callback)
 
     def retain_root(self, reason: str) -> None:
-        """Ask to keep root after start-up; the reason is logged."""
+        """Ask to keep root after start-up (call from ``sflow_configure``); logged with the
+        reason.  Prefer :meth:`retain_capabilities` when a capability or two is enough."""
         self.root_reasons.append(reason)
+
+    def retain_capabilities(self, *capabilities: str, reason: str) -> None:
+        """Ask to keep these Linux capabilities (``"CAP_NET_RAW"``...) when the agent drops
+        root after ``sflow_configure``; logged with the reason."""
+        capability_mask(capabilities)  # unknown names fail here, in the plugin's configure
+        self.kept_capabilities.setdefault(reason, set()).update(capabilities)
 
     def sampling_rate(self, interface: Interface) -> int:
         """1-in-N for an interface: a plugin's decision, else hsflowd's rule (section 2.6)."""
@@ -165,13 +177,31 @@ class Agent:
         """Configure plugins, then start them inside ``loop``."""
         self.loop = loop or asyncio.get_event_loop()
         self.configure()
-        if self.root_reasons:
-            self.log.info("keeping_root", reasons=self.root_reasons)
+        self.drop_privileges()
         self.host.hook.sflow_start(agent=self)
         self.log.info(
             "started", agent_address=self.address, modules=sorted(self.host.states),
             collectors=[f"{c.ip}:{c.udpport}" for c in self.config.collectors],
         )
+
+    def drop_privileges(self) -> None:
+        """After configure: become ``self.user`` keeping the capabilities plugins asked for,
+        unless ``dropPriv = off``, a plugin asked to keep root, or no user was given (the
+        testing kit).  A failure is logged and the agent carries on as it is."""
+        if self.user is None or not self.config.drop_priv or os.geteuid() != 0:
+            return
+        if self.root_reasons:
+            self.log.info("keeping_root", reasons=self.root_reasons)
+            return
+        keep = sorted(set().union(*self.kept_capabilities.values()))
+        try:
+            uid, gid = drop_privileges(self.user, keep)
+        except PrivilegeError as exc:
+            self.log.error("drop_privileges_failed", user=self.user, error=str(exc))
+            self.health.count("faults.drop_privileges")
+            return
+        self.log.info("dropped_privileges", user=self.user, uid=uid, gid=gid,
+                      capabilities=keep, reasons=sorted(self.kept_capabilities))
 
     def stop(self) -> None:
         """Final hooks, then flush the pending datagram and close the sockets."""
@@ -206,9 +236,9 @@ class Agent:
     def second(self) -> None:
         """One second of agent time: tick, interface refresh, polling, tock, flush."""
         now = self.clock()
-        self._seconds += 1
+        self.seconds += 1
         self.host.hook.sflow_tick(agent=self, now=now)
-        if self._seconds % INTERFACE_SCAN_SECONDS == 0:
+        if self.seconds % INTERFACE_SCAN_SECONDS == 0:
             self.refresh_interfaces()
         self.expire_holds(now)
         self.poll_counters()
@@ -219,7 +249,7 @@ class Agent:
         """Rescan interfaces when the cheap /sys fingerprint changed (or every
         ``refresh_adaptors`` seconds, for changes it cannot see, such as speed)."""
         mark = interfaces_fingerprint()
-        due = self._seconds % max(1, self.config.refresh_adaptors) == 0
+        due = self.seconds % max(1, self.config.refresh_adaptors) == 0
         if mark == self._if_mark and not due:
             return
         self._if_mark = mark
@@ -267,8 +297,15 @@ class Agent:
                 records.append(rec)
         if not records:
             return
+        try:
+            encoded = encode_counter_sample(poller.sequence + 1, poller.source, records)
+        except Exception as exc:  # noqa: BLE001 - a plugin's bad record loses one sample only
+            self.health.count("dropped.unencodable")
+            self.once.warn("encode_counters", "counter_sample_unencodable", error=repr(exc),
+                           source=str(poller.source))
+            return
         poller.sequence += 1
-        self.exporter.add(encode_counter_sample(poller.sequence, poller.source, records))
+        self.exporter.add(encoded)
         self.health.count("counter_samples")
 
     # ------------------------------------------------------------ the packet path
@@ -294,8 +331,15 @@ class Agent:
         for fn in self._phase2:
             fn(s)
         seq = self._flow_seq[s.source] + 1
+        try:
+            encoded = encode_flow_sample(seq, s)
+        except Exception as exc:  # noqa: BLE001 - a plugin's bad record loses one sample only
+            self.health.count("dropped.unencodable")
+            self.once.warn("encode_flow", "flow_sample_unencodable", error=repr(exc),
+                           records=[type(r).__name__ for r in s.records])
+            return
         self._flow_seq[s.source] = seq
-        self.exporter.add(encode_flow_sample(seq, s))
+        self.exporter.add(encoded)
 
     def expire_holds(self, now: float | None = None) -> None:
         """Release held samples whose deadline passed (the core's guarantee to capture plugins)."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import tempfile
 import time
 from typing import Any
 
@@ -27,17 +26,34 @@ class Health:
         return dict(sorted(self.counters.items()))
 
 
-def write_status(path: str, status: dict[str, Any]) -> None:
-    """Atomically replace the status file with ``status`` as JSON."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".status")
-    with os.fdopen(fd, "w") as f:
-        json.dump(status, f, indent=1, sort_keys=True)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+class StatusFile:
+    """The status file, opened once at start-up (while still root) and rewritten in place, so
+    the agent can keep updating it after it dropped privileges."""
+
+    def __init__(self, path: str) -> None:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        os.fchmod(self.fd, 0o644)
+
+    def write(self, status: dict[str, Any]) -> None:
+        data = json.dumps(status, indent=1, sort_keys=True).encode()
+        os.pwrite(self.fd, data, 0)
+        os.ftruncate(self.fd, len(data))
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
-def read_status(path: str) -> dict[str, Any]:
-    with open(path) as f:
-        return json.load(f)
+def read_status(path: str, attempts: int = 3) -> dict[str, Any]:
+    """The last status the agent wrote (retried if caught mid-rewrite)."""
+    for attempt in range(attempts):
+        with open(path) as f:
+            text = f.read()
+        try:
+            return json.loads(text)
+        except ValueError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
+    return {}

@@ -1,0 +1,75 @@
+"""The agent drops root after start-up unless a module needs it, and reports its health."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from hostsflow.privileges import capability_mask, unreadable_python_paths
+from hostsflow.testing import AgentProcess, UdpCollector
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges")
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            out[key] = value.strip()
+    return out
+
+
+def conf(port: int, extra: str = "") -> str:
+    return f"sflow {{\n  collector {{ ip = 127.0.0.1 udpport = {port} }}\n  polling = 1\n{extra}}}\n"
+
+
+def test_counters_only_agent_runs_as_nobody_without_capabilities(tmp_path):
+    blocked = unreadable_python_paths("nobody")
+    with UdpCollector() as col, AgentProcess(conf(col.port), tmp_path) as agent:
+        col.wait_for(lambda d: len(d) >= 3)
+        st = proc_status(agent.pid)
+        if blocked:
+            # this interpreter lives where nobody cannot read it (e.g. under /root): dropping
+            # would break lazy imports, so the agent says why and keeps running as root
+            assert "drop_privileges_failed" in agent.log() and blocked[0] in agent.log()
+            assert st["Uid"].split()[0] == "0"
+        else:
+            assert "dropped_privileges" in agent.log()
+            assert st["Uid"].split() == ["65534"] * 4, st["Uid"]
+            assert int(st["CapEff"], 16) == 0 and int(st["CapPrm"], 16) == 0
+        n = len(col.raw)
+        col.wait_for(lambda d: len(d) >= n + 2)  # still polling /proc and sending as nobody
+        # health counters, readable with `hostsflow status` while the agent runs
+        time.sleep(5.5)
+        out = subprocess.run([sys.executable, "-c", "from hostsflow.cli import tools_main;"
+                              "import sys; sys.exit(tools_main())", "status",
+                              "--status-file", agent.status_path],
+                             capture_output=True, text=True, check=True).stdout
+        status = json.loads(out)
+        assert status["datagrams"] >= 3 and status["counters"]["counter_samples"] >= 3
+        assert agent.stop() == 0
+
+
+def test_keep_root_flag_and_dropPriv_off(tmp_path):
+    with UdpCollector() as col:
+        with AgentProcess(conf(col.port, "  dropPriv = off\n"), tmp_path / "a"
+                          if (tmp_path / "a").mkdir() is None else None) as agent:
+            col.wait_for(lambda d: len(d) >= 2)
+            assert proc_status(agent.pid)["Uid"].split()[0] == "0"
+        with AgentProcess(conf(col.port), tmp_path / "b" if (tmp_path / "b").mkdir() is None
+                          else None, args=("-P",)) as agent:
+            n = len(col.raw)
+            col.wait_for(lambda d: len(d) >= n + 2)
+            assert proc_status(agent.pid)["Uid"].split()[0] == "0"
+
+
+def test_capability_names_are_checked():
+    assert capability_mask(["CAP_NET_RAW", "net_admin"]) == (1 << 13) | (1 << 12)
+    with pytest.raises(ValueError):
+        capability_mask(["CAP_FLY"])
