@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import Iterator
+from collections.abc import Iterator
 
 import attrs
 

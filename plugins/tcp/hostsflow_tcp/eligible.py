@@ -10,7 +10,8 @@ when the sample was seen in the agent's own namespace; for a sample from another
 from __future__ import annotations
 
 import socket
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from hostsflow.samples import DIRECTION_RECEIVED, DIRECTION_SENT, FlowSample
 from hostsflow.sflow.records import TCP_DIR_RECEIVED, TCP_DIR_SENT

@@ -92,13 +92,13 @@ def open_diag_socket(netns: str | None = None) -> socket.socket:
     from pyroute2 import netns as p2netns
 
     nsfd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-    result: list[socket.socket | BaseException] = []
+    result: list[socket.socket | Exception] = []
 
     def enter_and_open() -> None:
         try:
             p2netns.setns(nsfd, flags=0)
             result.append(_open_raw())
-        except BaseException as exc:  # handed to the caller below
+        except Exception as exc:  # noqa: BLE001 - re-raised in the caller thread
             result.append(exc)
 
     try:
@@ -108,7 +108,7 @@ def open_diag_socket(netns: str | None = None) -> socket.socket:
     finally:
         os.close(nsfd)
     out = result[0] if result else OSError(errno_mod.EIO, "setns helper thread failed")
-    if isinstance(out, BaseException):
+    if isinstance(out, Exception):
         raise out
     return out
 

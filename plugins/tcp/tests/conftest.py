@@ -15,11 +15,11 @@ import socket
 import subprocess
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import pytest
-
 from hostsflow.samples import DIRECTION_RECEIVED, DIRECTION_SENT, DataSource, FlowSample
 from hostsflow.sflow.records import SampledHeader
 
@@ -187,7 +187,7 @@ class Pump:
         while not self.stop.is_set() and (self.total is None or self.sent < self.total):
             try:
                 self.sent += self.src.send(buf)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 break
@@ -198,7 +198,7 @@ class Pump:
             try:
                 if not self.dst.recv(1 << 20):
                     break
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 break

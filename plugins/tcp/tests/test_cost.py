@@ -13,14 +13,12 @@ import subprocess
 import time
 
 import pytest
-from pyroute2.netlink.diag import inet_diag_msg
-
 from hostsflow.host.interfaces import Interface, InterfaceTable
 from hostsflow.sflow.records import ExtendedTcpInfo
 from hostsflow.testing import AgentHarness
-
 from hostsflow_tcp import diag
 from hostsflow_tcp.plugin import TcpPlugin
+from pyroute2.netlink.diag import inet_diag_msg
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 

@@ -8,12 +8,11 @@ import socket
 import struct
 
 import pytest
+from hostsflow_tcp import diag
+from hostsflow_tcp.lookup import read_buffer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyroute2.netlink.diag import inet_diag_msg, inet_diag_req
-
-from hostsflow_tcp import diag
-from hostsflow_tcp.lookup import read_buffer
 
 
 def _roundtrip(req: bytes) -> bytes:

@@ -15,7 +15,6 @@ import time
 
 import attrs
 import pytest
-
 from hostsflow.hookspecs import hookimpl
 from hostsflow.host.interfaces import InterfaceTable
 from hostsflow.samples import (
@@ -26,7 +25,6 @@ from hostsflow.samples import (
 )
 from hostsflow.sflow.records import ExtendedTcpInfo
 from hostsflow.testing import AgentHarness
-
 from hostsflow_tcp.plugin import TcpPlugin
 
 pytestmark = pytest.mark.root
@@ -183,7 +181,7 @@ def test_shaped_path_has_larger_rtt(pair, kit):
     free = _rtt_under_load(pair, kit, shaped=False)
     shaped = _rtt_under_load(pair, kit, shaped=True)
     assert free and shaped
-    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    med = lambda xs: sorted(xs)[len(xs) // 2]
     # 4 Mbit/s with up to 300 ms of queue: tens of ms, against well under 5 ms on a free veth
     assert med(shaped) > 10_000, shaped
     assert med(shaped) > 5 * med(free), (free, shaped)

@@ -10,14 +10,11 @@ import sys
 import time
 
 import pytest
-
 from hostsflow.host.interfaces import Interface, InterfaceTable
 from hostsflow.samples import DIRECTION_SENT, SOCKET_CGROUP_ID, SOCKET_INODE
 from hostsflow.sflow.records import ExtendedTcpInfo
 from hostsflow.testing import AgentHarness
-
 from hostsflow_tcp import diag, lookup_socket
-from hostsflow_tcp.lookup import DiagChannel
 from hostsflow_tcp.plugin import TcpPlugin
 
 LOCAL = InterfaceTable([Interface("lo", 1, loopback=True, addresses=["127.0.0.1", "::1"])])
