@@ -33,6 +33,7 @@ from .sflow.exporter import Collector, Exporter, RecordingSink, Sink, UdpSender
 DEFAULT_HOLD_TIMEOUT = 0.4  # seconds; hsflowd's mod_tcp waits up to 400 ms
 INTERFACE_SCAN_SECONDS = 2  # cheap /sys rescan; picks up re-created interfaces quickly
 HOLD_CHECK_SECONDS = 0.1
+HEALTH_LOG_SECONDS = 300  # one "health" log line every five minutes
 
 
 @attrs.define
@@ -71,6 +72,7 @@ class Agent:
         self.log = structlog.get_logger("hostsflow.agent")
         self.once = OnceLog(self.log)
         self.health = Health()
+        self.health_log_seconds = HEALTH_LOG_SECONDS
         self.hold_timeout = DEFAULT_HOLD_TIMEOUT
         self.loop: asyncio.AbstractEventLoop | None = None
         self.root_reasons: list[str] = []
@@ -84,6 +86,7 @@ class Agent:
         self.uuid = identity.host_uuid(getattr(config.uuid, "bytes", config.uuid))
         self.address = self._elect_address()
         self.sink = sink if sink is not None else self._udp_sender()
+        self._sink_base = (0, 0, 0)  # (delivered, undelivered, datagrams) of replaced senders
         self.exporter = Exporter(
             self.sink, self.address, config.sub_agent_id, config.datagram_bytes, clock
         )
@@ -213,6 +216,7 @@ class Agent:
         for fd in list(self._readers):
             self.remove_reader(fd)
         self.sink.close()
+        self._update_health()
 
     def reload(self, new_config: Any) -> None:
         """Install a new validated config (SIGHUP) without losing samples in flight."""
@@ -220,6 +224,10 @@ class Agent:
         self.exporter.flush()
         self.config = new_config
         if _collector_list(old) != _collector_list(new_config) and isinstance(self.sink, UdpSender):
+            self._update_health()
+            self._sink_base = (self.health.counters["datagrams_delivered"],
+                               self.health.counters["dropped.undelivered"],
+                               self.exporter.datagrams)
             self.sink.close()
             self.sink = self._udp_sender()
             self.exporter.sink = self.sink
@@ -244,6 +252,9 @@ class Agent:
         self.poll_counters()
         self.host.hook.sflow_tock(agent=self, now=now)
         self.exporter.flush()
+        self._update_health()
+        if self.health_log_seconds > 0 and self.seconds % self.health_log_seconds == 0:
+            self.log.info("health", **self.health.summary())
 
     def refresh_interfaces(self) -> None:
         """Rescan interfaces when the cheap /sys fingerprint changed (or every
@@ -363,6 +374,23 @@ class Agent:
             self._arm_hold_timer()
 
     # ------------------------------------------------------------ internals
+
+    def _update_health(self) -> None:
+        """Refresh the derived health figures (once a second, cheap): flow samples sent,
+        datagrams and their copies delivered or not, plugin errors."""
+        h = self.health
+        h.set("flow_samples_sent", sum(self._flow_seq.values()))
+        h.set("datagrams", self.exporter.datagrams)
+        delivered0, undelivered0, datagrams0 = self._sink_base
+        sink = self.sink
+        if isinstance(sink, UdpSender):
+            sent = sink.sent
+            copies = (self.exporter.datagrams - datagrams0) * len(sink.collectors)
+            h.set("dropped.undelivered", undelivered0 + max(0, copies - sent))
+        else:
+            sent = len(getattr(sink, "datagrams", ())) or getattr(sink, "sent", 0)
+        h.set("datagrams_delivered", delivered0 + sent)
+        h.set("plugin_errors", sum(st.errors for st in self.host.states.values()))
 
     def _resolve_fast_path(self) -> None:
         self._phase1 = self.host.bound_impls("sflow_flow_sample", agent=self)

@@ -1,7 +1,8 @@
-"""The agent's own health counters: samples taken and sent, faults, plugin errors.
+"""The agent's own health counters: samples taken and sent, drops by reason, faults, plugin
+errors.
 
-Read with ``hostsflow status`` (from the status file the agent rewrites every few seconds) or
-from the final log line."""
+Read with ``hostsflow status`` (from the status file the agent rewrites every few seconds), from
+the ``health`` line the agent logs every five minutes, or from the final log line."""
 
 from __future__ import annotations
 
@@ -22,8 +23,29 @@ class Health:
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] += n
 
+    def set(self, name: str, value: int) -> None:
+        """Set a figure the agent derives from elsewhere (datagrams sent, plugin errors...)."""
+        self.counters[name] = value
+
     def snapshot(self) -> dict[str, Any]:
         return dict(sorted(self.counters.items()))
+
+    def summary(self) -> dict[str, Any]:
+        """The one-line health report: samples taken and sent, datagrams, drops by reason,
+        plugin errors and faults (zero-valued drop and fault reasons left out)."""
+        c = self.counters
+        return {
+            "uptime": int(time.time() - self.started),
+            "flow_samples_taken": c["flow_samples_taken"],
+            "flow_samples_sent": c["flow_samples_sent"],
+            "counter_samples_sent": c["counter_samples"],
+            "datagrams": c["datagrams"],
+            "datagrams_delivered": c["datagrams_delivered"],
+            "dropped": {k[8:]: v for k, v in sorted(c.items()) if k.startswith("dropped.") and v},
+            "holds_timed_out": c["holds_timed_out"],
+            "plugin_errors": c["plugin_errors"],
+            "faults": {k[7:]: v for k, v in sorted(c.items()) if k.startswith("faults.") and v},
+        }
 
 
 class StatusFile:

@@ -89,9 +89,13 @@ class NflogPlugin:
         self.log.info("nflog_rates", group=self.cfg.group, probability=self.cfg.probability,
                       sampling=agent.config.sampling, kernel_rate=rates.kernel,
                       sub_sampling=rates.sub, reported_rate=rates.actual)
-        if not self._open(agent):
-            # the group may come free later; rebinding needs CAP_NET_ADMIN
-            agent.retain_root(f"nflog: retry binding NFLOG group {self.cfg.group}")
+        # Binding (a retry after a failed bind, a reload that changes the group or its
+        # settings) is an nfnetlink request: CAP_NET_ADMIN.  A socket in another namespace is
+        # made there with setns(): CAP_SYS_ADMIN.
+        caps = ["CAP_NET_ADMIN"] + (["CAP_SYS_ADMIN"] if self.cfg.netns else [])
+        agent.retain_capabilities(
+            *caps, reason=f"nflog: (re)bind NFLOG group {self.cfg.group} after start-up")
+        self._open(agent)
 
     @hookimpl
     def sflow_start(self, agent: Any) -> None:

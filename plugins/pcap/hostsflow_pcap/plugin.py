@@ -60,8 +60,10 @@ class PcapPlugin:
     def sflow_configure(self, agent: Any) -> None:
         self.agent = agent
         self.log = agent.logger(NAME)
-        # Capture sockets need CAP_NET_RAW, also for devices that appear after start-up.
-        agent.retain_root("pcap: open taps on devices that appear or come back later")
+        # Capture sockets need CAP_NET_RAW, also for devices that appear after start-up (as
+        # nobody with only this capability libpcap opens, sets promiscuous mode and the ring).
+        agent.retain_capabilities(
+            "CAP_NET_RAW", reason="pcap: open taps on devices that appear or come back later")
         self.sync()
 
     @hookimpl
@@ -204,6 +206,8 @@ class PcapPlugin:
                 self._close(tap.name, "read failed")
             return
         if samples:
+            if samples[0].drops:  # the batch's ring drops ride on its first sample
+                self.agent.count("dropped.pcap_ring", samples[0].drops)
             self.agent.take_samples(samples)
 
     def status(self) -> dict[str, dict[str, int]]:
