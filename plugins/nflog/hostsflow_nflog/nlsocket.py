@@ -36,11 +36,19 @@ class NflogBindError(OSError):
 def _open_raw(netns: str | None) -> socket.socket:
     if netns is None:
         return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-    # nfnetlink_log instances belong to a network namespace: make the socket there.
+    # nfnetlink_log instances belong to a network namespace: make the socket there.  setns()
+    # moves only this thread, and only for the socket() call; a namespace that does not exist
+    # raises instead of silently leaving us where we are.
     from pyroute2 import netns as pr_netns
 
-    return pr_netns.create_socket(netns, socket.AF_NETLINK, socket.SOCK_RAW,
-                                  NETLINK_NETFILTER, flags=0)
+    path = netns if "/" in netns else os.path.join(pr_netns.NETNS_RUN_DIR, netns)
+    if not os.path.exists(path):
+        raise FileNotFoundError(errno.ENOENT, "no such network namespace", netns)
+    pr_netns.pushns(path)
+    try:
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    finally:
+        pr_netns.popns()
 
 
 class NflogSocket:

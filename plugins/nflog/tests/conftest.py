@@ -46,10 +46,14 @@ class NetPair:
     mac_b: bytes = b""
 
     def udp_socket(self, ns: str) -> socket.socket:
-        """A UDP socket living in namespace ``ns`` (made there by pyroute2, used from here)."""
+        """A UDP socket living in namespace ``ns`` (made there with setns, used from here)."""
         from pyroute2 import netns
 
-        return netns.create_socket(ns, socket.AF_INET, socket.SOCK_DGRAM, 0, flags=0)
+        netns.pushns(ns)  # raises if ns does not exist; moves this thread only
+        try:
+            return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        finally:
+            netns.popns()
 
     def send(self, ns: str, dst: str, port: int | list[int], count: int, size: int = 64,
              dev: str | None = None) -> int:
