@@ -325,3 +325,33 @@ def check_sfacctd(lines: list[dict[str, Any]], samples: list[Any], *, src: str, 
     if macs is not None:
         assert {(x["mac_src"], x["mac_dst"]) for x in flows} == {macs}
 
+
+
+def test_real_agent_group_taken_then_freed(netpair: Any, need_tools: Any, tmp_path: Any) -> None:
+    """The real agent (privileges dropped as in production) when another process holds the
+    group: one error naming it, the agent keeps running, and it binds once the group is free."""
+    from hostsflow_nflog.nlsocket import NflogSocket
+
+    b = netpair.b
+    holder = NflogSocket(GROUP, 128, 10, 10, netns=b)
+    holder.open()
+    conf = tmp_path / "hsflowd.conf"
+    conf.write_text(f"sflow {{ polling = 0 collector {{ ip = 127.0.0.1 udpport = {OURS} }}\n"
+                    f"  nflog {{ group = {GROUP} probability = 0.01 }} }}\n")
+    agent = Proc(agent_cmd(b, str(conf)))
+    try:
+        agent.wait_for("nflog_bind_failed")
+        time.sleep(2.5)  # retries after 1 and 2 s fail quietly
+        assert agent.p.poll() is None, "the agent exited"
+        holder.close()
+        agent.wait_for("nflog_bound", timeout=10)  # the retry after 4 s succeeds
+        assert agent.p.poll() is None
+    finally:
+        holder.close()
+        agent.stop()
+    log = "".join(agent.err + agent.out)
+    assert log.count("nflog_bind_failed") == 1, log
+    line = next(x for x in agent.err + agent.out if "nflog_bind_failed" in x)
+    event = json.loads(line)  # not a terminal: structlog writes JSON lines
+    assert (event["group"], event["level"]) == (GROUP, "error"), line
+    assert f"group {GROUP} is already bound by another process" in event["reason"], line
