@@ -12,6 +12,7 @@ APT_PACKAGES=(
   tshark nfdump-sflow pmacct            # independent sFlow decoders
   systemd dbus                          # a real systemd --user and dbus-daemon for the systemd plugin
   procps                                # ss is in iproute2; ps/pkill for tests
+  chromium chromium-driver              # headless browser for the hostsflow view page test
 )
 if [ "${HOSTSFLOW_SKIP_APT:-}" != 1 ]; then
   export DEBIAN_FRONTEND=noninteractive
@@ -36,5 +37,5 @@ plugins=()
 for d in plugins/*/ examples/*/; do
   [ -f "$d/pyproject.toml" ] && plugins+=(-e "$d")
 done
-python -m pip install -q -e ".[test]" "${plugins[@]}"
+python -m pip install -q -e ".[test,view]" "${plugins[@]}"
 echo "installed: $(python -m pip list 2>/dev/null | grep -ci hostsflow) hostsflow distributions in .venv"

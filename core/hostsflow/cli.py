@@ -1,4 +1,5 @@
-"""Command lines: ``hostsflowd`` (the agent) and ``hostsflow`` (decode, modules, config, status).
+"""Command lines: ``hostsflowd`` (the agent) and ``hostsflow`` (decode, modules, config, status,
+view, top).
 
 Config mistakes print ``FILE:LINE: message`` on stderr and exit with status 2, no traceback.
 """
@@ -142,6 +143,18 @@ def tools_main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("module", nargs="?", help="only this module")
     s = sub.add_parser("status", help="the running agent's health counters")
     s.add_argument("--status-file", default=DEFAULT_STATUS)
+    for name, what in (("view", "a live chart of traffic by service on a local web page"),
+                       ("top", "traffic by service in the terminal")):
+        v = sub.add_parser(name, help=what + " (needs the 'view' extra)")
+        v.add_argument("--listen-sflow", default="0.0.0.0:6343",
+                       help="UDP ADDR:PORT to receive sFlow on (%(default)s)")
+        v.add_argument("--window", type=float, default=5.0,
+                       help="seconds the rates are averaged over (%(default)s)")
+        if name == "view":
+            v.add_argument("--http", default="127.0.0.1:8008",
+                           help="ADDR:PORT of the page (%(default)s)")
+        else:
+            v.add_argument("--seconds", type=float, default=None, help="stop after N seconds")
     args = p.parse_args(argv)
     configure_logging()
     if args.cmd == "decode":
@@ -150,6 +163,8 @@ def tools_main(argv: Sequence[str] | None = None) -> int:
         _import_record_classes()
         run_decode(listen=args.listen, json=args.json, count=args.count)
         return 0
+    if args.cmd in ("view", "top"):
+        return _view_or_top(args)
     if args.cmd == "modules":
         return _modules(args.config, args.verbose)
     if args.cmd == "config":
@@ -166,6 +181,21 @@ def tools_main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(status, indent=1, sort_keys=True))
         return 0
     return 1
+
+
+def _view_or_top(args: argparse.Namespace) -> int:
+    """``hostsflow view`` / ``hostsflow top`` (their libraries come with the 'view' extra)."""
+    try:
+        if args.cmd == "view":
+            from .tools.view.server import run_view
+
+            return run_view(args.listen_sflow, args.http, args.window)
+        from .tools.top import run_top
+    except ImportError as exc:
+        print(f"hostsflow {args.cmd}: {exc.name} is missing: pip install 'hostsflow[view]'",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    return run_top(args.listen_sflow, args.window, args.seconds)
 
 
 def _import_record_classes() -> None:

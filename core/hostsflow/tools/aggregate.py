@@ -1,0 +1,495 @@
+"""Traffic by service from an sFlow stream: the numbers behind ``hostsflow view`` and ``top``.
+
+A collector-side aggregator on the same decoder as ``hostsflow decode``.  It works with any
+agent that sends ``extended_entities`` (0:2210) with its flow samples (hostsflow's
+``systemd { markTraffic = on }``, hsflowd's mod_systemd):
+
+* **Service names** come from counter samples: the ``host_descr`` (0:2000) hostname of every
+  ``3:dsIndex`` data source, kept per agent (agent address and sub-agent id).
+* **Flow samples** become estimates: each sample stands for ``sampling_rate`` packets and
+  ``frame_length * sampling_rate`` bytes.  A sample whose extended_entities names a service as
+  destination counts for that service's **in** direction, as source for its **out** direction
+  (service-to-service traffic counts for both).  A sample naming no service is **other**.
+* The estimates are added into one bucket per wall-clock second, per service and direction,
+  per (protocol, service-side port) and per remote address; :meth:`Aggregator.snapshot` turns
+  the last ``window`` complete seconds into rates (bits/s, packets/s).
+* TCP connections: a flow sample that carries ``extended_tcp_info`` (0:2209) updates the
+  connection's latest RTT, retransmissions and so on; its bytes are windowed like the rest.
+
+Malformed datagrams are counted (``stats.malformed``) and skipped; nothing here raises on bad
+input.  Not thread-safe: feed and read from one thread (the view and top use one asyncio loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+
+from ..packet import IPPROTO_TCP, decode_sampled_header
+from ..sflow.datagram import (
+    Datagram,
+    DecodedCounterSample,
+    DecodedFlowSample,
+    SflowDecodeError,
+    decode_datagram,
+)
+from ..sflow.records import (
+    TCP_DIR_RECEIVED,
+    TCP_DIR_SENT,
+    ExtendedEntities,
+    ExtendedTcpInfo,
+    HostDescr,
+    SampledHeader,
+)
+
+SERVICE_CLASS = 3  # data source class of a service (hsflowd: DS_TYPE "3" = logical entity)
+IN, OUT = "in", "out"
+DEFAULT_WINDOW = 5.0
+DEFAULT_HISTORY = 300  # seconds of per-second points kept for the chart
+CONNECTION_TTL = 30.0  # seconds a TCP connection stays listed after its last sample
+MAX_CONNECTIONS = 4096
+MAX_REMOTES_PER_BUCKET = 4096
+
+PROTOCOL_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp", 136: "udplite"}
+
+#: (agent address, sub-agent id)
+AgentKey = tuple[str, int]
+#: (agent key, dsIndex) of a service data source
+ServiceId = tuple[AgentKey, int]
+
+
+def protocol_name(proto: int) -> str:
+    """``tcp`` for 6, ``udp`` for 17, ...; the number as text for the rest."""
+    return PROTOCOL_NAMES.get(proto, str(proto))
+
+
+@attrs.define(slots=True)
+class AggregatorStats:
+    """What the aggregator was fed: datagrams (and malformed ones), flow samples, flow samples
+    that named a service, flow samples without a usable sampled_header, counter samples."""
+
+    datagrams: int = 0
+    malformed: int = 0
+    flow_samples: int = 0
+    marked_samples: int = 0
+    headerless_samples: int = 0
+    counter_samples: int = 0
+
+
+class _Bucket:
+    """The estimates of one wall-clock second: ``[bytes, packets]`` per key."""
+
+    __slots__ = ("conn", "other", "proto", "remote", "second", "service", "total")
+
+    def __init__(self, second: int) -> None:
+        self.second = second
+        self.service: dict[tuple[ServiceId, str], list[int]] = {}
+        self.proto: dict[tuple[ServiceId, str, str, int], list[int]] = {}
+        self.remote: dict[tuple[ServiceId, str, str], list[int]] = {}
+        self.conn: dict[tuple[Any, ...], list[int]] = {}
+        self.other = [0, 0]
+        self.total = [0, 0]
+
+
+def _add(table: dict[Any, list[int]], key: Any, nbytes: int, npkts: int) -> None:
+    cell = table.get(key)
+    if cell is None:
+        table[key] = [nbytes, npkts]
+    else:
+        cell[0] += nbytes
+        cell[1] += npkts
+
+
+@attrs.define(slots=True)
+class Connection:
+    """The latest state of one TCP connection, as its extended_tcp_info samples tell it.
+
+    ``local``/``remote`` are ``ip:port`` text from the sampled socket's point of view (the
+    receiving end for ``dir`` = received, the sending end for ``dir`` = sent)."""
+
+    agent: AgentKey
+    service: ServiceId | None
+    local: str
+    remote: str
+    rtt_us: int = 0
+    rttvar_us: int = 0
+    min_rtt_us: int = 0
+    retrans: int = 0
+    lost: int = 0
+    unacked: int = 0
+    snd_cwnd: int = 0
+    snd_mss: int = 0
+    last_seen: float = 0.0
+    samples: int = 0
+
+
+@attrs.define(slots=True)
+class Rate:
+    """Bits and packets per second."""
+
+    bps: float = 0.0
+    pps: float = 0.0
+
+
+@attrs.define(slots=True)
+class ServiceRates:
+    """One service's rates over the window: ``label`` is the unit name (prefixed with the agent
+    when more than one agent is heard); ``index`` its dsIndex."""
+
+    label: str
+    agent: str
+    index: int
+    inbound: Rate
+    outbound: Rate
+
+    @property
+    def bps(self) -> float:
+        return self.inbound.bps + self.outbound.bps
+
+    @property
+    def pps(self) -> float:
+        return self.inbound.pps + self.outbound.pps
+
+
+@attrs.define(slots=True)
+class KeyedRate:
+    """A rate for one service, direction and key (``tcp/8080`` or a remote address)."""
+
+    service: str
+    direction: str
+    key: str
+    bps: float
+    pps: float
+
+
+@attrs.define(slots=True)
+class ConnectionRates:
+    """A TCP connection with its rate over the window and its latest TCP state."""
+
+    service: str
+    local: str
+    remote: str
+    bps: float
+    pps: float
+    rtt_ms: float
+    rttvar_ms: float
+    min_rtt_ms: float
+    retrans: int
+    lost: int
+    snd_cwnd: int
+    age: float
+
+
+@attrs.define(slots=True)
+class Snapshot:
+    """Everything the view and top show at one moment.  ``time`` is wall-clock seconds;
+    ``span`` the seconds the rates were averaged over (less than ``window`` just after start);
+    lists are sorted by rate, highest first."""
+
+    time: float
+    window: float
+    span: float
+    services: list[ServiceRates]
+    other: Rate
+    total: Rate
+    protocols: list[KeyedRate]
+    remotes: list[KeyedRate]
+    connections: list[ConnectionRates]
+    agents: dict[str, str]
+    stats: AggregatorStats
+
+    def service(self, label: str) -> ServiceRates | None:
+        """The rates of the service called ``label``, or None."""
+        return next((s for s in self.services if s.label == label), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able form (rates rounded; services with ``in``/``out`` and totals)."""
+        def rate(r: Rate) -> dict[str, float]:
+            return {"bps": round(r.bps, 1), "pps": round(r.pps, 2)}
+
+        return {
+            "time": self.time, "window": self.window, "span": self.span,
+            "services": [
+                {"label": s.label, "agent": s.agent, "index": s.index, "in": rate(s.inbound),
+                 "out": rate(s.outbound), "bps": round(s.bps, 1), "pps": round(s.pps, 2)}
+                for s in self.services],
+            "other": rate(self.other), "total": rate(self.total),
+            "protocols": [attrs.asdict(p) for p in self.protocols],
+            "remotes": [attrs.asdict(p) for p in self.remotes],
+            "connections": [attrs.asdict(c) for c in self.connections],
+            "agents": dict(self.agents),
+            "stats": attrs.asdict(self.stats),
+        }
+
+
+class Aggregator:
+    """Per-service traffic estimates over a sliding window of ``window`` seconds.
+
+    ``feed(data)`` takes one raw datagram (``feed_datagram`` a decoded one); ``snapshot()``
+    gives the rates; ``tick()`` (once a second) records a point of per-service rates into
+    ``history`` for the chart.  ``clock`` gives wall-clock seconds (tests pass their own)."""
+
+    def __init__(self, window: float = DEFAULT_WINDOW, history: int = DEFAULT_HISTORY,
+                 clock: Callable[[], float] = time.time) -> None:
+        if window < 1:
+            raise ValueError("window must be at least 1 second")
+        self.window = float(window)
+        self.clock = clock
+        self.stats = AggregatorStats()
+        self.names: dict[ServiceId, str] = {}
+        self.agents: dict[AgentKey, str] = {}  # agent -> hostname (from 2:1 host_descr)
+        self.connections: dict[tuple[Any, ...], Connection] = {}
+        self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=history)
+        self._buckets: collections.deque[_Bucket] = collections.deque()
+        self._keep = int(window) + 2
+        self._first: float | None = None
+
+    # ------------------------------------------------------------ input
+
+    def feed(self, data: bytes, now: float | None = None) -> bool:
+        """Decode one datagram and add it; False (and counted) if it is malformed."""
+        try:
+            dgram = decode_datagram(data)
+        except SflowDecodeError:
+            self.stats.datagrams += 1
+            self.stats.malformed += 1
+            return False
+        self.feed_datagram(dgram, now)
+        return True
+
+    def feed_datagram(self, dgram: Datagram, now: float | None = None) -> None:
+        """Add a decoded datagram: learn service names from its counter samples, then add its
+        flow samples to the bucket of the current second."""
+        now = self.clock() if now is None else now
+        if self._first is None:
+            self._first = now
+        self.stats.datagrams += 1
+        agent: AgentKey = (dgram.agent_address, dgram.sub_agent_id)
+        for sample in dgram.samples:
+            if isinstance(sample, DecodedCounterSample):
+                self.stats.counter_samples += 1
+                self._learn(agent, sample)
+        bucket = self._bucket(now)
+        for sample in dgram.samples:
+            if isinstance(sample, DecodedFlowSample):
+                self._add_flow(agent, sample, bucket, now)
+
+    def _learn(self, agent: AgentKey, sample: DecodedCounterSample) -> None:
+        descr = sample.record(HostDescr)
+        if descr is None:
+            return
+        src = sample.source
+        if src.ds_class == SERVICE_CLASS:
+            self.names[(agent, src.ds_index)] = descr.hostname  # type: ignore[attr-defined]
+        elif src.ds_class == 2 and src.ds_index == 1:
+            self.agents[agent] = descr.hostname  # type: ignore[attr-defined]
+
+    def _bucket(self, now: float) -> _Bucket:
+        second = int(now)
+        buckets = self._buckets
+        if buckets and buckets[-1].second == second:
+            return buckets[-1]
+        if buckets and buckets[-1].second > second:  # clock stepped back: add to the newest
+            return buckets[-1]
+        bucket = _Bucket(second)
+        buckets.append(bucket)
+        while buckets and buckets[0].second < second - self._keep:
+            buckets.popleft()
+        return bucket
+
+    def _add_flow(self, agent: AgentKey, sample: DecodedFlowSample, bucket: _Bucket,
+                  now: float) -> None:
+        self.stats.flow_samples += 1
+        rate = sample.sampling_rate
+        header = sample.record(SampledHeader)
+        if header is None or rate == 0:
+            self.stats.headerless_samples += 1
+            return
+        nbytes = header.frame_length * rate  # type: ignore[attr-defined]
+        total = bucket.total
+        total[0] += nbytes
+        total[1] += rate
+        ent = sample.record(ExtendedEntities)
+        ends: list[tuple[ServiceId, str]] = []
+        if ent is not None:
+            if ent.dst_class == SERVICE_CLASS and ent.dst_index:  # type: ignore[attr-defined]
+                ends.append(((agent, ent.dst_index), IN))  # type: ignore[attr-defined]
+            if ent.src_class == SERVICE_CLASS and ent.src_index:  # type: ignore[attr-defined]
+                ends.append(((agent, ent.src_index), OUT))  # type: ignore[attr-defined]
+        info = decode_sampled_header(header)  # type: ignore[arg-type]
+        if not ends:
+            bucket.other[0] += nbytes
+            bucket.other[1] += rate
+        else:
+            self.stats.marked_samples += 1
+        for svc, direction in ends:
+            _add(bucket.service, (svc, direction), nbytes, rate)
+            if info is None:
+                continue
+            port = info.dst_port if direction == IN else info.src_port
+            _add(bucket.proto, (svc, direction, protocol_name(info.protocol), port), nbytes, rate)
+            remote = info.src_ip if direction == IN else info.dst_ip
+            if (svc, direction, remote) in bucket.remote or len(bucket.remote) < MAX_REMOTES_PER_BUCKET:
+                _add(bucket.remote, (svc, direction, remote), nbytes, rate)
+        tcp = sample.record(ExtendedTcpInfo)
+        if tcp is not None and info is not None and info.protocol == IPPROTO_TCP:
+            self._add_connection(agent, tcp, info, ends, bucket, nbytes, rate, now)  # type: ignore[arg-type]
+
+    def _add_connection(self, agent: AgentKey, tcp: ExtendedTcpInfo, info: Any,
+                        ends: list[tuple[ServiceId, str]], bucket: _Bucket, nbytes: int,
+                        rate: int, now: float) -> None:
+        src, dst = _endpoint(info.src_ip, info.src_port), _endpoint(info.dst_ip, info.dst_port)
+        if tcp.dir == TCP_DIR_RECEIVED:
+            local, remote, want = dst, src, IN
+        elif tcp.dir == TCP_DIR_SENT:
+            local, remote, want = src, dst, OUT
+        else:
+            return
+        service = next((s for s, d in ends if d == want), None)
+        key = (agent, local, remote)
+        conn = self.connections.get(key)
+        if conn is None:
+            if len(self.connections) >= MAX_CONNECTIONS:
+                self._expire_connections(now, force=True)
+            conn = self.connections[key] = Connection(agent, service, local, remote)
+        if service is not None:
+            conn.service = service
+        conn.rtt_us, conn.rttvar_us, conn.min_rtt_us = tcp.rtt, tcp.rttvar, tcp.min_rtt
+        conn.retrans, conn.lost, conn.unacked = tcp.retrans, tcp.lost, tcp.unacked
+        conn.snd_cwnd, conn.snd_mss = tcp.snd_cwnd, tcp.snd_mss
+        conn.last_seen = now
+        conn.samples += 1
+        _add(bucket.conn, key, nbytes, rate)
+
+    def _expire_connections(self, now: float, force: bool = False) -> None:
+        stale = [k for k, c in self.connections.items() if now - c.last_seen > CONNECTION_TTL]
+        for k in stale:
+            del self.connections[k]
+        if force and len(self.connections) >= MAX_CONNECTIONS:
+            oldest = sorted(self.connections, key=lambda k: self.connections[k].last_seen)
+            for k in oldest[: len(oldest) // 4 or 1]:
+                del self.connections[k]
+
+    # ------------------------------------------------------------ output
+
+    def label(self, svc: ServiceId) -> str:
+        """The service's unit name (``3:INDEX`` until its counters arrive), prefixed with the
+        agent's address when more than one agent is heard."""
+        name = self.names.get(svc, f"3:{svc[1]}")
+        if len({a for a, _ in self.names} | set(self.agents)) > 1:
+            return f"{svc[0][0]}/{name}"
+        return name
+
+    def _window(self, now: float) -> tuple[list[_Bucket], float]:
+        """The complete seconds in the window and the span they cover."""
+        current = int(now)
+        start = current - int(self.window)
+        chosen = [b for b in self._buckets if start <= b.second < current]
+        first = int(self._first) if self._first is not None else current
+        span = float(min(self.window, max(1, current - max(first, start))))
+        return chosen, span
+
+    def snapshot(self, now: float | None = None, top: int = 20) -> Snapshot:
+        """Rates over the last ``window`` complete seconds (all services heard of, even those
+        at zero; the ``top`` highest protocols, remotes and connections)."""
+        now = self.clock() if now is None else now
+        self._expire_connections(now)
+        buckets, span = self._window(now)
+        service: dict[tuple[ServiceId, str], list[int]] = {}
+        proto: dict[Any, list[int]] = {}
+        remote: dict[Any, list[int]] = {}
+        conn: dict[Any, list[int]] = {}
+        other, total = [0, 0], [0, 0]
+        for b in buckets:
+            for table, into in ((b.service, service), (b.proto, proto), (b.remote, remote),
+                                (b.conn, conn)):
+                for k, (nb, npk) in table.items():
+                    _add(into, k, nb, npk)
+            other[0] += b.other[0]
+            other[1] += b.other[1]
+            total[0] += b.total[0]
+            total[1] += b.total[1]
+
+        def to_rate(cell: list[int] | None) -> Rate:
+            if not cell:
+                return Rate()
+            return Rate(cell[0] * 8 / span, cell[1] / span)
+
+        ids = set(self.names) | {s for s, _ in service}
+        services = [
+            ServiceRates(self.label(s), s[0][0], s[1], to_rate(service.get((s, IN))),
+                         to_rate(service.get((s, OUT))))
+            for s in ids]
+        services.sort(key=lambda s: (-s.bps, s.label))
+        protocols = sorted(
+            (KeyedRate(self.label(s), d, f"{p}/{port}" if port else p, nb * 8 / span, npk / span)
+             for (s, d, p, port), (nb, npk) in proto.items()), key=lambda r: -r.bps)[:top]
+        remotes = sorted(
+            (KeyedRate(self.label(s), d, addr, nb * 8 / span, npk / span)
+             for (s, d, addr), (nb, npk) in remote.items()), key=lambda r: -r.bps)[:top]
+        conns = []
+        for key, c in self.connections.items():
+            nb, npk = conn.get(key, (0, 0))
+            conns.append(ConnectionRates(
+                self.label(c.service) if c.service else "", c.local, c.remote,
+                nb * 8 / span, npk / span, c.rtt_us / 1000, c.rttvar_us / 1000,
+                c.min_rtt_us / 1000, c.retrans, c.lost, c.snd_cwnd, now - c.last_seen))
+        conns.sort(key=lambda c: (-c.bps, c.age))
+        agents = {a[0]: h for a, h in self.agents.items()}
+        return Snapshot(now, self.window, span, services, to_rate(other), to_rate(total),
+                        protocols, remotes, conns[:top], agents, attrs.evolve(self.stats))
+
+    def tick(self, now: float | None = None) -> tuple[Snapshot, dict[str, Any]]:
+        """Take a snapshot and record its per-service bits/s as one chart point
+        (``{"t": seconds, "bps": {label: bits/s}, "other": bits/s}``) in ``history``."""
+        snap = self.snapshot(now)
+        point = {"t": round(snap.time, 3), "bps": {s.label: round(s.bps, 1) for s in snap.services},
+                 "other": round(snap.other.bps, 1)}
+        self.history.append(point)
+        return snap, point
+
+
+def _endpoint(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+# ================================================================ listening
+
+
+class _Receiver(asyncio.DatagramProtocol):
+    def __init__(self, aggregator: Aggregator) -> None:
+        self.aggregator = aggregator
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.aggregator.feed(data)
+
+
+async def listen(aggregator: Aggregator, listen_addr: str) -> asyncio.DatagramTransport:
+    """Receive sFlow on ``listen_addr`` (``HOST:PORT``, ``[V6]:PORT`` or ``PORT``) into
+    ``aggregator`` on the running loop; close the returned transport to stop."""
+    from .decode import open_socket
+
+    sock = open_socket(listen_addr)
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(lambda: _Receiver(aggregator), sock=sock)
+    return transport  # type: ignore[return-value]
+
+
+def format_rate(bps: float) -> str:
+    """``12.3 Mb/s`` style text for a bits-per-second figure."""
+    for unit, scale in (("Gb/s", 1e9), ("Mb/s", 1e6), ("kb/s", 1e3)):
+        if bps >= scale:
+            return f"{bps / scale:.3g} {unit}" if bps < 100 * scale else f"{bps / scale:.0f} {unit}"
+    return f"{bps:.0f} b/s"
+
+
+def iter_service_rows(snap: Snapshot) -> Iterable[tuple[str, Rate, Rate]]:
+    """(label, in, out) per service, highest total first, then ``other``."""
+    for s in snap.services:
+        yield s.label, s.inbound, s.outbound
+    yield "other", snap.other, Rate()
