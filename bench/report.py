@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""Write bench/RESULTS.md from the files bench/run.sh leaves in bench/out/.
+
+Inputs (each optional): results.jsonl (measure.py, labels ``hostsflow-nN`` / ``pmacctd-nN``),
+profile.json, pipeline.json, mark_cost.json, poll_cost.json, idle.json, idle_all.json,
+latency.json.  Every figure is printed next to its target and, on the rig, next to pmacctd's
+figure of the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+from typing import Any
+
+
+def load(path: str) -> Any:
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        text = f.read().strip()
+    if path.endswith(".jsonl"):
+        return [json.loads(x) for x in text.splitlines() if x.strip()]
+    return json.loads(text) if text else None
+
+
+def fmt(v: Any, nd: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.{nd}f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("**met**" if ok else "**not met**")
+
+
+def pmacct_version() -> str:
+    try:
+        out = subprocess.run(["pmacctd", "-V"], capture_output=True, text=True).stdout
+        return out.splitlines()[0].rsplit("pmacctd", 1)[-1].strip() if out else "?"
+    except OSError:
+        return "not installed"
+
+
+def rig_section(rows: list[dict], lines: list[str]) -> dict[str, Any]:
+    """Side-by-side tables per sampling rate; returns the figures the targets need."""
+    found: dict[str, Any] = {}
+    by = {(r["label"], r["target_pps"]): r for r in rows}
+    samplings = sorted({r["sampling"] for r in rows})
+    for n in samplings:
+        ours, peer = f"hostsflow-n{n}", f"pmacctd-n{n}"
+        lines += [f"### 1 in {n}", "",
+                  "| offered pps (target) | agent | samples/s | CPU % of a core | CPU us / sample "
+                  "| ratio to pmacctd | loss % | RSS MB | foreign CPU % (contention) |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        rates = [r["target_pps"] for r in rows if r["label"] == ours and r["target_pps"] != "idle"]
+        for rate in rates:
+            a, b = by.get((ours, rate)), by.get((peer, rate))
+            ratio = (a["us_per_sample"] / b["us_per_sample"]
+                     if a and b and a.get("us_per_sample") and b.get("us_per_sample") else None)
+            label = f"{a['offered_pps']:,} ({'gen max' if rate == 0 else f'{rate:,}'})"
+            for name, r in (("hostsflow", a), ("pmacctd", b)):
+                if r is None:
+                    continue
+                lines.append(
+                    f"| {label} | {name} | {fmt(r['samples_per_s'])} | {fmt(r['cpu_pct'], 1)} "
+                    f"| {fmt(r.get('us_per_sample'))} | "
+                    f"{fmt(ratio) if name == 'hostsflow' else ''} | {fmt(r.get('loss_pct'))} "
+                    f"| {fmt(r['rss_mb'], 1)} | {fmt(r.get('foreign_cpu_pct'), 1)} |")
+                label = ""
+            found[(n, rate)] = (a, b, ratio)
+        idle_a, idle_b = by.get((ours, "idle")), by.get((peer, "idle"))
+        if idle_a and idle_b:
+            lines.append(f"| idle | hostsflow / pmacctd | | {fmt(idle_a['cpu_pct_precise'], 3)} / "
+                         f"{fmt(idle_b['cpu_pct_precise'], 3)} | | | | "
+                         f"{fmt(idle_a['rss_mb'], 1)} / {fmt(idle_b['rss_mb'], 1)} | |")
+        lines.append("")
+    return found
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--results", required=True)
+    a = ap.parse_args()
+    d = a.out_dir
+    rows = load(os.path.join(d, "results.jsonl")) or []
+    prof = load(os.path.join(d, "profile.json"))
+    pipe = load(os.path.join(d, "pipeline.json"))
+    mark = load(os.path.join(d, "mark_cost.json"))
+    poll = load(os.path.join(d, "poll_cost.json"))
+    idle = load(os.path.join(d, "idle.json"))
+    idle_all = load(os.path.join(d, "idle_all.json"))
+    lat = load(os.path.join(d, "latency.json"))
+
+    L = ["# Benchmark results", "",
+         f"Written by `bench/run.sh` (bench/report.py) on "
+         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}.", "",
+         f"- machine: {os.cpu_count()} CPUs (nproc), kernel {platform.release()}, "
+         f"Python {platform.python_version()}, {platform.machine()}",
+         f"- peer: pmacctd {pmacct_version()} with the sfprobe plugin, run in the same session "
+         "over the same sweep (shared perf rig: generator on CPU 0, agent + collector on CPU 1)",
+         "- CPU per sample = agent CPU (all its processes) / samples received by the collector, "
+         "10 s steady-state window.  \"foreign CPU\" is load from other processes on this shared "
+         "machine during the window (measure.py retries a point up to 3 times and keeps the "
+         "least contended); figures move with it, ratios within one run are what count.", ""]
+
+    found: dict[Any, Any] = {}
+    if rows:
+        L += ["## Rig sweep: hostsflow (pcap plugin, counters on) against pmacctd", ""]
+        found = rig_section(rows, L)
+
+    # ---------------------------------------------------------------- targets
+    t: list[tuple[str, str, str, bool | None]] = []
+    a10 = found.get((10, 100000))
+    if a10 and a10[2] is not None:
+        t.append(("1 in 10, 100k pps: CPU/sample <= 0.5 x pmacctd",
+                  f"{fmt(a10[0]['us_per_sample'])} us vs {fmt(a10[1]['us_per_sample'])} us",
+                  f"ratio {a10[2]:.2f}", a10[2] <= 0.5))
+    a1 = found.get((1, 0))
+    if a1 and a1[0]:
+        r = a1[0]
+        t.append(("1 in 1, generator max: loss < 0.1 %",
+                  f"{fmt(r['samples_per_s'])} samples/s of {fmt(r['offered_pps'])} pps offered",
+                  f"loss {fmt(r.get('loss_pct'))} %",
+                  r.get("loss_pct") is not None and r["loss_pct"] < 0.1))
+        if a1[2] is not None:
+            t.append(("1 in 1, generator max: CPU/sample <= 2 x pmacctd",
+                      f"{fmt(r['us_per_sample'])} us vs {fmt(a1[1]['us_per_sample'])} us",
+                      f"ratio {a1[2]:.2f}", a1[2] <= 2.0))
+    if mark:
+        m = mark["tcp+systemd"]
+        t.append(("tcp + systemd markTraffic, 10k sockets: added CPU/sample (median) < 15 us",
+                  f"tcp alone +{fmt(mark['tcp']['added_median_us'])} us, both "
+                  f"+{fmt(m['added_median_us'])} us", f"{fmt(m['added_median_us'])} us",
+                  m["added_median_us"] < 15))
+    if poll:
+        t.append((f"counter polling, {poll['services']} services: CPU per round < 100 ms",
+                  f"{poll['counter_samples_per_round']} counter samples, "
+                  f"{poll['datagrams_per_round']} datagrams", f"{poll['round_cpu_ms_median']} ms",
+                  poll["round_cpu_ms_median"] < 100))
+    if idle:
+        pct = idle.get("cpu_percent_of_core_precise", idle["cpu_percent_of_core"])
+        t.append(("idle, counters only: CPU < 0.05 % of a core",
+                  f"{idle['seconds']} s, modules {', '.join(idle.get('modules', []))}",
+                  f"{pct:.3f} %", pct < 0.05))
+    if idle_all:
+        mb = idle_all["rss_kb_end"] / 1024
+        t.append(("RSS with every in-repo plugin < 30 MB (pmacctd ~31 MB)",
+                  f"modules {', '.join(idle_all.get('modules', []))}; counters only: "
+                  f"{idle['rss_kb_end'] / 1024:.1f} MB" if idle else "", f"{mb:.1f} MB", mb < 30))
+    if lat:
+        worst = max(lat[k]["max_s"] for k in ("sparse", "busy") if "max_s" in lat[k])
+        t.append(("latency packet -> datagram < 1.5 s",
+                  "; ".join(f"{k} ({lat[k]['pps']} pps): median {lat[k].get('median_s')} s, "
+                            f"p99 {lat[k].get('p99_s')} s" for k in ("sparse", "busy")),
+                  f"max {worst} s", worst < 1.5))
+    L += ["## Targets", "", "| target | detail | figure | verdict |", "|---|---|---|---|"]
+    L += [f"| {name} | {detail} | {fig} | {verdict(ok)} |" for name, detail, fig, ok in t]
+    L.append("")
+
+    # ---------------------------------------------------------------- details
+    if mark:
+        L += ["## tcp + systemd markTraffic cost (bench/mark_cost.py)", "",
+              f"{mark['sockets_open']:,} sockets open in a namespace; one sample at a time through "
+              "phase 1, the sock_diag reply, phase 2 and the encoder; CPU = thread time.", "",
+              "| agent | median us | p90 us | added (median) | extended_tcp_info | extended_entities |",
+              "|---|---:|---:|---:|---:|---:|"]
+        for k in ("none", "tcp", "tcp+systemd"):
+            m = mark[k]
+            L.append(f"| {k} | {m['median_us']} | {m['p90_us']} | {m.get('added_median_us', '-')} "
+                     f"| {m['extended_tcp_info']} | {m['extended_entities']} |")
+        L.append("")
+    if poll:
+        L += ["## Counter polling round (bench/poll_cost.py)", "",
+              f"{poll['services']} services in real cgroups ({', '.join(poll['hierarchies'])}), "
+              f"one process each.  CPU per round (all sources due): median "
+              f"{poll['round_cpu_ms_median']} ms, all rounds {poll['round_cpu_ms_all']} ms.  "
+              f"Unit list sync: {poll['unit_sync_cpu_ms']} ms.  Readings from: "
+              f"{poll['sources_used']}.", ""]
+    if lat:
+        L += ["## Latency (bench/latency.py)", "", f"`{lat['config']}`", "",
+              "| load | packets | matched | median s | p99 s | max s |", "|---|---:|---:|---:|---:|---:|"]
+        for k in ("sparse", "busy"):
+            x = lat[k]
+            L.append(f"| {k} ({x['pps']} pps) | {x['sent']} | {x['matched']} | {x.get('median_s')} "
+                     f"| {x.get('p99_s')} | {x.get('max_s')} |")
+        L.append("")
+    if pipe:
+        L += ["## In-process per-sample path (bench/pipeline.py)", "",
+              "Ring batch -> FlowSample -> hooks -> encode -> UDP send, no kernel capture; best of "
+              "several runs, process CPU time.", "", "| variant | us / sample |", "|---|---:|"]
+        for k, v in pipe.items():
+            L.append(f"| {k} | {v} |")
+        L.append("")
+    if prof:
+        L += ["## Profile of the per-sample path (py-spy on the running agent)", "",
+              f"`py-spy record` at 1 in 1, {prof['rate']}, {prof['seconds']} s: share of the "
+              f"{prof['stacks_total'] - prof['stacks_idle_in_select']} stacks caught while the "
+              "agent was on CPU (py-spy leaves idle waits out).  Time in C (struct.pack, "
+              "socket.send, attrs-generated `__init__` bodies) counts as the Python function that "
+              "called it: `UdpSender.send` is mostly the send() system call.", "",
+              "| own time % | function |", "|---:|---|"]
+        L += [f"| {v} | `{k}` |" for k, v in prof["own"]]
+        L += ["", "| inclusive % | function |", "|---:|---|"]
+        L += [f"| {v} | `{k}` |" for k, v in prof["inclusive"][:12]]
+        L.append("")
+    with open(a.results, "w") as f:
+        f.write("\n".join(L) + "\n")
+
+
+if __name__ == "__main__":
+    main()
