@@ -27,6 +27,11 @@ DEFAULT_QTHRESHOLD = 100  # kernel NFULNL_QTHRESH_DEFAULT
 DEFAULT_TIMEOUT = 1.0  # kernel NFULNL_TIMEOUT_DEFAULT (100 x 1/100 s)
 
 
+def _positive(_inst: Any, _attr: Any, value: float) -> None:
+    if value <= 0.0:
+        raise ValueError("probability must be above 0 (the rule logs 1 in 1/probability)")
+
+
 @attrs.frozen
 class NflogConfig:
     """``nflog { group = 5 probability = 0.01 }``."""
@@ -36,7 +41,7 @@ class NflogConfig:
                         example="5")
     probability: float = option(1.0, help="the rule's sampling probability (numgen random mod "
                                           "N 0 -> 1/N; -m statistic --probability P)",
-                                converter=real(0.0, 1.0))
+                                converter=real(0.0, 1.0), validator=_positive)
     snaplen: int | None = option(None, help="bytes copied per packet from the IP header on "
                                             "(default: headerBytes)",
                                  converter=integer(16, 65535, suffixes=""))

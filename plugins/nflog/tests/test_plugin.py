@@ -30,6 +30,7 @@ def conf(extra: str = "", nflog: str = f"group = {GROUP} probability = 0.1") -> 
     ("group = 0", "group"),
     ("group = 5 probability = 1.5", "probability"),
     ("group = 5 snaplen = 4", "snaplen"),
+    ("group = 5 probability = 0", "probability"),
     ("group = 5 colour = red", "colour"),
 ])
 def test_config_errors(body: str, message: str) -> None:

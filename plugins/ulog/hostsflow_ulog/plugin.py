@@ -32,6 +32,11 @@ UNSUPPORTED = ("this kernel has no ULOG netlink protocol (NETLINK_NFLOG=5): the 
                "(hostsflow-nflog); the ulog module stays idle")
 
 
+def _positive(_inst: Any, _attr: Any, value: float) -> None:
+    if value <= 0.0:
+        raise ValueError("probability must be above 0 (the rule logs 1 in 1/probability)")
+
+
 @attrs.frozen
 class UlogConfig:
     """``ulog { group = 1 probability = 0.0025 }``."""
@@ -40,7 +45,7 @@ class UlogConfig:
                         converter=integer(1, 32, suffixes=""), example="1")
     probability: float = option(1.0, help="the rule's sampling probability "
                                           "(-m statistic --probability P)",
-                                converter=real(0.0, 1.0))
+                                converter=real(0.0, 1.0), validator=_positive)
 
 
 def open_ulog_socket(group: int) -> socket.socket:
