@@ -148,8 +148,10 @@ class UdpSender:
         now = self.clock()
         for c in self.collectors:
             if c.sock is None:
-                if now < c.retry_at or not self._open(c):
-                    c.retry_at = max(c.retry_at, now + self.RETRY_SECONDS)
+                if now < c.retry_at:
+                    continue
+                if not self._open(c):  # retry from the failed attempt, not from every send
+                    c.retry_at = now + self.RETRY_SECONDS
                     continue
             try:
                 c.sock.send(datagram)  # type: ignore[union-attr]
