@@ -92,6 +92,7 @@ class Tap:
         self._fd = -1
         self._dlt = DLT_EN10MB
         self._last_drop = 0
+        self.drops_total = 0
         self._pool: SamplePool | None = None
         self._open(buffer_bytes, timeout_ms)
 
@@ -224,10 +225,12 @@ class Tap:
         # the previous reading (a uniform random subset), whatever the timing
         step = (p1 - p0) / (k + 1)
         rank = 0
+        # sFlow's drops is the sampler's running total: add only the kernel's increase since
+        # the last read (hsflowd adds the cumulative count again on every sample)
         drop_now = self._drops_now()
-        drops = drop_now - self._last_drop
+        self.drops_total += max(drop_now - self._last_drop, 0)
         self._last_drop = drop_now
-        drops = max(drops, 0)
+        drops = self.drops_total & 0xFFFFFFFF
 
         rate, snaplen, mac, ifindex = self.rate, self.snaplen, self.mac, self.ifindex
         source = self.source
@@ -251,7 +254,6 @@ class Tap:
                     hdr = SampledHeader(HEADER_ETHERNET, flen, FCS, pkt)
                     ts = sec + usec * 1e-6
                     append(FlowSample(source, rate, [hdr], sp, drops, inp, outp, direction, ts))
-                    drops = 0
         else:
             for data, meta in chunks:
                 for sec, usec, off, caplen in iter_meta(meta):
@@ -272,7 +274,6 @@ class Tap:
                     hdr = SampledHeader(proto, flen, FCS + ETH_HLEN, pkt)
                     ts = sec + usec * 1e-6
                     append(FlowSample(source, rate, [hdr], sp, drops, 0, 0, DIRECTION_UNKNOWN, ts))
-                    drops = 0
         self.samples += len(out)
         return out
 
