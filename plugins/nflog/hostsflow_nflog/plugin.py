@@ -16,7 +16,7 @@ import attrs
 from hostsflow import hookimpl
 from hostsflow.config import integer, option, real, string
 
-from .fwlog import reconcile_rate
+from hostsflow.capture import reconcile_rate
 from .nlsocket import NflogSocket
 from .reader import NflogReader, ReadStats
 

@@ -12,7 +12,7 @@ import random
 import attrs
 from hostsflow.samples import FlowSample
 
-from .fwlog import Rates, Samplers, SubSampler, build_sampled_header, is_ethernet_header, placement
+from hostsflow.capture import Rates, Samplers, SubSampler, build_sampled_header, is_ethernet_header, placement
 from .protocol import read_messages
 
 ARPHRD_ETHER = 1

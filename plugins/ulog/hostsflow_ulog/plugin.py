@@ -17,7 +17,7 @@ import attrs
 from hostsflow import hookimpl
 from hostsflow.config import integer, option, real
 
-from .fwlog import reconcile_rate
+from hostsflow.capture import reconcile_rate
 from .protocol import NETLINK_NFLOG
 from .reader import ReadStats, UlogReader
 

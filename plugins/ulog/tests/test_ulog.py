@@ -27,7 +27,7 @@ from hostsflow.sflow.records import INTERNAL_IFINDEX
 from hostsflow.testing import AgentHarness, ethernet_frame
 from hostsflow_ulog import UlogPlugin
 from hostsflow_ulog import protocol as p
-from hostsflow_ulog.fwlog import reconcile_rate
+from hostsflow.capture import reconcile_rate
 from hostsflow_ulog.reader import ReadStats, UlogReader
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -243,16 +243,6 @@ def test_refused_on_this_kernel_once_and_agent_carries_on() -> None:
         assert h.counter_samples(), "the agent stopped polling counters"
     finally:
         h.stop()
-
-
-def test_fwlog_is_shared_verbatim_with_nflog() -> None:
-    """hostsflow_ulog/fwlog.py and hostsflow_nflog/fwlog.py must not drift apart (both are
-    to become hostsflow.packet / core code); compared as files in this checkout."""
-    here = Path(__file__).resolve().parents[2]
-    nflog = here / "nflog" / "hostsflow_nflog" / "fwlog.py"
-    if not nflog.exists():
-        pytest.skip("the nflog plugin is not in this checkout")
-    assert (here / "ulog" / "hostsflow_ulog" / "fwlog.py").read_text() == nflog.read_text()
 
 
 def test_real_agent_refuses_once_and_keeps_sending(tmp_path: Path) -> None:

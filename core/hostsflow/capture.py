@@ -1,19 +1,13 @@
-"""Firewall-log sampling: what NFLOG and ULOG have in common once a packet is parsed.
-
-The kernel rule already sampled 1 in K packets (``probability`` = 1/K); this module turns a
-logged packet into a :class:`~hostsflow.samples.FlowSample`:
+"""Helpers for capture plugins whose kernel already sampled (NFLOG, ULOG, and third-party ones):
+turning a logged packet into a :class:`~hostsflow.samples.FlowSample`.
 
 * :func:`reconcile_rate` -- hsflowd's rule (behaviour notes section 4.2) for the user-space
-  sub-sampling rate and the rate reported to collectors;
+  sub-sampling rate and the rate reported to collectors, when a rule samples 1 in K;
 * :class:`SubSampler` -- the random 1-in-``sub`` skip applied on top of the kernel's sampling;
 * :func:`build_sampled_header` -- the sampled_header record from an L3 payload and an optional
   link-layer header (frame length rebuilt from the IP length);
-* :func:`placement` -- direction, input/output ifIndex and data source from the netfilter hook;
+* :func:`placement` -- direction, input/output ifIndex and data source from a netfilter hook;
 * :class:`Samplers` -- per data source sample pool and drop totals, and the FlowSample itself.
-
-This file is kept byte-identical in hostsflow_nflog and hostsflow_ulog (a test checks it) so
-that neither distribution depends on the other.  ``build_sampled_header`` is proposed for
-``hostsflow.packet`` in the core; when it lands there, both copies shrink to an import.
 """
 
 from __future__ import annotations
