@@ -234,7 +234,10 @@ class Agent:
         self.exporter.max_bytes = new_config.datagram_bytes
         self.exporter.sub_agent_id = new_config.sub_agent_id
         if old.polling != new_config.polling:
-            self._pollers.clear()  # re-armed with new random phases on the next second
+            # new random phases; the sequence numbers run on (a reset would look like a
+            # restarted agent to the collectors)
+            for poller in self._pollers.values():
+                poller.countdown = self.rng.randint(1, max(1, new_config.polling))
         self._update_address()
         self.host.hook.sflow_config_changed(agent=self, old=old, new=new_config)
         self.log.info("config_reloaded")

@@ -1,0 +1,350 @@
+"""Real parts for the fault, reload and soak runs (tests/test_faults_*.py, bench/soak.py).
+
+* :class:`NetPair`: two uniquely named network namespaces joined by a veth pair, which can be
+  deleted and re-created (a new ifIndex), removed in ``close()``;
+* :class:`NsCollector`: a UDP collector socket inside a namespace (the agent runs there);
+* :class:`UdpStream` / :class:`TcpStream`: paced traffic from one namespace to the other;
+* :func:`user_manager_class`: the systemd plugin's real ``systemd --user`` fixture class.
+
+Traffic only flows between the two namespaces; nothing is sent anywhere else.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from hostsflow.sflow.datagram import decode_datagram
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def why_not(*tools: str) -> str | None:
+    """A reason these tests cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, packet sockets)"
+    for tool in ("ip", *tools):
+        if shutil.which(tool) is None:
+            return f"needs {tool}"
+    return None
+
+
+def sh(*args: str, check: bool = True) -> str:
+    r = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip()}")
+    return r.stdout
+
+
+def socket_in(ns: str, family: int = socket.AF_INET, kind: int = socket.SOCK_DGRAM) -> socket.socket:
+    """A socket made inside namespace ``ns`` (pyroute2 forks a helper that enters it)."""
+    from pyroute2 import netns
+
+    return netns.create_socket(ns, family, kind, 0, flags=0)
+
+
+class NetPair:
+    """Namespaces ``a`` and ``b`` joined by veth ``dev_a`` (ip_a) <-> ``dev_b`` (ip_b)."""
+
+    def __init__(self) -> None:
+        tag = f"{os.getpid() % 10000}{secrets.token_hex(2)}"
+        octet = 100 + secrets.randbelow(100)
+        self.a, self.b = f"hsffA{tag}", f"hsffB{tag}"
+        self.dev_a, self.dev_b = f"fa{tag}", f"fb{tag}"
+        self.ip_a, self.ip_b = f"10.{octet}.7.1", f"10.{octet}.7.2"
+        try:
+            sh("ip", "netns", "add", self.a)
+            sh("ip", "netns", "add", self.b)
+            for ns in (self.a, self.b):
+                sh("ip", "-n", ns, "link", "set", "lo", "up")
+            self.create_link()
+        except BaseException:
+            self.close()
+            raise
+
+    def create_link(self) -> None:
+        """(Re-)create the veth pair, addresses, IPv6 off (no stray frames)."""
+        sh("ip", "link", "add", self.dev_a, "type", "veth", "peer", "name", self.dev_b)
+        sh("ip", "link", "set", self.dev_a, "netns", self.a)
+        sh("ip", "link", "set", self.dev_b, "netns", self.b)
+        for ns, dev, ip in ((self.a, self.dev_a, self.ip_a), (self.b, self.dev_b, self.ip_b)):
+            sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1")
+            sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+
+    def delete_link(self) -> None:
+        sh("ip", "-n", self.a, "link", "del", self.dev_a, check=False)
+
+    def ifindex_b(self) -> int:
+        return int(sh("ip", "netns", "exec", self.b, "cat", f"/sys/class/net/{self.dev_b}/ifindex"))
+
+    def close(self) -> None:
+        sh("ip", "netns", "del", self.a, check=False)
+        sh("ip", "netns", "del", self.b, check=False)
+
+
+class NsCollector:
+    """A collector on 127.0.0.1 inside namespace ``ns``: keeps (arrival time, raw datagram)."""
+
+    def __init__(self, ns: str) -> None:
+        self.sock = socket_in(ns)
+        self.sock.setsockopt(socket.SOL_SOCKET, 33, 32 << 20)  # SO_RCVBUFFORCE
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.raw: list[tuple[float, bytes]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.raw.append((time.monotonic(), data))
+
+    def datagrams(self, since: float = 0.0) -> list[Any]:
+        return [decode_datagram(d) for t, d in list(self.raw) if t >= since]
+
+    def wait_for(self, predicate: Callable[[list[Any]], bool], timeout: float = 10.0,
+                 since: float = 0.0) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            dgs = self.datagrams(since)
+            if predicate(dgs):
+                return dgs
+            if time.monotonic() > deadline:
+                raise AssertionError(f"collector: condition not met in {timeout}s "
+                                     f"({len(dgs)} datagrams)")
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+class UdpStream:
+    """UDP datagrams from ``a`` to ``b`` (port ``dport``) at ``pps`` per second, in a thread,
+    the socket bound to ``a``'s veth so it cannot send anywhere else.  A listener in ``b``
+    swallows them (no ICMP port unreachable)."""
+
+    def __init__(self, pair: NetPair, pps: float, dport: int = 9999, size: int = 200) -> None:
+        self.pair, self.pps, self.dport, self.size = pair, pps, dport, size
+        self.sink = socket_in(pair.b)
+        self.sink.bind((pair.ip_b, dport))
+        self.sink.setblocking(False)
+        self.sent = 0
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _sock(self) -> socket.socket:
+        s = socket_in(self.pair.a)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.pair.dev_a.encode())
+        return s
+
+    def _run(self) -> None:
+        payload = b"u" * self.size
+        s: socket.socket | None = None
+        t0 = time.monotonic()
+        batch = max(1, int(self.pps / 100))
+        while not self._stop.is_set():
+            if s is None:
+                try:
+                    s = self._sock()
+                except OSError:  # the veth is being re-created
+                    self._stop.wait(0.1)
+                    continue
+            due = (time.monotonic() - t0) * self.pps - self.sent - self.errors
+            if due < batch:
+                self._stop.wait(0.005)
+                self._drain_sink()
+                continue
+            for _ in range(batch):
+                try:
+                    s.sendto(payload, (self.pair.ip_b, self.dport))
+                    self.sent += 1
+                except OSError:
+                    self.errors += 1
+                    s.close()
+                    s = None
+                    break
+        if s is not None:
+            s.close()
+
+    def _drain_sink(self) -> None:
+        try:
+            while True:
+                self.sink.recv(65536)
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sink.close()
+
+
+class TcpStream:
+    """One TCP connection from ``a`` to a server in ``b``; the client writes ``rate`` messages
+    of ``size`` bytes a second (TCP_NODELAY), the server echoes nothing and reads all."""
+
+    def __init__(self, pair: NetPair, rate: float = 200, size: int = 1000, port: int = 8080) -> None:
+        self.listener = socket_in(pair.b, kind=socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((pair.ip_b, port))
+        self.listener.listen(4)
+        self.client = socket_in(pair.a, kind=socket.SOCK_STREAM)
+        self.client.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, pair.dev_a.encode())
+        self.client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.client.connect((pair.ip_b, port))
+        self.server, _ = self.listener.accept()
+        self.server.settimeout(0.2)
+        self.rate, self.size = rate, size
+        self.bytes = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._write, daemon=True),
+                         threading.Thread(target=self._read, daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def _write(self) -> None:
+        msg = b"t" * self.size
+        t0, n = time.monotonic(), 0
+        while not self._stop.is_set():
+            if n >= (time.monotonic() - t0) * self.rate:
+                self._stop.wait(0.005)
+                continue
+            try:
+                self.client.sendall(msg)
+            except OSError:
+                return
+            n += 1
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.server.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            self.bytes += len(data)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(5)
+        for s in (self.client, self.server, self.listener):
+            s.close()
+
+
+def agent_cmd(conf: str, status: str, *args: str, netns: str | None = None) -> list[str]:
+    """The command line of a real hostsflowd (this interpreter), optionally in a namespace."""
+    cmd = [sys.executable, "-m", "hostsflow", "-f", conf, "--status-file", status, *args]
+    return ["ip", "netns", "exec", netns, *cmd] if netns else cmd
+
+
+def user_manager_class() -> Any:
+    """``UserManager`` from the systemd plugin's test fixtures: a real ``systemd --user`` with
+    a private dbus-daemon, and ``_why_not()`` saying why it cannot run here (or None)."""
+    name = "hostsflow_systemd_test_fixtures"
+    mod = sys.modules.get(name)
+    if mod is None:
+        path = REPO / "plugins" / "systemd" / "tests" / "conftest.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return mod
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            out[key] = value.strip()
+    return out
+
+
+def cgroup_mounts_script() -> str:
+    """Shell commands that mount this host's cgroup hierarchies again under /sys/fs/cgroup
+    (as listed in /proc/self/mountinfo), for a fresh /sys in a private mount namespace."""
+    cmds = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        mnt = fields[4]
+        if not mnt.startswith("/sys/fs/cgroup"):
+            continue
+        fstype, super_opts = line.split(" - ", 1)[1].split()[0], line.split()[-1]
+        if fstype == "tmpfs":
+            cmds.append(f"mount -t tmpfs -o mode=755 tmpfs {mnt}")
+        elif fstype == "cgroup2":
+            cmds.append(f"mkdir -p {mnt} && mount -t cgroup2 cgroup2 {mnt}")
+        elif fstype == "cgroup":
+            opts = [o for o in super_opts.split(",") if o not in ("rw", "ro")]
+            if all(o.startswith("name=") for o in opts):
+                opts.insert(0, "none")
+            cmds.append(f"mkdir -p {mnt} && mount -t cgroup -o {','.join(opts)} cgroup {mnt}")
+    return "".join(f"{c} && " for c in cmds)
+
+
+class NsAgent:
+    """A real ``hostsflowd`` in namespace ``ns`` (as :class:`hostsflow.testing.AgentProcess`),
+    with the host's cgroup hierarchies visible: ``ip netns exec`` mounts a fresh /sys for the
+    namespace, which hides /sys/fs/cgroup, so they are mounted again (same hierarchies) inside
+    the private mount namespace ``ip netns exec`` made.  Needed by the systemd module."""
+
+    def __init__(self, config_text: str, workdir: Path, ns: str, args: tuple[str, ...] = ()) -> None:
+        self.conf = str(workdir / "hsflowd.conf")
+        Path(self.conf).write_text(config_text)
+        os.chmod(self.conf, 0o644)
+        self.log_path = str(workdir / "agent.log")
+        self.status_path = str(workdir / "status.json")
+        inner = [sys.executable, "-m", "hostsflow", "-f", self.conf,
+                 "--status-file", self.status_path, *args]
+        cmd = ["ip", "netns", "exec", ns, "sh", "-c", f'{cgroup_mounts_script()} exec "$@"',
+               "sh", *inner]
+        self._log = open(self.log_path, "w+")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return Path(self.log_path).read_text()
+
+    def stop(self, timeout: float = 5.0) -> int:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
