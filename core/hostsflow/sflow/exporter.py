@@ -52,13 +52,14 @@ class Exporter:
         self.started = self.clock()
 
     def add(self, sample: bytes) -> None:
-        """Queue one encoded sample; send first if it would not fit."""
-        if self.pending and (
-            self.size + len(sample) >= self.max_bytes or len(self.pending) >= MAX_SAMPLES
-        ):
+        """Queue one encoded sample; send first if it would not fit.  (Once per sample.)"""
+        n = len(sample)
+        pending = self.pending
+        if pending and (self.size + n >= self.max_bytes or len(pending) >= MAX_SAMPLES):
             self.flush()
-        self.pending.append(sample)
-        self.size += len(sample)
+            pending = self.pending
+        pending.append(sample)
+        self.size += n
         self.samples += 1
 
     def flush(self) -> None:
@@ -92,6 +93,7 @@ class Collector:
     sock: socket.socket | None = None
     addr: tuple | None = None  # type: ignore[type-arg]
     retry_at: float = 0.0
+    faulty: bool = False  #: a fault was logged and has not been followed by a good send yet
 
     @property
     def key(self) -> str:
@@ -145,24 +147,30 @@ class UdpSender:
         return True
 
     def send(self, datagram: bytes) -> None:
-        now = self.clock()
+        """Send to every collector.  The common case (socket open, send works) reads no clock
+        and builds no log key: this runs once per datagram."""
         for c in self.collectors:
-            if c.sock is None:
+            sock = c.sock
+            if sock is None:
+                now = self.clock()
                 if now < c.retry_at:
                     continue
                 if not self._open(c):  # retry from the failed attempt, not from every send
-                    c.retry_at = now + self.RETRY_SECONDS
+                    c.retry_at, c.faulty = now + self.RETRY_SECONDS, True
                     continue
+                sock = c.sock
             try:
-                c.sock.send(datagram)  # type: ignore[union-attr]
+                sock.send(datagram)  # type: ignore[union-attr]
             except OSError as exc:
                 self.errors += 1
                 self.once.warn(c.key, "collector_send_failed", error=str(exc))
-                c.sock.close()  # type: ignore[union-attr]
-                c.sock, c.retry_at = None, now + self.RETRY_SECONDS
+                sock.close()  # type: ignore[union-attr]
+                c.sock, c.retry_at, c.faulty = None, self.clock() + self.RETRY_SECONDS, True
                 continue
             self.sent += 1
-            self.once.clear(c.key)
+            if c.faulty:  # the fault is over: the next one is logged again
+                c.faulty = False
+                self.once.clear(c.key)
 
     def close(self) -> None:
         for c in self.collectors:
