@@ -23,6 +23,8 @@ PY=$(python3 -c 'import sys; print(sys.executable)')
 STAGES=${STAGES:-"pipeline rig tcp poll idle latency profile report"}
 RATES=${RATES:-10000,50000,100000,0}
 SAMPLINGS=${SAMPLINGS:-"1 10"}
+TRIES=${TRIES:-2}                      # attempts per rate point while other load is seen
+export RIG_QUIET_MAX=${RIG_QUIET_MAX:-40}  # seconds to wait for a quiet machine per point
 
 [ "$(id -u)" = 0 ] || { echo "bench/run.sh: run as root (namespaces, capture)" >&2; exit 1; }
 
@@ -94,12 +96,12 @@ if has rig; then
     conf=$(agent_conf "$n")
     echo "== rig: hostsflow pcap 1 in $n"
     "$PY" "$BENCH/rig_measure.py" "$RIG" --label "hostsflow-n$n" --sampling "$n" --rates "$RATES" \
-      --bin-dir "$OUT" --out "$OUT/results.jsonl" --workdir "$OUT" --idle 10 -- \
+      --bin-dir "$OUT" --out "$OUT/results.jsonl" --workdir "$OUT" --idle 10 --tries "$TRIES" -- \
       "$PY" -m hostsflow -f "$conf" --status-file "$OUT/status-n$n.json"
     conf=$(pmacct_conf "$n")
     echo "== rig: pmacctd sfprobe 1 in $n"
     "$PY" "$BENCH/rig_measure.py" "$RIG" --label "pmacctd-n$n" --sampling "$n" --rates "$RATES" \
-      --bin-dir "$OUT" --out "$OUT/results.jsonl" --workdir "$OUT" --idle 10 -- \
+      --bin-dir "$OUT" --out "$OUT/results.jsonl" --workdir "$OUT" --idle 10 --tries "$TRIES" -- \
       pmacctd -f "$conf"
   done
 fi
