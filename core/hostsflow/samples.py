@@ -22,6 +22,9 @@ SOCKET_CGROUP_ID = "socket.cgroup_id"  #: int: cgroup v2 id of the local socket 
 SOCKET_INODE = "socket.inode"  #: int: inode of the local socket
 SOCKET_UID = "socket.uid"  #: int: uid owning the local socket
 SOCKET_LOOKED_UP = "socket.looked_up"  #: bool: a sock_diag lookup was done for this sample
+#: bool: which end of the packet the SOCKET_* keys describe: True when the local socket sent it
+#: (it is the packet's source), False when it received it (the destination)
+SOCKET_LOCAL_SRC = "socket.local_src"
 
 DIRECTION_UNKNOWN, DIRECTION_RECEIVED, DIRECTION_SENT = 0, 1, 2
 

@@ -18,6 +18,7 @@ from hostsflow.hookspecs import hookimpl
 from hostsflow.samples import (
     SOCKET_CGROUP_ID,
     SOCKET_INODE,
+    SOCKET_LOCAL_SRC,
     SOCKET_LOOKED_UP,
     SOCKET_UID,
     FlowSample,
@@ -31,8 +32,6 @@ from .eligible import LocalAddresses, classify
 from .lookup import IPPROTO_TCP, DiagChannel, FlowKey, netns_identity
 
 NAME = "tcp"
-#: stash key (this plugin's own): True when the local socket is the packet's source
-SOCKET_LOCAL_SRC = "socket.local_src"
 #: a namespace channel unused this long is closed (hsflowd: 60 s)
 IDLE_CHANNEL_SECONDS = 60.0
 #: pending requests older than this many hold timeouts are forgotten (their holds already ran out)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 from hostsflow.host.interfaces import Interface, InterfaceTable
-from hostsflow.samples import DIRECTION_SENT, SOCKET_CGROUP_ID, SOCKET_INODE
+from hostsflow.samples import DIRECTION_SENT, SOCKET_CGROUP_ID, SOCKET_INODE, SOCKET_LOCAL_SRC
 from hostsflow.sflow.records import ExtendedTcpInfo
 from hostsflow.testing import AgentHarness
 from hostsflow_tcp import diag, lookup_socket
@@ -72,7 +72,9 @@ def test_local_socket_both_directions_one_request(loop_conn):
         assert (r1.dir, r2.dir) == (1, 2)
         assert r1.snd_mss > 0 and r1.rtt > 0 and r1.pmtu == 65535
         assert p.stats["requests"] == 1 and p.stats["joined"] == 1  # same socket: one request
-        assert rx.stash[SOCKET_INODE] == os.fstat(a.fileno()).st_ino
+        assert rx.stash[SOCKET_INODE] == tx.stash[SOCKET_INODE] == os.fstat(a.fileno()).st_ino
+        # the core's well-known key says which end the socket keys describe
+        assert rx.stash[SOCKET_LOCAL_SRC] is False and tx.stash[SOCKET_LOCAL_SRC] is True
     finally:
         h.stop()
 
