@@ -41,11 +41,16 @@ STATES_ALL = 0xFFFFFFFF
 NOCOOKIE = 0xFFFFFFFFFFFFFFFF
 
 _NLMSGHDR = struct.Struct("=IHHII")
-_REQ_HEAD = struct.Struct("=BBBxI")
 _PORTS = struct.Struct("!HH")
-_IF_COOKIE = struct.Struct("=IQ")
-_MSG_HEAD = struct.Struct("=BBBB")
-_UID_INODE = struct.Struct("=II")
+#: nlmsghdr + inet_diag_req_v2 (family, protocol, ext, pad, states, then the sockid: ports as
+#: packed by _PORTS, src[16], dst[16], if, cookie)
+_REQUEST = struct.Struct("=IHHIIBBBxI4s16s16sIQ")
+#: inet_diag_msg in two reads: family, state, timer, retrans, sport, dport (ports big-endian) ...
+_MSG_HEAD = struct.Struct("!BBBBHH")
+#: ... then src[16], dst[16], if, cookie, expires, rqueue, wqueue, uid, inode (native order)
+_MSG_REST = struct.Struct("=16s16sIQIIIII")
+_AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
+_ntop, _pton = socket.inet_ntop, socket.inet_pton
 _RTA = struct.Struct("=HH")
 _ERRNO = struct.Struct("=i")
 _U64 = struct.Struct("=Q")
@@ -80,7 +85,10 @@ class TcpInfo:
     min_rtt: int = 0
 
 
-@attrs.frozen(slots=True)
+# SockInfo and Reply are built once per reply on the packet path: plain slotted classes, because
+# a frozen attrs class costs about 0.6 us more to build (measured, Python 3.11).  Treat them as
+# read-only.
+@attrs.define(slots=True)
 class SockInfo:
     """One socket as a sock_diag reply describes it."""
 
@@ -97,7 +105,7 @@ class SockInfo:
     cgroup_id: int | None = None
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class Reply:
     """One netlink message of a reply: a socket (``sock``) or an error (``errno``, 0 = ACK)."""
 
@@ -105,11 +113,6 @@ class Reply:
     sock: SockInfo | None = None
     errno: int = 0
     done: bool = False
-
-
-def _addr16(family: int, addr: str) -> bytes:
-    raw = socket.inet_pton(family, addr)
-    return raw + b"\0" * (16 - len(raw))
 
 
 def build_request(
@@ -130,15 +133,13 @@ def build_request(
 
     For TCP ``src`` is the local end.  Without ``dump`` it is an exact lookup (the cookie is
     INET_DIAG_NOCOOKIE); with ``dump`` the kernel filters on the ports only."""
-    body = (
-        _REQ_HEAD.pack(family, protocol, ext, states)
-        + _PORTS.pack(sport, dport)
-        + _addr16(family, src)
-        + _addr16(family, dst)
-        + _IF_COOKIE.pack(ifindex, NOCOOKIE)
-    )
     flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else 0)
-    return _NLMSGHDR.pack(NLMSGHDR_LEN + REQ_LEN, SOCK_DIAG_BY_FAMILY, flags, seq, 0) + body
+    return _REQUEST.pack(
+        NLMSGHDR_LEN + REQ_LEN, SOCK_DIAG_BY_FAMILY, flags, seq, 0,
+        family, protocol, ext, states,
+        _PORTS.pack(sport, dport), _pton(family, src), _pton(family, dst),  # "16s" zero-pads v4
+        ifindex, NOCOOKIE,
+    )
 
 
 def parse_tcp_info(data: bytes | memoryview) -> TcpInfo:
@@ -168,18 +169,14 @@ def parse_diag_msg(data: bytes | memoryview, off: int, end: int) -> SockInfo:
     """Decode one ``inet_diag_msg`` plus attributes lying in ``data[off:end]``."""
     if end - off < DIAG_MSG_LEN:
         raise MalformedReply(f"inet_diag_msg of {end - off} bytes, need {DIAG_MSG_LEN}")
-    family, state, _timer, _retrans = _MSG_HEAD.unpack_from(data, off)
-    if family == socket.AF_INET:
-        alen = 4
-    elif family == socket.AF_INET6:
-        alen = 16
+    family, state, _timer, _retrans, sport, dport = _MSG_HEAD.unpack_from(data, off)
+    src16, dst16, _if, cookie, _expires, _rq, _wq, uid, inode = _MSG_REST.unpack_from(data, off + 8)
+    if family == _AF_INET:
+        src, dst = _ntop(_AF_INET, src16[:4]), _ntop(_AF_INET, dst16[:4])
+    elif family == _AF_INET6:
+        src, dst = _ntop(_AF_INET6, src16), _ntop(_AF_INET6, dst16)
     else:
         raise MalformedReply(f"inet_diag_msg family {family}")
-    sport, dport = _PORTS.unpack_from(data, off + 4)
-    src = socket.inet_ntop(family, bytes(data[off + 8 : off + 8 + alen]))
-    dst = socket.inet_ntop(family, bytes(data[off + 24 : off + 24 + alen]))
-    _if, cookie = _IF_COOKIE.unpack_from(data, off + 40)
-    uid, inode = _UID_INODE.unpack_from(data, off + 64)
     tcp_info: TcpInfo | None = None
     cgroup_id: int | None = None
     a = off + DIAG_MSG_LEN
@@ -200,6 +197,42 @@ def parse_diag_msg(data: bytes | memoryview, off: int, end: int) -> SockInfo:
     return SockInfo(family, state, src, sport, dst, dport, uid, inode, cookie, tcp_info, cgroup_id)
 
 
+def parse_replies(data: bytes | memoryview) -> tuple[list[Reply], MalformedReply | None]:
+    """Split one ``recv()`` buffer into :class:`Reply` objects, in order, stopping at the first
+    message that does not fit.
+
+    Returns the replies decoded before it and the :class:`MalformedReply` that stopped the
+    split (None when the whole buffer was good).  A malformed body inside a well-framed message
+    gives no reply; its seq is in the exception's ``args[1]`` so the caller can still match it.
+    Never raises."""
+    out: list[Reply] = []
+    n = len(data)
+    off = 0
+    while off < n:
+        if n - off < NLMSGHDR_LEN:
+            return out, MalformedReply(f"{n - off} trailing bytes, shorter than a netlink header")
+        ln, typ, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, off)
+        if ln < NLMSGHDR_LEN or off + ln > n:
+            return out, MalformedReply(f"netlink message length {ln} at offset {off} of {n}")
+        body = off + NLMSGHDR_LEN
+        end = off + ln
+        if typ == SOCK_DIAG_BY_FAMILY:
+            try:
+                out.append(Reply(seq, parse_diag_msg(data, body, end)))
+            except MalformedReply as exc:
+                return out, MalformedReply(str(exc), seq)
+        elif typ == NLMSG_ERROR:
+            if end - body < 4:
+                return out, MalformedReply("NLMSG_ERROR without an error code", seq)
+            out.append(Reply(seq, None, -_ERRNO.unpack_from(data, body)[0]))
+        elif typ == NLMSG_DONE:
+            out.append(Reply(seq, None, 0, True))
+        else:
+            return out, MalformedReply(f"unexpected netlink message type {typ}", seq)
+        off += (ln + 3) & ~3
+    return out, None
+
+
 def iter_replies(data: bytes | memoryview) -> Iterator[Reply]:
     """Split one ``recv()`` buffer into :class:`Reply` objects, in order.
 
@@ -207,28 +240,7 @@ def iter_replies(data: bytes | memoryview) -> Iterator[Reply]:
     before it have already been yielded.  A malformed body inside a well-framed message yields
     nothing for that message and raises after it, so the caller can still match its seq: the
     exception carries it in ``args[1]``."""
-    n = len(data)
-    off = 0
-    while off < n:
-        if n - off < NLMSGHDR_LEN:
-            raise MalformedReply(f"{n - off} trailing bytes, shorter than a netlink header")
-        ln, typ, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, off)
-        if ln < NLMSGHDR_LEN or off + ln > n:
-            raise MalformedReply(f"netlink message length {ln} at offset {off} of {n}")
-        body = off + NLMSGHDR_LEN
-        end = off + ln
-        if typ == NLMSG_ERROR:
-            if end - body < 4:
-                raise MalformedReply("NLMSG_ERROR without an error code", seq)
-            yield Reply(seq, errno=-_ERRNO.unpack_from(data, body)[0])
-        elif typ == NLMSG_DONE:
-            yield Reply(seq, done=True)
-        elif typ == SOCK_DIAG_BY_FAMILY:
-            try:
-                sock = parse_diag_msg(data, body, end)
-            except MalformedReply as exc:
-                raise MalformedReply(str(exc), seq) from None
-            yield Reply(seq, sock=sock)
-        else:
-            raise MalformedReply(f"unexpected netlink message type {typ}", seq)
-        off += (ln + 3) & ~3
+    replies, error = parse_replies(data)
+    yield from replies
+    if error is not None:
+        raise error

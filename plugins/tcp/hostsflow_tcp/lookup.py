@@ -6,7 +6,9 @@ Two ways in:
   reply).  Reusable by any plugin or tool that wants "the local socket of this flow" (uid, inode,
   cgroup id, tcp_info); costs one netlink round trip (~100 µs) plus the socket set-up.
 * :class:`DiagChannel` – a long-lived non-blocking netlink socket for the packet path: ``send``
-  returns a sequence number at once, ``read`` hands back the replies that have arrived.
+  returns a sequence number at once, ``read`` hands back the replies that have arrived;
+  ``request_now`` sends and takes the reply the kernel queued inside ``send()`` (the systemd
+  module's marking uses it, without tcp_info).
 
 Orientation: the caller gives the *local* end and the *remote* end.  TCP requests put the local
 end in ``idiag_src``; for UDP the kernel's ``udp_dump_one`` looks the tuple up as an arriving
@@ -25,7 +27,7 @@ import time
 import attrs
 
 from . import diag
-from .diag import MalformedReply, Reply, SockInfo
+from .diag import Reply, SockInfo
 
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
 
@@ -126,7 +128,9 @@ class DiagChannel:
     socket buffer is full).  ``read()`` drains what has arrived and returns ``(replies,
     malformed)``: the decoded replies and how many messages had to be skipped.  A message that is
     well framed but has a bad body is returned as a ``Reply`` with ``errno=EBADMSG`` so the caller
-    can still finish the pending request that had its seq."""
+    can still finish the pending request that had its seq.  ``request_now(key)`` is ``send`` plus
+    a read of its own reply when the kernel has already queued it (it does so inside ``send()``
+    for exact lookups), never blocking."""
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
@@ -136,6 +140,10 @@ class DiagChannel:
         self.last_used = time.monotonic()
         #: times the kernel reported ENOBUFS (replies lost; their samples time out)
         self.overruns = 0
+        #: replies to other requests (and the malformed count) that request_now read on its way;
+        #: the next read() returns them first
+        self._held: list[Reply] = []
+        self._held_bad = 0
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -150,26 +158,64 @@ class DiagChannel:
         self.last_used = time.monotonic()
         return seq
 
+    @property
+    def has_held(self) -> bool:
+        """True when :meth:`request_now` read replies (or malformed messages) that belong to
+        other requests: call :meth:`read` for them, the socket will not signal them again."""
+        return bool(self._held) or self._held_bad > 0
+
     def read(self, limit: int = 64) -> tuple[list[Reply], int]:
-        """Read up to ``limit`` datagrams without blocking."""
-        replies: list[Reply] = []
-        malformed = 0
+        """The replies held back by :meth:`request_now`, then up to ``limit`` datagrams read
+        without blocking."""
+        replies, malformed = self._held, self._held_bad
+        self._held, self._held_bad = [], 0
         for _ in range(limit):
-            try:
-                data = self.sock.recv(65536)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno == errno_mod.ENOBUFS:  # kernel dropped replies; they time out
-                    self.overruns += 1
-                    continue
-                raise
+            data = self._recv()
             if not data:
                 break
             got, bad = read_buffer(data)
             replies.extend(got)
             malformed += bad
         return replies, malformed
+
+    def request_now(self, key: FlowKey, *, with_info: bool = True, limit: int = 8
+                    ) -> tuple[int, Reply | None]:
+        """Send an exact lookup for ``key`` and return ``(seq, reply)`` without blocking.
+
+        The kernel answers an exact (non-dump) lookup inside ``send()``, so the reply is
+        normally queued already: it is read and returned, and nothing more is read.  ``reply`` is
+        None when it is not there (yet); it then comes through :meth:`read` like the reply to a
+        :meth:`send`.  Replies to other requests met on the way are kept for the next
+        :meth:`read` (see :attr:`has_held`).  Raises OSError as :meth:`send` does."""
+        seq = self.send(key, with_info=with_info)
+        for _ in range(limit):
+            data = self._recv()
+            if not data:
+                break
+            got, bad = read_buffer(data)
+            self._held_bad += bad
+            mine: Reply | None = None
+            for r in got:
+                if mine is None and r.seq == seq:
+                    mine = r
+                else:
+                    self._held.append(r)
+            if mine is not None:
+                return seq, mine
+        return seq, None
+
+    def _recv(self) -> bytes:
+        """One datagram, or b"" when none is queued.  ENOBUFS (the kernel dropped replies,
+        whose samples then time out) is counted in ``overruns`` and reading goes on."""
+        while True:
+            try:
+                return self.sock.recv(65536)
+            except BlockingIOError:
+                return b""
+            except OSError as exc:
+                if exc.errno != errno_mod.ENOBUFS:
+                    raise
+                self.overruns += 1
 
     def close(self) -> None:
         self.sock.close()
@@ -178,17 +224,12 @@ class DiagChannel:
 def read_buffer(data: bytes) -> tuple[list[Reply], int]:
     """Decode one received datagram; malformed messages become ``errno=EBADMSG`` replies when
     their seq is known, and are counted.  Never raises."""
-    replies: list[Reply] = []
-    it = diag.iter_replies(data)
-    while True:
-        try:
-            replies.append(next(it))
-        except StopIteration:
-            return replies, 0
-        except MalformedReply as exc:
-            if len(exc.args) > 1:
-                replies.append(Reply(exc.args[1], errno=errno_mod.EBADMSG))
-            return replies, 1
+    replies, error = diag.parse_replies(data)
+    if error is None:
+        return replies, 0
+    if len(error.args) > 1:
+        replies.append(Reply(error.args[1], errno=errno_mod.EBADMSG))
+    return replies, 1
 
 
 def lookup_socket(
