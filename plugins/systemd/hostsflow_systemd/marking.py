@@ -1,8 +1,9 @@
 """markTraffic: which service sent or received a sampled packet.
 
 For each end of the packet that is a local address, find the local socket (sock_diag exact
-lookup, or the cgroup id the tcp plugin already put in the stash), then the service: the
-socket's cgroup id (INET_DIAG_CGROUP_ID) equals the inode of the service's cgroup2 directory.
+lookup through the tcp distribution's :class:`hostsflow_tcp.lookup.DiagChannel`, or the socket
+another module already put in the stash), then the service: the socket's cgroup id
+(INET_DIAG_CGROUP_ID) equals the inode of the service's cgroup2 directory.
 Where that does not match a service (no cgroup v2, an old kernel, or a socket created by
 another process such as systemd's socket activation), the socket inode is looked up among the
 sockets the services' processes hold open (/proc/PID/fd, cached and rebuilt at most every
@@ -11,24 +12,43 @@ few seconds).  Socket answers are cached per 5-tuple; the loop never waits on th
 
 from __future__ import annotations
 
+import errno
 import os
-import socket
 from typing import Any, Callable, Iterable
 
 import attrs
-from hostsflow.samples import DS_LOGICAL, SOCKET_CGROUP_ID, SOCKET_INODE, FlowSample
+from hostsflow.samples import (
+    DS_LOGICAL,
+    SOCKET_CGROUP_ID,
+    SOCKET_INODE,
+    SOCKET_LOCAL_SRC,
+    FlowSample,
+)
 from hostsflow.sflow.records import ExtendedEntities
+from hostsflow_tcp.diag import Reply
+from hostsflow_tcp.lookup import IPPROTO_TCP, IPPROTO_UDP, DiagChannel, flow_key
 
 from .services import Service, ServiceTable
-from .sockdiag import SockDiag, SockInfo
 
-IPPROTO_TCP, IPPROTO_UDP = 6, 17
 POSITIVE_TTL = 10.0  # seconds a socket answer is reused
 NEGATIVE_TTL = 1.0  # seconds "no such socket" is reused
 INODE_MAP_MIN_AGE = 2.0  # rebuild the /proc fd map at most this often
 CACHE_MAX = 65536
-STASH_KEY = "systemd.sockets"  #: (src SockInfo|None, dst SockInfo|None) found in phase 1
+STASH_KEY = "systemd.sockets"  #: [src Owner|None, dst Owner|None] found in phase 1
 
+
+@attrs.frozen(slots=True)
+class Owner:
+    """What marking needs to know of a local socket to find its service."""
+
+    inode: int  #: 0 for sockets without an owner (TIME_WAIT, SYN_RECV)
+    cgroup_id: int  #: 0 when the kernel did not report INET_DIAG_CGROUP_ID
+
+
+def owner_of(reply: Reply) -> Owner | None:
+    """The Owner in a sock_diag reply, None for "no such socket" or an error."""
+    sock = reply.sock
+    return Owner(sock.inode, sock.cgroup_id or 0) if sock is not None else None
 
 
 @attrs.define(slots=True)
@@ -69,18 +89,18 @@ class Marker:
     """Finds the services at both ends of a sampled packet."""
 
     def __init__(self, table: ServiceTable, clock: Callable[[], float],
-                 diag: SockDiag | None = None) -> None:
+                 diag: DiagChannel | None = None) -> None:
         self.table = table
         self.clock = clock
         self.diag = diag
         self.local = LocalAddresses()
-        self._cache: dict[tuple[Any, ...], tuple[float, SockInfo | None]] = {}
+        self._cache: dict[tuple[Any, ...], tuple[float, Owner | None]] = {}
         self._pending: dict[int, _Pending] = {}
         self._inode_map: dict[int, Service] = {}
         self._inode_map_at = -1e9
         self._inode_map_version = -1
-        self.stats = {"lookups": 0, "cache_hits": 0, "held": 0, "marked": 0,
-                      "by_cgroup": 0, "by_inode": 0, "inode_map_builds": 0}
+        self.stats = {"lookups": 0, "cache_hits": 0, "held": 0, "marked": 0, "by_cgroup": 0,
+                      "by_inode": 0, "inode_map_builds": 0, "malformed": 0, "errors": 0}
 
     # ------------------------------------------------------------ phase 1
 
@@ -95,23 +115,34 @@ class Marker:
         src_local, dst_local = pkt.src_ip in self.local, pkt.dst_ip in self.local
         if not (src_local or dst_local):
             return
-        found: list[SockInfo | None] = [None, None]
-        tcp_cg = sample.stash.get(SOCKET_CGROUP_ID)
+        found: list[Owner | None] = [None, None]
+        known = self._from_stash(sample.stash)
         for side, is_local in ((0, src_local), (1, dst_local)):
             if not is_local:
+                continue
+            if known is not None and known[0] == side:
+                found[side] = known[1]  # another module already looked this socket up
                 continue
             if side == 0:
                 key = (pkt.protocol, pkt.src_ip, pkt.src_port, pkt.dst_ip, pkt.dst_port)
             else:
                 key = (pkt.protocol, pkt.dst_ip, pkt.dst_port, pkt.src_ip, pkt.src_port)
-            if tcp_cg and src_local != dst_local:
-                # the tcp plugin already looked this (only) local socket up
-                found[side] = SockInfo(sample.stash.get(SOCKET_INODE, 0), 0, tcp_cg)
-                continue
             found[side] = self._socket(key, sample, side)
         sample.stash[STASH_KEY] = found
 
-    def _socket(self, key: tuple[Any, ...], sample: FlowSample, side: int) -> SockInfo | None:
+    @staticmethod
+    def _from_stash(stash: dict[str, Any]) -> tuple[int, Owner] | None:
+        """(side, Owner) when the well-known socket keys are already in the stash (side 0: the
+        local socket is the packet's source)."""
+        local_src = stash.get(SOCKET_LOCAL_SRC)
+        if local_src is None:
+            return None
+        inode, cgroup_id = stash.get(SOCKET_INODE) or 0, stash.get(SOCKET_CGROUP_ID) or 0
+        if not (inode or cgroup_id):
+            return None
+        return (0 if local_src else 1), Owner(inode, cgroup_id)
+
+    def _socket(self, key: tuple[Any, ...], sample: FlowSample, side: int) -> Owner | None:
         now = self.clock()
         hit = self._cache.get(key)
         if hit is not None and hit[0] > now:
@@ -119,54 +150,60 @@ class Marker:
             return hit[1]
         if self.diag is None:
             return None
-        proto, local, lport, remote, rport = key
         try:
-            fam, lpk, rpk = _pack(local, remote)
+            fkey = flow_key(*key)
         except ValueError:
-            return None
+            return None  # mixed address families
         self.stats["lookups"] += 1
         try:
-            seq = self.diag.send(proto, fam, lpk, lport, rpk, rport)
+            seq, reply = self.diag.request_now(fkey, with_info=False)
         except OSError:
+            self.stats["errors"] += 1
             return None
-        info: SockInfo | None = None
-        answered = False
-        for rseq, rinfo in self.diag.poll(8) + self.diag.stray:
-            if rseq == seq:
-                info, answered = rinfo, True
-            else:
-                self._complete(rseq, rinfo)
-        self.diag.stray.clear()
-        if not answered:
+        if self.diag.has_held:
+            self.on_readable()  # replies for held samples read on the way
+        if reply is None:
             self.stats["held"] += 1
             self._pending[seq] = _Pending(key, sample, side, sample.hold("systemd"))
             return None
+        sock = reply.sock  # owner_of(), inlined: this is the per-lookup path
+        info = Owner(sock.inode, sock.cgroup_id or 0) if sock is not None else self._answer(reply)
         self._remember(key, info, now)
         return info
 
-    def _remember(self, key: tuple[Any, ...], info: SockInfo | None, now: float) -> None:
+    def _answer(self, reply: Reply) -> Owner | None:
+        # EBADMSG (a damaged reply) is already in the reader's malformed count
+        if reply.sock is None and reply.errno not in (0, errno.ENOENT, errno.EBADMSG):
+            self.stats["errors"] += 1
+        return owner_of(reply)
+
+    def _remember(self, key: tuple[Any, ...], info: Owner | None, now: float) -> None:
         if len(self._cache) >= CACHE_MAX:
             self.expire(now)
             if len(self._cache) >= CACHE_MAX:
                 self._cache.clear()
         self._cache[key] = (now + (POSITIVE_TTL if info is not None else NEGATIVE_TTL), info)
 
-    def _complete(self, seq: int, info: SockInfo | None) -> None:
-        p = self._pending.pop(seq, None)
-        if p is None:
-            return
-        self._remember(p.key, info, self.clock())
-        found = p.sample.stash.get(STASH_KEY)
-        if isinstance(found, list):
-            found[p.side] = info
-        p.hold.release()
-
     def on_readable(self) -> None:
-        """The sock_diag socket has replies for held samples."""
+        """The sock_diag socket has replies for held samples: fill their stash, release them."""
         if self.diag is None:
             return
-        for seq, info in self.diag.poll():
-            self._complete(seq, info)
+        try:
+            replies, bad = self.diag.read()
+        except OSError:
+            self.stats["errors"] += 1
+            return
+        self.stats["malformed"] += bad
+        for reply in replies:
+            p = self._pending.pop(reply.seq, None)
+            if p is None:
+                continue
+            info = self._answer(reply)
+            self._remember(p.key, info, self.clock())
+            found = p.sample.stash.get(STASH_KEY)
+            if isinstance(found, list):
+                found[p.side] = info
+            p.hold.release()
 
     def expire(self, now: float) -> None:
         """Drop stale cache entries and pending lookups whose samples were force-released."""
@@ -191,7 +228,7 @@ class Marker:
             src_class=DS_LOGICAL if src else 0, src_index=src.source.ds_index if src else 0,
             dst_class=DS_LOGICAL if dst else 0, dst_index=dst.source.ds_index if dst else 0)
 
-    def service_of(self, info: SockInfo) -> Service | None:
+    def service_of(self, info: Owner) -> Service | None:
         """The service owning a socket: by cgroup id, else by inode among the services' fds."""
         if info.cgroup_id:
             svc = self.table.by_cgroup_id.get(info.cgroup_id)
@@ -240,19 +277,3 @@ def socket_inodes(table: ServiceTable) -> dict[int, Service]:
                     except ValueError:
                         continue
     return out
-
-
-def _pack(local: str, remote: str) -> tuple[int, bytes, bytes]:
-    """(family, packed local, packed remote); v4-mapped IPv6 folded to IPv4."""
-    if local.startswith("::ffff:") and "." in local:
-        local = local[7:]
-    if remote.startswith("::ffff:") and "." in remote:
-        remote = remote[7:]
-    if ":" in local:
-        if ":" not in remote:
-            raise ValueError("mixed families")
-        return socket.AF_INET6, socket.inet_pton(socket.AF_INET6, local), socket.inet_pton(
-            socket.AF_INET6, remote)
-    if ":" in remote:
-        raise ValueError("mixed families")
-    return socket.AF_INET, socket.inet_aton(local), socket.inet_aton(remote)

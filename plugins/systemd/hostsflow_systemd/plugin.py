@@ -14,12 +14,13 @@ from hostsflow import hookimpl
 from hostsflow.samples import HOST_SOURCE, DataSource, FlowSample
 from hostsflow.sflow.records import Record
 
+from hostsflow_tcp.lookup import DiagChannel
+
 from .cgroups import CgroupMounts
 from .config import SystemdConfig
 from .dbus import UnitWatcher
 from .marking import Marker
 from .services import ServiceTable
-from .sockdiag import SockDiag
 
 NAME = "systemd"
 
@@ -32,11 +33,12 @@ class SystemdPlugin:
         self.table: ServiceTable | None = None
         self.marker: Marker | None = None
         self.watcher: UnitWatcher | None = None
-        self.diag: SockDiag | None = None
+        self.diag: DiagChannel | None = None
         self.log: Any = None
         self.agent: Any = None
         self._reported_sources: dict[str, str] = {}
         self._down_logged = False
+        self._reported_marking: dict[str, int] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -59,7 +61,7 @@ class SystemdPlugin:
             agent.retain_root("systemd: read /proc/PID/io of services' processes")
         if self.cfg.markTraffic:
             try:
-                self.diag = SockDiag()
+                self.diag = DiagChannel()
             except OSError as exc:
                 agent.warn_once("systemd:sockdiag", "systemd_marking_without_sock_diag",
                                 error=str(exc))
@@ -121,6 +123,17 @@ class SystemdPlugin:
             self.marker.local.update(agent.interfaces, agent.interfaces_version)
             if int(now) % 5 == 0:
                 self.marker.expire(now)
+            self._report_marking(agent)
+
+    def _report_marking(self, agent: Any) -> None:
+        """Push the marker's sock_diag trouble counters (once a second, not per sample)."""
+        assert self.marker is not None
+        for k in ("malformed", "errors"):
+            d = self.marker.stats[k] - self._reported_marking.get(k, 0)
+            if d:
+                agent.count(f"systemd.sock_diag_{k}", d)
+                agent.warn_once(f"systemd:sock_diag_{k}", f"systemd_sock_diag_{k}", count=d)
+                self._reported_marking[k] = self.marker.stats[k]
 
     @hookimpl
     def sflow_data_sources(self, agent: Any) -> list[DataSource] | None:

@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from hostsflow.samples import SOCKET_CGROUP_ID, DataSource
+from hostsflow.samples import SOCKET_CGROUP_ID, SOCKET_INODE, SOCKET_LOCAL_SRC, DataSource
 from hostsflow.sflow.records import (
     ExtendedEntities, HostDescr, HostParent, VirtCpu, VirtDiskIo, VirtMemory, VirtNode,
 )
@@ -331,12 +331,13 @@ def test_traffic_to_a_process_in_no_service_is_not_marked(harness, world):
 
 
 def test_tcp_plugin_stash_is_used(harness, world):
-    """When the tcp plugin already found the local socket's cgroup id, no lookup is made."""
+    """When the tcp plugin already found the local socket's cgroup id (for the end that
+    SOCKET_LOCAL_SRC names, here the destination), no lookup is made."""
     h = harness
     a = sources(h)["web-a.service"]
     svc = h.plugin.table.by_name["web-a.service"]
     s = h.make_sample(tcp=("10.99.0.1", 40000, "127.0.0.1", 1))
-    s.stash[SOCKET_CGROUP_ID] = svc.cgroup_id
+    s.stash.update({SOCKET_CGROUP_ID: svc.cgroup_id, SOCKET_INODE: 12345, SOCKET_LOCAL_SRC: False})
     before = h.plugin.marker.stats["lookups"]
     ee = None
     h.sink.datagrams.clear()

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import structlog
 from hostsflow.testing import AgentHarness
+from hostsflow_tcp.lookup import DiagChannel
 
 from hostsflow_systemd.cgroups import CgroupMounts, DeltaAccumulator, ServiceAccounting
 from hostsflow_systemd.dbus import MalformedReply, parse_units, wanted
 from hostsflow_systemd.identity import DsIndexAllocator, hash_uuid, unit_uuid
 from hostsflow_systemd.plugin import SystemdPlugin
 from hostsflow_systemd.services import under_slice
-from hostsflow_systemd.sockdiag import SockDiag
 
 HOST = bytes.fromhex("0123456789abcdef0123456789abcdef")
 
@@ -156,31 +156,74 @@ def test_parse_units_rejects_malformed():
     assert not wanted("a.service", "loaded", "activating")
 
 
-def test_sockdiag_finds_cgroup_id_and_inode():
+def test_marker_lookup_finds_cgroup_id_and_inode():
+    """The marker's lookups through the tcp distribution's DiagChannel (no tcp_info, answered
+    inside send()): TCP v4 both ends, UDP v6 (ends swapped), no such socket, and the answers
+    cached per 5-tuple."""
     if os.geteuid() != 0:
         pytest.skip("sock_diag of other users' sockets needs root")
-    d = SockDiag()
+    from hostsflow_systemd.marking import STASH_KEY, Marker, Owner
+    from hostsflow_systemd.services import ServiceTable
+
+    ch = DiagChannel()
+    now = [100.0]
+    table = ServiceTable(CgroupMounts.read(), ["system.slice"], lambda: HOST, lambda: None)
+    marker = Marker(table, lambda: now[0], ch)
+    marker.local.update([], 1)  # 127/8 and ::1 are local
+    h = AgentHarness  # make_sample only
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen()
     c = socket.create_connection(srv.getsockname())
     a, _ = srv.accept()
-    lo = socket.inet_aton("127.0.0.1")
-    info = d.lookup(6, socket.AF_INET, lo, c.getsockname()[1], lo, srv.getsockname()[1])
-    assert info is not None and info.inode == os.fstat(c.fileno()).st_ino
-    m = CgroupMounts.read()
-    if m.v2 is not None:
-        mine = Path("/proc/self/cgroup").read_text().split("0::", 1)[1].split()[0]
-        assert info.cgroup_id == m.cgroup_id(mine)
     u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     u.bind(("::1", 0))
-    l6 = socket.inet_pton(socket.AF_INET6, "::1")
-    uinfo = d.lookup(17, socket.AF_INET6, l6, u.getsockname()[1], l6, 9)
-    assert uinfo is not None and uinfo.inode == os.fstat(u.fileno()).st_ino
-    assert d.lookup(6, socket.AF_INET, lo, 1, lo, 2) is None
-    for s in (a, c, srv, u):
-        s.close()
-    d.close()
+    try:
+        s = h.make_sample(tcp=("127.0.0.1", c.getsockname()[1], "127.0.0.1", srv.getsockname()[1]))
+        marker.examine(s)
+        src, dst = s.stash[STASH_KEY]
+        assert not s.held and marker.stats["lookups"] == 2
+        assert src.inode == os.fstat(c.fileno()).st_ino and dst.inode == os.fstat(a.fileno()).st_ino
+        m = CgroupMounts.read()
+        if m.v2 is not None:
+            mine = Path("/proc/self/cgroup").read_text().split("0::", 1)[1].split()[0]
+            assert src.cgroup_id == dst.cgroup_id == m.cgroup_id(mine)
+        marker.examine(h.make_sample(tcp=("127.0.0.1", c.getsockname()[1],
+                                          "127.0.0.1", srv.getsockname()[1])))
+        assert marker.stats["lookups"] == 2 and marker.stats["cache_hits"] == 2
+        s = h.make_sample(udp=("::1", 9, "::1", u.getsockname()[1]))
+        marker.examine(s)
+        assert s.stash[STASH_KEY] == [None, Owner(os.fstat(u.fileno()).st_ino, src.cgroup_id)]
+        s = h.make_sample(tcp=("127.0.0.1", 1, "127.0.0.2", 2))
+        marker.examine(s)
+        assert s.stash[STASH_KEY] == [None, None] and not s.held
+        assert marker.stats["malformed"] == marker.stats["errors"] == marker.stats["held"] == 0
+    finally:
+        for x in (a, c, srv, u):
+            x.close()
+        ch.close()
+
+
+def test_marker_uses_the_stash_side_given_by_socket_local_src():
+    """A socket another module put in the stash is used for the end SOCKET_LOCAL_SRC names;
+    the other local end is still looked up (here: no diag channel, so nothing found)."""
+    from hostsflow.samples import SOCKET_CGROUP_ID, SOCKET_INODE, SOCKET_LOCAL_SRC
+    from hostsflow_systemd.marking import STASH_KEY, Marker, Owner
+    from hostsflow_systemd.services import ServiceTable
+
+    table = ServiceTable(CgroupMounts.parse(""), ["system.slice"], lambda: HOST, lambda: None)
+    marker = Marker(table, lambda: 0.0, None)
+    marker.local.update([], 1)
+    h = AgentHarness  # make_sample only
+    for local_src, want in ((True, [Owner(7, 9), None]), (False, [None, Owner(7, 9)])):
+        s = h.make_sample(tcp=("127.0.0.1", 1000, "127.0.0.1", 2000))
+        s.stash.update({SOCKET_INODE: 7, SOCKET_CGROUP_ID: 9, SOCKET_LOCAL_SRC: local_src})
+        marker.examine(s)
+        assert s.stash[STASH_KEY] == want
+    s = h.make_sample(tcp=("127.0.0.1", 1000, "127.0.0.1", 2000))
+    s.stash.update({SOCKET_INODE: 7, SOCKET_CGROUP_ID: 9})  # which end? unknown: not used
+    marker.examine(s)
+    assert s.stash[STASH_KEY] == [None, None]
 
 
 def _run_without_systemd(bus: str, seconds: float):
@@ -195,6 +238,8 @@ def _run_without_systemd(bus: str, seconds: float):
             h.tick(2)
             h.feed(h.make_sample(tcp=("127.0.0.1", 1, "127.0.0.1", 2)))
             h.flush()
+            # marking's sock_diag channel is hostsflow_tcp's, with no tcp { } block configured
+            assert isinstance(plugin.diag, DiagChannel) and "tcp" not in h.agent.host.states
             assert plugin.sflow_data_sources(h.agent) == []
             assert len(h.flow_samples()) == 1  # the packet path runs on
             assert h.counter_samples()  # the host's counters still go out
