@@ -19,6 +19,8 @@ from rich.text import Text
 from .aggregate import Aggregator, Snapshot, format_rate, listen
 
 DEFAULT_SFLOW = "0.0.0.0:6343"
+NO_SERVICES = ("No services heard yet: the agent needs systemd { markTraffic = on } (services "
+               "come with its counter samples, every polling interval).")
 
 
 def render(snap: Snapshot, rows: int = 10) -> Group:
@@ -62,7 +64,10 @@ def render(snap: Snapshot, rows: int = 10) -> Group:
                       format_rate(p.bps) if p else "",
                       f"{r.service} {r.direction} {r.key}" if r else "",
                       format_rate(r.bps) if r else "")
-    return Group(head, services, conns, keyed)
+    parts = [head, services]
+    if not snap.services:
+        parts.append(Text(NO_SERVICES, style="yellow"))
+    return Group(*parts, conns, keyed)
 
 
 async def run(listen_sflow: str, window: float, seconds: float | None,

@@ -90,6 +90,13 @@ function renderLegend(snap) {
   ul.innerHTML = "";
   const rows = snap.services.map(s => ({label: s.label, bps: s.bps, inb: s.in.bps, outb: s.out.bps}));
   rows.push({label: OTHER, bps: snap.other.bps, inb: null, outb: null});
+  if (!snap.services.length) {
+    const li = document.createElement("li");
+    li.className = "hint";
+    li.textContent = "No services heard yet: the agent needs systemd { markTraffic = on } " +
+      "(services come with its counter samples, every polling interval).";
+    ul.append(li);
+  }
   for (const r of rows) {
     const li = document.createElement("li");
     li.className = r.label === OTHER ? "svc other" : "svc";
