@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from rich.console import Console, Group
+from rich.console import Console, ConsoleRenderable, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -64,7 +64,7 @@ def render(snap: Snapshot, rows: int = 10) -> Group:
                       format_rate(p.bps) if p else "",
                       f"{r.service} {r.direction} {r.key}" if r else "",
                       format_rate(r.bps) if r else "")
-    parts = [head, services]
+    parts: list[ConsoleRenderable] = [head, services]
     if not snap.services:
         parts.append(Text(NO_SERVICES, style="yellow"))
     return Group(*parts, conns, keyed)
