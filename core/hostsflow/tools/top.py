@@ -9,6 +9,7 @@ and the top TCP connections with their RTT and retransmissions.  Needs the ``vie
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 
 from rich.console import Console, ConsoleRenderable, Group
@@ -98,6 +99,6 @@ def run_top(listen_sflow: str = DEFAULT_SFLOW, window: float = 5.0,
     except KeyboardInterrupt:
         pass
     except (ValueError, OSError) as exc:
-        print(f"hostsflow top: {exc}")
+        print(f"hostsflow top: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,6 @@ def run_view(listen_sflow: str = DEFAULT_SFLOW, http: str = DEFAULT_HTTP,
     except KeyboardInterrupt:
         pass
     except (ValueError, OSError) as exc:
-        print(f"hostsflow view: {exc}", flush=True)
+        print(f"hostsflow view: {exc}", file=sys.stderr, flush=True)
         return 2
     return 0
