@@ -20,8 +20,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from hostsflow.sflow.datagram import decode_datagram
 
@@ -39,7 +40,7 @@ def why_not(*tools: str) -> str | None:
 
 
 def sh(*args: str, check: bool = True) -> str:
-    r = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    r = subprocess.run(args, capture_output=True, text=True, timeout=30, check=False)
     if check and r.returncode != 0:
         raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip()}")
     return r.stdout

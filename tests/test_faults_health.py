@@ -7,9 +7,8 @@ import json
 import socket
 import time
 
-import structlog
-
 import hostsflow
+import structlog
 from hostsflow.agent import HEALTH_LOG_SECONDS
 from hostsflow.health import read_status
 from hostsflow.sflow.records import Record, flow_record

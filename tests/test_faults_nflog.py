@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from hostsflow.privileges import unreadable_python_paths
 from hostsflow.testing import AgentProcess
 

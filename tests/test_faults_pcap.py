@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import signal
@@ -19,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from hostsflow.privileges import unreadable_python_paths
 from hostsflow.sflow.records import ExtendedTcpInfo
 from hostsflow.testing import AgentProcess
@@ -174,8 +174,8 @@ def test_sighup_changes_sampling_and_polling_and_loses_no_sample(pair, collector
     # polling: every 5 s before, every second after the reload
     ctr = [(t, s) for t, d in timed for s in d.counter_samples if s.source.ds_index == ifindex]
     assert [s.sequence for _, s in ctr] == list(range(1, len(ctr) + 1))
-    gaps_before = [b[0] - a[0] for a, b in zip(ctr, ctr[1:]) if b[0] < t_hup]
-    gaps_after = [b[0] - a[0] for a, b in zip(ctr, ctr[1:]) if a[0] > t_hup + 2]
+    gaps_before = [b[0] - a[0] for a, b in itertools.pairwise(ctr) if b[0] < t_hup]
+    gaps_after = [b[0] - a[0] for a, b in itertools.pairwise(ctr) if a[0] > t_hup + 2]
     assert gaps_before and all(4 < g < 6 for g in gaps_before), gaps_before
     assert len(gaps_after) >= 4 and all(0.5 < g < 1.5 for g in gaps_after), gaps_after
 

@@ -13,7 +13,6 @@ import sys
 import time
 
 import pytest
-
 from hostsflow.sflow import records as R
 from hostsflow.testing import UdpCollector
 

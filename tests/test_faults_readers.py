@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 if importlib.util.find_spec("hostsflow_systemd") is None:
     pytest.skip("needs the hostsflow-systemd module installed", allow_module_level=True)
 
-from hostsflow_systemd.dbus import MalformedReply, parse_units  # noqa: E402
+from hostsflow_systemd.dbus import MalformedReply, parse_units
 
 # ------------------------------------------------------------------ ListUnits replies
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from hostsflow.testing import AgentProcess, UdpCollector
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
