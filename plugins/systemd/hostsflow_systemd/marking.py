@@ -116,7 +116,8 @@ class Marker:
         if not (src_local or dst_local):
             return
         found: list[Owner | None] = [None, None]
-        known = self._from_stash(sample.stash)
+        stash = sample.stash
+        known = self._from_stash(stash) if SOCKET_LOCAL_SRC in stash else None
         for side, is_local in ((0, src_local), (1, dst_local)):
             if not is_local:
                 continue
@@ -128,7 +129,7 @@ class Marker:
             else:
                 key = (pkt.protocol, pkt.dst_ip, pkt.dst_port, pkt.src_ip, pkt.src_port)
             found[side] = self._socket(key, sample, side)
-        sample.stash[STASH_KEY] = found
+        stash[STASH_KEY] = found
 
     @staticmethod
     def _from_stash(stash: dict[str, Any]) -> tuple[int, Owner] | None:
