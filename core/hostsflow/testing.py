@@ -270,6 +270,10 @@ class UdpCollector:
 
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:  # a big buffer, so a burst is not lost here and blamed on the agent
+            self.sock.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE (root)
+        except OSError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self.sock.bind((host, 0))
         self.sock.settimeout(0.2)
         self.host, self.port = host, self.sock.getsockname()[1]
