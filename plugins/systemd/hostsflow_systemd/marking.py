@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import attrs
 from hostsflow.samples import (

@@ -13,7 +13,6 @@ from typing import Any
 from hostsflow import hookimpl
 from hostsflow.samples import HOST_SOURCE, DataSource, FlowSample
 from hostsflow.sflow.records import Record
-
 from hostsflow_tcp.lookup import DiagChannel
 
 from .cgroups import CgroupMounts

@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 import structlog
 from hostsflow.testing import AgentHarness
-from hostsflow_tcp.lookup import DiagChannel
-
 from hostsflow_systemd.cgroups import CgroupMounts, DeltaAccumulator, ServiceAccounting
 from hostsflow_systemd.dbus import MalformedReply, parse_units, wanted
 from hostsflow_systemd.identity import DsIndexAllocator, hash_uuid, unit_uuid
 from hostsflow_systemd.plugin import SystemdPlugin
 from hostsflow_systemd.services import under_slice
+from hostsflow_tcp.lookup import DiagChannel
 
 HOST = bytes.fromhex("0123456789abcdef0123456789abcdef")
 
