@@ -81,7 +81,9 @@ def test_proc_file_going_bad_mid_run(tmp_path):
     events = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     failed = [e for e in events if e["event"] == "counter_read_failed"]
     assert len(failed) == 1, failed  # once while it lasts, not once per poll
-    assert failed[0]["error"].startswith("host_cpu:")  # names the record left out
+    assert failed[0]["error"].startswith("host_cpu: /proc/loadavg")  # names record and file
+    recovered = [e for e in events if e["event"] == "recovered"]
+    assert [e["key"] for e in recovered] == ["counter_read:host_cpu"]  # and says when it is over
     (stopped,) = [e for e in events if e["event"] == "stopped"]
     assert stopped["faults.counter_read"] >= 4  # counted at every poll
     assert "Traceback" not in text

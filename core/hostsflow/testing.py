@@ -331,9 +331,15 @@ class AgentProcess:
         import subprocess
         import sys
 
-        self.conf = os.path.join(str(tmpdir), "hsflowd.conf")
+        import tempfile
+
+        # the config lives where the agent can still read it after dropping root (SIGHUP)
+        self.confdir = tempfile.mkdtemp(prefix="hostsflow-conf-")
+        os.chmod(self.confdir, 0o755)
+        self.conf = os.path.join(self.confdir, "hsflowd.conf")
         with open(self.conf, "w") as f:
             f.write(config_text)
+        os.chmod(self.conf, 0o644)
         self.log_path = os.path.join(str(tmpdir), "agent.log")
         self.status_path = os.path.join(str(tmpdir), "status.json")
         cmd = [sys.executable, "-m", "hostsflow", "-f", self.conf,
@@ -364,6 +370,9 @@ class AgentProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+        import shutil
+
+        shutil.rmtree(self.confdir, ignore_errors=True)
         return self.proc.returncode
 
     def __enter__(self) -> "AgentProcess":

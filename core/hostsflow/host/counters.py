@@ -184,7 +184,12 @@ def host_cpu() -> HostCpu:
     stat = _read(rec, "/proc/stat")
     uptime = _read(rec, "/proc/uptime").split()
     try:
+        loads = [float(x) for x in load[:3]]
         run, total = (int(x) for x in load[3].split("/"))
+        up = int(float(uptime[0]))
+    except (ValueError, IndexError) as exc:
+        raise CounterReadError(rec, "/proc/loadavg or /proc/uptime", exc) from exc
+    try:
         hz = _clk_tck()
         jiffies: list[int] = []
         ncpu = intr = ctxt = 0
@@ -205,14 +210,14 @@ def host_cpu() -> HostCpu:
         ms = [_u32(j * 1000 // hz) for j in jiffies] + [0] * (10 - len(jiffies))
         online = os.sysconf("SC_NPROCESSORS_ONLN")
         return HostCpu(
-            load_one=float(load[0]),
-            load_five=float(load[1]),
-            load_fifteen=float(load[2]),
+            load_one=loads[0],
+            load_five=loads[1],
+            load_fifteen=loads[2],
             proc_run=max(run - 1, 0),
             proc_total=_u32(total),
             cpu_num=max(ncpu, online),
             cpu_speed=cpu_mhz(),
-            uptime=_u32(int(float(uptime[0]))),
+            uptime=_u32(up),
             cpu_user=ms[0],
             cpu_nice=ms[1],
             cpu_system=ms[2],

@@ -12,6 +12,13 @@ from ..samples import DS_IFINDEX, HOST_SOURCE, DataSource
 from . import counters
 
 
+#: the records host_records() may report as failed (CounterReadError.record)
+HOST_RECORDS = frozenset({
+    "host_descr", "host_net_io", "host_cpu", "host_memory", "host_disk_io", "mib2",
+    "host_adapters",
+})
+
+
 class HostPoller:
     """Host counters 2000-2010 for ``2:1``; generic interface counters and name for ``0:ifIndex``."""
 
@@ -26,21 +33,33 @@ class HostPoller:
     @hookimpl
     def sflow_poll_counters(self, agent: Any, source: DataSource) -> list[Any] | None:
         if source == HOST_SOURCE:
-            return counters.host_records(
-                agent.interfaces, agent.uuid, agent.hostname, on_error=self._read_failed(agent)
+            failed: set[str] = set()
+
+            def report(exc: counters.CounterReadError) -> None:
+                failed.add(exc.record)
+                self._failed(agent, exc.record, exc)
+
+            records = counters.host_records(
+                agent.interfaces, agent.uuid, agent.hostname, on_error=report
             )
+            for name in HOST_RECORDS - failed:
+                agent.clear_warning(f"counter_read:{name}")
+            return records
         if source.ds_class == DS_IFINDEX:
             iface = agent.interfaces.by_index(source.ds_index)
             if iface is not None:
+                key = f"if_counters:{iface.name}"
                 try:
-                    return counters.interface_counters(iface)
+                    records = counters.interface_counters(iface)
                 except counters.CounterReadError as exc:
-                    self._read_failed(agent)(exc)
+                    self._failed(agent, key, exc)
+                    return None
+                agent.clear_warning(f"counter_read:{key}")
+                return records
         return None
 
     @staticmethod
-    def _read_failed(agent: Any) -> Any:
-        def report(exc: Exception) -> None:
-            agent.warn_once(f"counter_read:{exc}", "counter_read_failed", error=str(exc))
-
-        return report
+    def _failed(agent: Any, what: str, exc: Exception) -> None:
+        """Logged once while ``what`` keeps failing (a ``recovered`` line when it reads again),
+        counted every poll."""
+        agent.warn_once(f"counter_read:{what}", "counter_read_failed", error=str(exc))
