@@ -45,6 +45,7 @@ import pytest
 from hostsflow.packet import decode_sampled_header
 from hostsflow.sflow.datagram import decode_datagram
 from hostsflow.sflow.records import INTERNAL_IFINDEX, SampledHeader
+from hostsflow.testing import estimate_within_bound
 
 PORTS = list(range(7800, 7840))
 GROUP = 17
@@ -236,11 +237,8 @@ def check_statistics(name: str, samples: list[Any], truth: dict[int, int], rate:
     pool_sigma = 100 * math.sqrt((1 - 1 / kernel) / (total / kernel))
     per_port = Counter(decode_sampled_header(h).dst_port  # type: ignore[union-attr]
                        for s in samples for h in s.records if isinstance(h, SampledHeader))
-    inside = 0
-    for port, packets in truth.items():
-        k = per_port.get(port, 0)
-        if k and abs(100 * (k * rate - packets) / packets) <= 196 * math.sqrt(1 / k):
-            inside += 1
+    bound = estimate_within_bound(per_port, {p: k * rate for p, k in per_port.items()}, truth)
+    inside = bound.inside
     FIGURES.append(
         f"{name}: truth {total} packets, {n} samples (expected {expected:.0f}, "
         f"{(n - expected) / sigma:+.2f} sigma), estimate {estimate} ({err:+.2f}%, 95% bound "
@@ -249,7 +247,7 @@ def check_statistics(name: str, samples: list[Any], truth: dict[int, int], rate:
     print(FIGURES[-1])
     assert abs(n - expected) <= 5 * sigma, FIGURES[-1]
     assert abs(pool_err) <= 5 * pool_sigma, FIGURES[-1]
-    assert inside >= 33, FIGURES[-1]
+    assert bound.ok, f"{FIGURES[-1]}: {bound}"
     assert {s.sampling_rate for s in samples} == {rate}
     assert {s.drops for s in samples} == {0}
 
