@@ -28,16 +28,19 @@ def _setns(fd: int) -> None:
         raise OSError(ctypes.get_errno(), "setns")
 
 
-def udp_socket_in_netns(ns: str, port: int = 0, host: str = "127.0.0.1") -> socket.socket:
+def udp_socket_in_netns(ns: str, port: int = 0, host: str = "127.0.0.1",
+                        rcvbuf: int = 64 << 20) -> socket.socket:
     """A UDP socket bound to host:port inside namespace ``ns`` (this thread steps in and
-    back out; the socket stays in ``ns``)."""
+    back out; the socket stays in ``ns``).  ``rcvbuf`` is forced as its receive buffer (0:
+    the default, for sockets that only listen so that no ICMP error answers the traffic)."""
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     target = os.open(f"/var/run/netns/{ns}", os.O_RDONLY)
     try:
         _setns(target)
         try:
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE
+            if rcvbuf:
+                s.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)  # SO_RCVBUFFORCE
             s.bind((host, port))
         finally:
             _setns(own)
