@@ -1,5 +1,6 @@
 """Run a bare :class:`hostsflow_pcap.tap.Tap` in the current network namespace (a test helper,
-started with ``ip netns exec NS python3 tap_probe.py DEV IFINDEX MAC RATE SNAPLEN``).
+started with ``ip netns exec NS python3 tap_probe.py DEV IFINDEX MAC RATE SNAPLEN [loopback]``;
+MAC ``-`` for a device without one, ``loopback`` for a loopback device).
 
 Prints ``ready`` once the tap is open, drains it until stdin is closed, then prints one JSON
 object: per-sample (pool, drops, direction, input, output, frame_length, caplen, header hex
@@ -17,8 +18,8 @@ from hostsflow_pcap.tap import Tap
 
 def main() -> None:
     dev, ifindex, mac, rate, snaplen = sys.argv[1:6]
-    tap = Tap(dev, int(ifindex), bytes.fromhex(mac.replace(":", "")), int(rate),
-              snaplen=int(snaplen))
+    tap = Tap(dev, int(ifindex), None if mac == "-" else bytes.fromhex(mac.replace(":", "")),
+              int(rate), snaplen=int(snaplen), loopback=sys.argv[6:7] == ["loopback"])
     print("ready", tap.counter_source, flush=True)
     samples = []
     while True:

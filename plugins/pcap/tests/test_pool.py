@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import pytest
+from hostsflow.packet import decode_sampled_header
+from hostsflow.sflow.records import SampledHeader
 from hostsflow_pcap.pool import PacketCounter, SamplePool
+
+from .conftest import NetPair
+from .e2e_kit import udp_socket_in_netns
+
+PROBE = Path(__file__).with_name("tap_probe.py")
 
 
 class Readings:
@@ -68,3 +81,43 @@ def test_wrong_namespace_sysfs_falls_back_to_procfs() -> None:
         counter.close()
     missing = PacketCounter("nosuchdev0", 424242)
     assert missing.read() is None
+
+
+@pytest.mark.root
+def test_loopback_pool_counts_each_packet_once_on_a_private_lo(
+    netpair: NetPair, udpsend: Path
+) -> None:
+    """A tap on the lo of a namespace of its own (nothing else uses it), at rate 1: every one
+    of the datagrams sent is sampled once, and the pool is their count, not twice it (the
+    loopback's rx counter only; its tx counter counts the same packets again)."""
+    ns, port, count = netpair.ns_b, 5901, 2000
+    sink = udp_socket_in_netns(ns, port, "127.0.0.1", rcvbuf=0)  # no ICMP unreachables
+    probe = subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, str(PROBE), "lo", "1", "-", "1", "128",
+         "loopback"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert probe.stdout is not None
+        assert probe.stdout.readline().startswith("ready")
+        out = netpair.in_b(str(udpsend), "127.0.0.1", str(port), "5555", str(count), "100")
+        assert f"sent={count} " in out, out
+        time.sleep(0.5)  # the ring retires its last block within 50 ms
+        result, _ = probe.communicate("", timeout=20)  # closing stdin ends the probe
+    finally:
+        if probe.poll() is None:
+            probe.kill()
+            probe.wait()
+        sink.close()
+    report = json.loads(result.strip().splitlines()[-1])
+    rows = report["samples"]
+    assert report["stats"]["dropped"] == 0, report["stats"]
+    ports = []
+    for pool, drops, direction, inp, outp, rate, flen, header in rows:
+        pkt = decode_sampled_header(SampledHeader(1, flen, 4, bytes.fromhex(header)))
+        assert pkt is not None
+        ports.append((pkt.src_ip, pkt.src_port, pkt.dst_port))
+        assert (drops, rate, flen) == (0, 1, 100 + 42 + 4)
+    assert ports == [("127.0.0.1", 5555, port)] * count
+    pools = [r[0] for r in rows]
+    assert pools == sorted(pools)
+    # the last sample of a batch sits one rank step below the reading that follows it
+    assert count - 2 <= pools[-1] <= count, pools[-5:]
