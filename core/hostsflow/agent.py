@@ -328,19 +328,52 @@ class Agent:
     def take_samples(self, samples: Iterable[FlowSample]) -> None:
         """Hand the core a batch of sampled packets (called by capture plugins per read batch)."""
         phase1, released = self._phase1, self._released
-        n = 0
+        self.exporter.hold_sends()  # the batch's datagrams leave together, in one system call
+        try:
+            if not phase1 and not self._phase2:
+                n = self._encode_all(samples)
+            else:
+                n = 0
+                for s in samples:
+                    n += 1
+                    if phase1:
+                        for fn in phase1:
+                            fn(s)
+                        if s._holds:
+                            s._on_released = released
+                            self._held.append((self.clock() + self.hold_timeout, s))
+                            self._arm_hold_timer()
+                            continue
+                    released(s)
+        finally:
+            self.exporter.release_sends()
+        self.health.count("flow_samples_taken", n)
+
+    def _encode_all(self, samples: Iterable[FlowSample]) -> int:
+        """The packet path when no plugin implements a per-sample hook: number, encode and
+        queue every sample in one loop (no call per sample besides the encoder and the
+        exporter, one sequence-number lookup per run of samples from one data source).
+        Returns the number of samples."""
+        add, seqs = self.exporter.add, self._flow_seq
+        n = seq = 0
+        src: DataSource | None = None
         for s in samples:
             n += 1
-            if phase1:
-                for fn in phase1:
-                    fn(s)
-                if s._holds:
-                    s._on_released = released
-                    self._held.append((self.clock() + self.hold_timeout, s))
-                    self._arm_hold_timer()
-                    continue
-            released(s)
-        self.health.count("flow_samples_taken", n)
+            if s.source is not src:
+                if src is not None:
+                    seqs[src] = seq
+                src = s.source
+                seq = seqs[src]
+            try:
+                encoded = encode_flow_sample(seq + 1, s)
+            except Exception as exc:  # noqa: BLE001 - a bad record loses one sample only
+                self._unencodable(s, exc)
+                continue
+            seq += 1
+            add(encoded)
+        if src is not None:
+            seqs[src] = seq
+        return n
 
     def _released(self, s: FlowSample) -> None:
         for fn in self._phase2:
@@ -349,12 +382,15 @@ class Agent:
         try:
             encoded = encode_flow_sample(seq, s)
         except Exception as exc:  # noqa: BLE001 - a plugin's bad record loses one sample only
-            self.health.count("dropped.unencodable")
-            self.once.warn("encode_flow", "flow_sample_unencodable", error=repr(exc),
-                           records=[type(r).__name__ for r in s.records])
+            self._unencodable(s, exc)
             return
         self._flow_seq[s.source] = seq
         self.exporter.add(encoded)
+
+    def _unencodable(self, s: FlowSample, exc: Exception) -> None:
+        self.health.count("dropped.unencodable")
+        self.once.warn("encode_flow", "flow_sample_unencodable", error=repr(exc),
+                       records=[type(r).__name__ for r in s.records])
 
     def expire_holds(self, now: float | None = None) -> None:
         """Release held samples whose deadline passed (the core's guarantee to capture plugins)."""
