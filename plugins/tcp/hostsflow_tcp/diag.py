@@ -20,6 +20,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import attrs
 
@@ -62,15 +63,21 @@ DIAG_MSG_LEN = 72
 _U32 = struct.Struct("=I")
 #: the shortest tcp_info we accept (up to and including tcpi_total_retrans, kernel 2.6.x)
 TCPI_MIN_LEN = 104
+#: struct tcp_info up to tcpi_total_retrans in one read: snd_mss (offset 16), rcv_mss, unacked,
+#: lost (32), pmtu (60), rtt (68), rttvar, snd_cwnd (80), reordering (88), total_retrans (100)
+_TCPI = struct.Struct("=16x3I4xI24xI4x2I4xI4xI8xI")
+assert _TCPI.size == TCPI_MIN_LEN
+#: offset of tcpi_min_rtt (kernel 4.6 and later)
+_TCPI_MIN_RTT = 148
 
 
 class MalformedReply(ValueError):
     """A sock_diag reply whose lengths or fields do not fit; count it and skip the message."""
 
 
-@attrs.frozen(slots=True)
-class TcpInfo:
-    """The struct tcp_info fields that extended_tcp_info (2209) carries."""
+class TcpInfo(NamedTuple):
+    """The struct tcp_info fields that extended_tcp_info (2209) carries, in the record's order
+    (``ExtendedTcpInfo(dir, *tcp_info)``).  A named tuple: one is built per reply."""
 
     snd_mss: int = 0
     rcv_mss: int = 0
@@ -156,27 +163,20 @@ def build_request(
     )
 
 
-def parse_tcp_info(data: bytes | memoryview) -> TcpInfo:
-    """Read the extended_tcp_info fields from a struct tcp_info of any kernel's length.
+def parse_tcp_info(data: bytes | memoryview, off: int = 0, n: int | None = None) -> TcpInfo:
+    """Read the extended_tcp_info fields from the struct tcp_info of ``n`` bytes (default: the
+    rest of ``data``) at ``off``, whatever the kernel's struct length.
 
     Fields past the end of a short (old-kernel) struct are 0, as hsflowd zero-fills."""
-    n = len(data)
+    if n is None:
+        n = len(data) - off
     if n < TCPI_MIN_LEN:
         raise MalformedReply(f"tcp_info of {n} bytes, need at least {TCPI_MIN_LEN}")
-    u = _U32.unpack_from
-    return TcpInfo(
-        snd_mss=u(data, 16)[0],
-        rcv_mss=u(data, 20)[0],
-        unacked=u(data, 24)[0],
-        lost=u(data, 32)[0],
-        pmtu=u(data, 60)[0],
-        rtt=u(data, 68)[0],
-        rttvar=u(data, 72)[0],
-        snd_cwnd=u(data, 80)[0],
-        reordering=u(data, 88)[0],
-        total_retrans=u(data, 100)[0],
-        min_rtt=u(data, 148)[0] if n >= 152 else 0,
-    )
+    mss, rcv_mss, unacked, lost, pmtu, rtt, rttvar, cwnd, reordering, retrans = (
+        _TCPI.unpack_from(data, off))
+    min_rtt = _U32.unpack_from(data, off + _TCPI_MIN_RTT)[0] if n >= _TCPI_MIN_RTT + 4 else 0
+    return TcpInfo(mss, rcv_mss, unacked, lost, retrans, pmtu, rtt, rttvar, cwnd, reordering,
+                   min_rtt)
 
 
 def parse_diag_msg(data: bytes | memoryview, off: int, end: int) -> SockInfo:
@@ -198,7 +198,7 @@ def parse_diag_msg(data: bytes | memoryview, off: int, end: int) -> SockInfo:
             raise MalformedReply(f"attribute {atype} length {alen_} does not fit")
         atype &= 0x3FFF  # NLA_F_NESTED / NLA_F_NET_BYTEORDER
         if atype == INET_DIAG_INFO:
-            tcp_info = parse_tcp_info(memoryview(data)[a + 4 : a + alen_])
+            tcp_info = parse_tcp_info(data, a + 4, alen_ - 4)
         elif atype == INET_DIAG_CGROUP_ID:
             if alen_ != 12:
                 raise MalformedReply(f"INET_DIAG_CGROUP_ID of {alen_ - 4} bytes")

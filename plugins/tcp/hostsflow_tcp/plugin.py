@@ -1,11 +1,15 @@
 """The ``tcp`` module: extended_tcp_info (2209) and socket identity for sampled packets.
 
 Packet path: ``sflow_flow_sample`` decides whether the sample belongs to a local socket
-(:mod:`.eligible`), holds it, and sends one non-blocking sock_diag request (samples of the same
-socket that arrive while a request is outstanding join it).  The netlink socket's reader
-matches replies to requests by ``nlmsg_seq``, adds the record, fills the stash and releases the
-holds.  A socket that is gone (ENOENT) releases the sample without a record; a lost reply is
-left to the core's hold timeout (``agent.hold_timeout``, 0.4 s as hsflowd).
+(:mod:`.eligible`) and sends one exact sock_diag request on a non-blocking netlink socket.  The
+kernel answers an exact lookup inside ``send()``, so the reply is read at once
+(:meth:`~.lookup.DiagChannel.request_now`): the record is added and the stash filled before the
+hook returns, without a hold.  The answer is reused for further samples of the same socket
+for :data:`REUSE_SECONDS`.  Should the reply not be queued yet, the sample is held; the netlink
+socket's reader matches the reply by ``nlmsg_seq`` later and releases the hold (samples of the
+same socket that arrive meanwhile join that request).  A socket that is gone (ENOENT) gives no
+record; a lost reply is left to the core's hold timeout (``agent.hold_timeout``, 0.4 s as
+hsflowd).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from hostsflow.samples import (
     FlowSample,
     Hold,
 )
-from hostsflow.sflow.records import ExtendedTcpInfo
+from hostsflow.sflow.records import TCP_DIR_SENT, ExtendedTcpInfo
 
 from .config import TcpConfig
 from .diag import Reply, SockInfo
@@ -36,6 +40,10 @@ NAME = "tcp"
 IDLE_CHANNEL_SECONDS = 60.0
 #: pending requests older than this many hold timeouts are forgotten (their holds already ran out)
 STALE_FACTOR = 2.0
+#: a socket's answer (tcp_info, identity) is reused for samples of the same socket this long
+REUSE_SECONDS = 0.1
+#: at most this many reused answers are kept (all are dropped when full; expired ones each tick)
+REUSE_MAX = 16384
 
 
 @attrs.define(eq=False)
@@ -61,8 +69,12 @@ class TcpPlugin:
         self.channels: dict[Any, DiagChannel] = {}
         self.pending: dict[tuple[int, int], _Pending] = {}  # (id(channel), seq)
         self.by_key: dict[tuple[int, FlowKey], _Pending] = {}  # (id(channel), key)
+        #: (id(channel), key) -> (reuse until, the socket found): answers reused for
+        #: REUSE_SECONDS
+        self.recent: dict[tuple[int, FlowKey], tuple[float, SockInfo]] = {}
         self.stats = {"requests": 0, "found": 0, "not_found": 0, "malformed": 0, "errors": 0,
-                      "joined": 0, "send_failed": 0, "stale": 0, "netns_failed": 0}
+                      "joined": 0, "reused": 0, "held": 0, "send_failed": 0, "stale": 0,
+                      "netns_failed": 0}
         self._reported: dict[str, int] = {}
 
     # ------------------------------------------------------------ life cycle
@@ -125,22 +137,46 @@ class TcpPlugin:
             return
         now = agent.now()
         ch.last_used = now
-        pend = self.by_key.get((id(ch), key))
-        if pend is None:
-            try:
-                seq = ch.send(key)
-            except OSError as exc:
-                self.stats["send_failed"] += 1
-                agent.warn_once("tcp:send", "sock_diag_send_failed", error=str(exc))
-                return
-            ch.last_used = now
-            self.stats["requests"] += 1
-            pend = _Pending(ch, seq, key, now)
-            self.pending[(id(ch), seq)] = pend
-            self.by_key[(id(ch), key)] = pend
-        else:
+        ck = (id(ch), key)
+        hit = self.recent.get(ck)
+        if hit is not None and hit[0] > now:
+            self.stats["reused"] += 1
+            self._fill(sample, hit[1], dirn, key)
+            return
+        pend = self.by_key.get(ck)
+        if pend is not None:  # a request for this socket is still out: wait for it too
             self.stats["joined"] += 1
+            pend.waiters.append((sample, sample.hold(NAME), dirn))
+            return
+        try:
+            seq, reply = ch.request_now(key)
+        except OSError as exc:
+            self.stats["send_failed"] += 1
+            agent.warn_once("tcp:send", "sock_diag_send_failed", error=str(exc))
+            return
+        self.stats["requests"] += 1
+        if ch.has_held:  # replies to earlier requests, read on the way
+            self._on_readable(ch)
+        if reply is not None:
+            self._answer(sample, dirn, key, reply, ck, now)
+            return
+        self.stats["held"] += 1
+        pend = _Pending(ch, seq, key, now)
+        self.pending[(id(ch), seq)] = pend
+        self.by_key[ck] = pend
         pend.waiters.append((sample, sample.hold(NAME), dirn))
+
+    def _answer(self, sample: FlowSample, dirn: int, key: FlowKey, r: Reply,
+                ck: tuple[int, FlowKey], now: float) -> None:
+        """A reply read at once: count it, remember a found socket, fill the sample."""
+        sock = self._outcome(r)
+        if r.errno == errno_mod.EBADMSG:
+            return  # a damaged reply: the sample goes out as it is
+        if sock is not None:
+            if len(self.recent) >= REUSE_MAX:
+                self.recent.clear()
+            self.recent[ck] = (now + REUSE_SECONDS, sock)
+        self._fill(sample, sock, dirn, key)
 
     def _on_readable(self, ch: DiagChannel) -> None:
         """The reader callback of one channel: match replies to pending requests by seq."""
@@ -158,59 +194,56 @@ class TcpPlugin:
             if p is not None:
                 self._finish(p, r)
 
+    def _outcome(self, r: Reply) -> SockInfo | None:
+        """Count a reply; the socket it found, or None."""
+        if r.sock is not None:
+            self.stats["found"] += 1
+        elif r.errno == errno_mod.ENOENT:
+            self.stats["not_found"] += 1
+        elif r.errno == errno_mod.EBADMSG:
+            pass  # counted as malformed by the reader
+        elif r.errno:
+            self.stats["errors"] += 1
+            self.agent.warn_once("tcp:errno", "sock_diag_error", errno=r.errno)
+        return r.sock
+
     def _finish(self, p: _Pending, r: Reply | None) -> None:
+        """A held request is answered (``r``) or given up (None): annotate and release its
+        samples."""
         self.pending.pop((id(p.channel), p.seq), None)
         if self.by_key.get((id(p.channel), p.key)) is p:
             del self.by_key[(id(p.channel), p.key)]
-        sock: SockInfo | None = None
-        if r is not None:
-            if r.sock is not None:
-                sock = r.sock
-                self.stats["found"] += 1
-            elif r.errno == errno_mod.ENOENT:
-                self.stats["not_found"] += 1
-            elif r.errno == errno_mod.EBADMSG:
-                pass  # counted as malformed by the reader
-            elif r.errno:
-                self.stats["errors"] += 1
-                self.agent.warn_once("tcp:errno", "sock_diag_error", errno=r.errno)
+        sock = self._outcome(r) if r is not None else None
+        looked_up = r is not None and r.errno != errno_mod.EBADMSG
         for sample, hold, dirn in p.waiters:
-            if not hold.done:
-                if r is not None and r.errno != errno_mod.EBADMSG:
-                    sample.stash[SOCKET_LOOKED_UP] = True
-                if sock is not None:
-                    self._annotate(sample, sock, dirn, p.key)
+            if looked_up and not hold.done:
+                self._fill(sample, sock, dirn, p.key)
             hold.release()
 
-    def _annotate(self, sample: FlowSample, sock: SockInfo, dirn: int, key: FlowKey) -> None:
+    @staticmethod
+    def _fill(sample: FlowSample, sock: SockInfo | None, dirn: int, key: FlowKey) -> None:
+        """Stash keys and record for a sample whose local socket was looked up (``sock`` None:
+        there is no such socket).  SOCKET_LOCAL_SRC names the end that was looked up, found or
+        not, so another module need not look that end up again."""
         st = sample.stash
-        if sock.inode:  # 0 for TIME_WAIT / SYN_RECV mini-sockets: no owner, no cgroup
+        st[SOCKET_LOOKED_UP] = True
+        st[SOCKET_LOCAL_SRC] = dirn == TCP_DIR_SENT
+        if sock is None:
+            return
+        if sock.inode:  # 0 for mini-sockets (TIME_WAIT, SYN_RECV) and closed (orphaned) ones
             st[SOCKET_INODE] = sock.inode
             st[SOCKET_UID] = sock.uid
-            st[SOCKET_LOCAL_SRC] = dirn == 2
-            if sock.cgroup_id is not None:
-                st[SOCKET_CGROUP_ID] = sock.cgroup_id
+        if sock.cgroup_id is not None:  # an orphaned socket still has its creator's cgroup
+            st[SOCKET_CGROUP_ID] = sock.cgroup_id
         ti = sock.tcp_info
         if ti is not None and key.protocol == IPPROTO_TCP:
-            sample.add(
-                ExtendedTcpInfo(
-                    dir=dirn,
-                    snd_mss=ti.snd_mss,
-                    rcv_mss=ti.rcv_mss,
-                    unacked=ti.unacked,
-                    lost=ti.lost,
-                    retrans=ti.total_retrans,
-                    pmtu=ti.pmtu,
-                    rtt=ti.rtt,
-                    rttvar=ti.rttvar,
-                    snd_cwnd=ti.snd_cwnd,
-                    reordering=ti.reordering,
-                    min_rtt=ti.min_rtt,
-                )
-            )
+            sample.add(ExtendedTcpInfo(dirn, *ti))  # TcpInfo has the record's field order
 
     def _expire(self, now: float) -> None:
-        """Forget requests whose reply never came (the core already released their samples)."""
+        """Forget expired answers, and requests whose reply never came (the core already
+        released their samples)."""
+        if self.recent:
+            self.recent = {k: v for k, v in self.recent.items() if v[0] > now}
         limit = now - STALE_FACTOR * max(self.agent.hold_timeout, 0.1)
         for p in [p for p in self.pending.values() if p.sent < limit]:
             self.stats["stale"] += 1
@@ -251,6 +284,7 @@ class TcpPlugin:
             return
         for p in [p for p in self.pending.values() if p.channel is ch]:
             self._finish(p, None)
+        self.recent = {k: v for k, v in self.recent.items() if k[0] != id(ch)}
         if self.agent is not None:
             self.agent.remove_reader(ch.fileno())
         ch.close()

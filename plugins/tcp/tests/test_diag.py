@@ -90,9 +90,25 @@ def test_not_found_is_enoent():
 def test_short_tcp_info_zero_fills_min_rtt():
     info = struct.pack("=8B24I", *([0] * 8 + list(range(1, 25))))
     ti = diag.parse_tcp_info(info)
-    assert ti.snd_mss == 3 and ti.total_retrans == 24 and ti.min_rtt == 0
+    # u32 number k lies at offset 8 + 4 * (k - 1): the fields at their linux/tcp.h offsets
+    assert ti == diag.TcpInfo(snd_mss=3, rcv_mss=4, unacked=5, lost=7, total_retrans=24,
+                              pmtu=14, rtt=16, rttvar=17, snd_cwnd=19, reordering=21, min_rtt=0)
     with pytest.raises(diag.MalformedReply):
         diag.parse_tcp_info(info[:100])
+    full = info + struct.pack("=12I", *range(25, 37))  # 152 bytes: tcpi_min_rtt at 148
+    assert diag.parse_tcp_info(full).min_rtt == 36
+    # the same struct inside a larger buffer, read in place
+    assert diag.parse_tcp_info(b"\0" * 5 + full, 5, len(full)) == diag.parse_tcp_info(full)
+
+
+def test_tcp_info_fields_in_the_record_order():
+    """The module builds ExtendedTcpInfo(dir, *tcp_info): the orders must agree."""
+    import attrs
+    from hostsflow.sflow.records import ExtendedTcpInfo
+
+    names = [f.name for f in attrs.fields(ExtendedTcpInfo)]
+    assert names[0] == "dir"
+    assert [n.replace("total_retrans", "retrans") for n in diag.TcpInfo._fields] == names[1:]
 
 
 def test_every_truncation_is_counted_not_raised(conn):
@@ -128,13 +144,7 @@ def test_reader_never_raises_on_garbage(conn, data):
     for r in replies:
         assert isinstance(r, diag.Reply)
         if r.sock is not None and r.sock.tcp_info is not None:
-            assert all(0 <= v < 2**32 for v in attrs_values(r.sock.tcp_info))
-
-
-def attrs_values(obj):
-    import attrs
-
-    return list(attrs.asdict(obj).values())
+            assert all(0 <= v < 2**32 for v in r.sock.tcp_info)
 
 
 def test_bad_attribute_length_is_malformed(conn):

@@ -11,11 +11,17 @@ import time
 
 import pytest
 from hostsflow.host.interfaces import Interface, InterfaceTable
-from hostsflow.samples import DIRECTION_SENT, SOCKET_CGROUP_ID, SOCKET_INODE, SOCKET_LOCAL_SRC
+from hostsflow.samples import (
+    DIRECTION_SENT,
+    SOCKET_CGROUP_ID,
+    SOCKET_INODE,
+    SOCKET_LOCAL_SRC,
+    SOCKET_LOOKED_UP,
+)
 from hostsflow.sflow.records import ExtendedTcpInfo
 from hostsflow.testing import AgentHarness
 from hostsflow_tcp import diag, lookup_socket
-from hostsflow_tcp.plugin import TcpPlugin
+from hostsflow_tcp.plugin import REUSE_SECONDS, TcpPlugin
 
 LOCAL = InterfaceTable([Interface("lo", 1, loopback=True, addresses=["127.0.0.1", "::1"])])
 
@@ -66,15 +72,59 @@ def test_local_socket_both_directions_one_request(loop_conn):
         rx = h.make_sample(tcp=("127.0.0.2", cport, "127.0.0.1", lport))
         tx = h.make_sample(tcp=("127.0.0.1", lport, "127.0.0.2", cport))
         h.feed(rx, tx)
-        assert rx.held and tx.held
-        settle(h, p)
+        # the kernel answers inside send(): no hold, the record is there when the hook returns
+        assert not rx.held and not tx.held and not p.pending
+        h.flush()
         (r1,), (r2,) = recs(h)
         assert (r1.dir, r2.dir) == (1, 2)
         assert r1.snd_mss > 0 and r1.rtt > 0 and r1.pmtu == 65535
-        assert p.stats["requests"] == 1 and p.stats["joined"] == 1  # same socket: one request
+        # same socket: one request, its answer reused for the second sample
+        assert p.stats["requests"] == 1 and p.stats["reused"] == 1 and p.stats["held"] == 0
         assert rx.stash[SOCKET_INODE] == tx.stash[SOCKET_INODE] == os.fstat(a.fileno()).st_ino
         # the core's well-known key says which end the socket keys describe
         assert rx.stash[SOCKET_LOCAL_SRC] is False and tx.stash[SOCKET_LOCAL_SRC] is True
+    finally:
+        h.stop()
+
+
+def test_answer_reused_only_within_the_window(loop_conn):
+    """A socket's answer is reused for REUSE_SECONDS of agent time, then looked up afresh
+    (a new request); expired answers are dropped at the tick."""
+    c, _a, lst = loop_conn
+    lport, cport = lst.getsockname()[1], c.getsockname()[1]
+    h, p = make()
+    try:
+        tup = ("127.0.0.1", lport, "127.0.0.2", cport)
+        h.feed(h.make_sample(tcp=tup))
+        h.clock.advance(REUSE_SECONDS / 2)
+        h.feed(h.make_sample(tcp=tup))
+        assert p.stats["requests"] == 1 and p.stats["reused"] == 1
+        h.clock.advance(REUSE_SECONDS)
+        h.feed(h.make_sample(tcp=tup))
+        assert p.stats["requests"] == 2 and p.stats["reused"] == 1
+        h.flush()
+        (r1,), (r2,), (r3,) = recs(h)
+        assert r1 == r2  # the reused answer
+        assert r3.snd_mss > 0 and r3.rtt > 0  # a fresh, complete answer
+        assert len(p.recent) == 1
+        h.tick()  # a second later: expired
+        assert not p.recent
+    finally:
+        h.stop()
+
+
+def test_missing_socket_stash_names_the_end_looked_up():
+    """No such socket: no record, but SOCKET_LOOKED_UP and SOCKET_LOCAL_SRC say which end was
+    looked up (so the systemd module does not look it up again); no identity keys."""
+    h, p = make()
+    try:
+        s = h.make_sample(tcp=("127.0.0.2", 1, "127.0.0.1", 2))
+        h.feed(s)
+        assert not s.held and p.stats["not_found"] == 1
+        assert s.stash[SOCKET_LOOKED_UP] is True and s.stash[SOCKET_LOCAL_SRC] is False
+        assert SOCKET_INODE not in s.stash and SOCKET_CGROUP_ID not in s.stash
+        h.flush()
+        assert recs(h) == [[]]
     finally:
         h.stop()
 
@@ -159,6 +209,7 @@ def test_reply_never_comes_core_releases_and_pending_expires(loop_conn):
         h.agent.remove_reader(ch.fileno())
         ch.sock.close()
         ch.sock = near
+        near.setblocking(False)
         p._watch(ch)
         s = h.make_sample(tcp=("127.0.0.2", cport, "127.0.0.1", lport))
         h.feed(s)
