@@ -1,13 +1,17 @@
 """markTraffic: which service sent or received a sampled packet.
 
-For each end of the packet that is a local address, find the local socket (sock_diag exact
-lookup through the tcp distribution's :class:`hostsflow_tcp.lookup.DiagChannel`, or the socket
-another module already put in the stash), then the service: the socket's cgroup id
-(INET_DIAG_CGROUP_ID) equals the inode of the service's cgroup2 directory.
-Where that does not match a service (no cgroup v2, an old kernel, or a socket created by
-another process such as systemd's socket activation), the socket inode is looked up among the
-sockets the services' processes hold open (/proc/PID/fd, cached and rebuilt at most every
-few seconds).  Socket answers are cached per 5-tuple; the loop never waits on the kernel.
+Runs in phase 2 (``sflow_flow_sample_released``), once every other module's phase 1 is done.
+For each end of the packet that is a local address, the local socket is taken from the stash
+when another module already looked that end up (the tcp module: SOCKET_LOCAL_SRC names the
+end, SOCKET_CGROUP_ID / SOCKET_INODE describe it), so one lookup serves both modules; the other
+local ends are looked up here (sock_diag exact lookup through the tcp distribution's
+:class:`hostsflow_tcp.lookup.DiagChannel`, without tcp_info; the kernel answers inside
+``send()``, so nothing waits).  Then the service: the socket's cgroup id (INET_DIAG_CGROUP_ID)
+equals the inode of the service's cgroup2 directory.  Where that does not match a service (no
+cgroup v2, an old kernel, or a socket created by another process such as systemd's socket
+activation), the socket inode is looked up among the sockets the services' processes hold open
+(/proc/PID/fd, cached and rebuilt at most every few seconds).  Socket answers are cached per
+5-tuple.
 """
 
 from __future__ import annotations
@@ -15,14 +19,14 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
-import attrs
 from hostsflow.samples import (
     DS_LOGICAL,
     SOCKET_CGROUP_ID,
     SOCKET_INODE,
     SOCKET_LOCAL_SRC,
+    SOCKET_LOOKED_UP,
     FlowSample,
 )
 from hostsflow.sflow.records import ExtendedEntities
@@ -35,12 +39,12 @@ POSITIVE_TTL = 10.0  # seconds a socket answer is reused
 NEGATIVE_TTL = 1.0  # seconds "no such socket" is reused
 INODE_MAP_MIN_AGE = 2.0  # rebuild the /proc fd map at most this often
 CACHE_MAX = 65536
-STASH_KEY = "systemd.sockets"  #: [src Owner|None, dst Owner|None] found in phase 1
+LATE_SECONDS = 5.0  # a lookup whose reply was not there at once is forgotten after this
 
 
-@attrs.frozen(slots=True)
-class Owner:
-    """What marking needs to know of a local socket to find its service."""
+class Owner(NamedTuple):
+    """What marking needs to know of a local socket to find its service (a named tuple: one
+    is made per lookup)."""
 
     inode: int  #: 0 for sockets without an owner (TIME_WAIT, SYN_RECV)
     cgroup_id: int  #: 0 when the kernel did not report INET_DIAG_CGROUP_ID
@@ -52,12 +56,20 @@ def owner_of(reply: Reply) -> Owner | None:
     return Owner(sock.inode, sock.cgroup_id or 0) if sock is not None else None
 
 
-@attrs.define(slots=True)
-class _Pending:
-    key: tuple[Any, ...]
-    sample: FlowSample
-    side: int
-    hold: Any
+def from_stash(stash: dict[str, Any]) -> tuple[int, Owner | None] | None:
+    """``(side, Owner)`` when another module looked up the local socket of one end (side 0:
+    the packet's source, 1: its destination); the Owner is None when it found no socket.
+    None when the stash says nothing about either end."""
+    local_src = stash.get(SOCKET_LOCAL_SRC)
+    if local_src is None:
+        return None
+    inode, cgroup_id = stash.get(SOCKET_INODE) or 0, stash.get(SOCKET_CGROUP_ID) or 0
+    side = 0 if local_src else 1
+    if inode or cgroup_id:
+        return side, Owner(inode, cgroup_id)
+    if stash.get(SOCKET_LOOKED_UP):
+        return side, None  # looked up, no such socket (or one without an owner)
+    return None
 
 
 class LocalAddresses:
@@ -96,55 +108,67 @@ class Marker:
         self.diag = diag
         self.local = LocalAddresses()
         self._cache: dict[tuple[Any, ...], tuple[float, Owner | None]] = {}
-        self._pending: dict[int, _Pending] = {}
+        #: seq -> (5-tuple, sent at) of lookups whose reply was not there at once
+        self._late: dict[int, tuple[tuple[Any, ...], float]] = {}
         self._inode_map: dict[int, Service] = {}
         self._inode_map_at = -1e9
         self._inode_map_version = -1
-        self.stats = {"lookups": 0, "cache_hits": 0, "held": 0, "marked": 0, "by_cgroup": 0,
-                      "by_inode": 0, "inode_map_builds": 0, "malformed": 0, "errors": 0}
+        self.stats = {"lookups": 0, "cache_hits": 0, "from_stash": 0, "late": 0, "marked": 0,
+                      "by_cgroup": 0, "by_inode": 0, "inode_map_builds": 0, "malformed": 0,
+                      "errors": 0}
 
-    # ------------------------------------------------------------ phase 1
+    # ------------------------------------------------------------ phase 2
 
-    def examine(self, sample: FlowSample) -> None:
-        """Find the local sockets of the sample's ends and put them in the stash; take a hold
-        if the kernel did not answer at once."""
-        if sample.netns is not None:
-            return  # seen in another network namespace: our sock_diag cannot see its sockets
+    def entities(self, sample: FlowSample) -> ExtendedEntities | None:
+        """The extended_entities record for a released sample, or None if neither end is a
+        known service."""
+        ends = self.owners(sample)
+        if ends is None:
+            return None
+        src_owner, dst_owner = ends
+        src = self.service_of(src_owner) if src_owner is not None else None
+        dst = self.service_of(dst_owner) if dst_owner is not None else None
+        if src is None and dst is None:
+            return None
+        self.stats["marked"] += 1
+        return ExtendedEntities(
+            src_class=DS_LOGICAL if src else 0, src_index=src.source.ds_index if src else 0,
+            dst_class=DS_LOGICAL if dst else 0, dst_index=dst.source.ds_index if dst else 0)
+
+    def owners(self, sample: FlowSample) -> tuple[Owner | None, Owner | None] | None:
+        """The local sockets of the packet's source and destination (None for an end that is
+        not local or has no socket), or None for a packet that is not TCP/UDP over IP.
+
+        An end another module looked up is taken from the stash; the other local ends are
+        looked up (or taken from the cache).  A sample seen in another network namespace gets
+        only what the stash says: this module's sock_diag socket cannot see that namespace."""
         pkt = sample.packet
-        if pkt is None or pkt.protocol not in (IPPROTO_TCP, IPPROTO_UDP):
-            return
-        src_local, dst_local = pkt.src_ip in self.local, pkt.dst_ip in self.local
-        if not (src_local or dst_local):
-            return
-        found: list[Owner | None] = [None, None]
-        stash = sample.stash
-        known = self._from_stash(stash) if SOCKET_LOCAL_SRC in stash else None
-        for side, is_local in ((0, src_local), (1, dst_local)):
-            if not is_local:
-                continue
-            if known is not None and known[0] == side:
-                found[side] = known[1]  # another module already looked this socket up
-                continue
-            if side == 0:
-                key = (pkt.protocol, pkt.src_ip, pkt.src_port, pkt.dst_ip, pkt.dst_port)
+        if pkt is None:
+            return None
+        proto = pkt.protocol
+        if proto != IPPROTO_TCP and proto != IPPROTO_UDP:
+            return None
+        known = from_stash(sample.stash)
+        if sample.netns is not None:
+            src_local = dst_local = False
+        else:
+            src_local, dst_local = pkt.src_ip in self.local, pkt.dst_ip in self.local
+        src = dst = None
+        if known is not None:
+            self.stats["from_stash"] += 1
+            if known[0] == 0:
+                src, src_local = known[1], False
             else:
-                key = (pkt.protocol, pkt.dst_ip, pkt.dst_port, pkt.src_ip, pkt.src_port)
-            found[side] = self._socket(key, sample, side)
-        stash[STASH_KEY] = found
+                dst, dst_local = known[1], False
+        if src_local:
+            src = self._socket((proto, pkt.src_ip, pkt.src_port, pkt.dst_ip, pkt.dst_port))
+        if dst_local:
+            dst = self._socket((proto, pkt.dst_ip, pkt.dst_port, pkt.src_ip, pkt.src_port))
+        return src, dst
 
-    @staticmethod
-    def _from_stash(stash: dict[str, Any]) -> tuple[int, Owner] | None:
-        """(side, Owner) when the well-known socket keys are already in the stash (side 0: the
-        local socket is the packet's source)."""
-        local_src = stash.get(SOCKET_LOCAL_SRC)
-        if local_src is None:
-            return None
-        inode, cgroup_id = stash.get(SOCKET_INODE) or 0, stash.get(SOCKET_CGROUP_ID) or 0
-        if not (inode or cgroup_id):
-            return None
-        return (0 if local_src else 1), Owner(inode, cgroup_id)
-
-    def _socket(self, key: tuple[Any, ...], sample: FlowSample, side: int) -> Owner | None:
+    def _socket(self, key: tuple[Any, ...]) -> Owner | None:
+        """The local socket of ``key`` = (protocol, local ip, port, remote ip, port): from
+        the cache, else one exact lookup whose reply the kernel queued inside ``send()``."""
         now = self.clock()
         hit = self._cache.get(key)
         if hit is not None and hit[0] > now:
@@ -163,10 +187,10 @@ class Marker:
             self.stats["errors"] += 1
             return None
         if self.diag.has_held:
-            self.on_readable()  # replies for held samples read on the way
-        if reply is None:
-            self.stats["held"] += 1
-            self._pending[seq] = _Pending(key, sample, side, sample.hold("systemd"))
+            self.on_readable()  # late replies to earlier lookups, read on the way
+        if reply is None:  # not there yet: this end goes unmarked, the cache gets the reply
+            self.stats["late"] += 1
+            self._late[seq] = (key, now)
             return None
         sock = reply.sock  # owner_of(), inlined: this is the per-lookup path
         info = Owner(sock.inode, sock.cgroup_id or 0) if sock is not None else self._answer(reply)
@@ -187,7 +211,7 @@ class Marker:
         self._cache[key] = (now + (POSITIVE_TTL if info is not None else NEGATIVE_TTL), info)
 
     def on_readable(self) -> None:
-        """The sock_diag socket has replies for held samples: fill their stash, release them."""
+        """The sock_diag socket has late replies: put their answers in the cache."""
         if self.diag is None:
             return
         try:
@@ -197,38 +221,16 @@ class Marker:
             return
         self.stats["malformed"] += bad
         for reply in replies:
-            p = self._pending.pop(reply.seq, None)
-            if p is None:
-                continue
-            info = self._answer(reply)
-            self._remember(p.key, info, self.clock())
-            found = p.sample.stash.get(STASH_KEY)
-            if isinstance(found, list):
-                found[p.side] = info
-            p.hold.release()
+            late = self._late.pop(reply.seq, None)
+            if late is not None:
+                self._remember(late[0], self._answer(reply), self.clock())
 
     def expire(self, now: float) -> None:
-        """Drop stale cache entries and pending lookups whose samples were force-released."""
+        """Drop stale cache entries and late lookups that were never answered."""
         self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
-        for seq in [s for s, p in self._pending.items() if p.hold.done]:
-            del self._pending[seq]
+        self._late = {s: v for s, v in self._late.items() if v[1] > now - LATE_SECONDS}
 
-    # ------------------------------------------------------------ phase 2
-
-    def entities(self, sample: FlowSample) -> ExtendedEntities | None:
-        """The extended_entities record for a released sample, or None if neither end is a
-        known service."""
-        found = sample.stash.get(STASH_KEY)
-        if not found:
-            return None
-        src = self.service_of(found[0]) if found[0] is not None else None
-        dst = self.service_of(found[1]) if found[1] is not None else None
-        if src is None and dst is None:
-            return None
-        self.stats["marked"] += 1
-        return ExtendedEntities(
-            src_class=DS_LOGICAL if src else 0, src_index=src.source.ds_index if src else 0,
-            dst_class=DS_LOGICAL if dst else 0, dst_index=dst.source.ds_index if dst else 0)
+    # ------------------------------------------------------------ services
 
     def service_of(self, info: Owner) -> Service | None:
         """The service owning a socket: by cgroup id, else by inode among the services' fds."""

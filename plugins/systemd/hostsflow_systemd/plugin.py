@@ -2,7 +2,7 @@
 counters, and (``markTraffic = on``) sampled packets marked with the services at each end.
 
 Hooks: configure (cgroup mounts, sock_diag socket), start (the D-Bus task on the agent loop),
-data_sources / poll_counters (poll path), flow_sample / flow_sample_released (packet path),
+data_sources / poll_counters (poll path), flow_sample_released (packet path, phase 2),
 tick (cache expiry), final.
 """
 
@@ -163,13 +163,9 @@ class SystemdPlugin:
     # ------------------------------------------------------------ marking
 
     @hookimpl
-    def sflow_flow_sample(self, agent: Any, sample: FlowSample) -> None:
-        if self.marker is not None and len(self.table or ()):
-            self.marker.examine(sample)
-
-    @hookimpl
     def sflow_flow_sample_released(self, agent: Any, sample: FlowSample) -> None:
-        if self.marker is None:
+        # phase 2: the tcp module's lookup (phase 1) is in the stash by now
+        if self.marker is None or not len(self.table or ()):
             return
         rec = self.marker.entities(sample)
         if rec is not None:

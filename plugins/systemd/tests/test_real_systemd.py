@@ -349,6 +349,58 @@ def test_tcp_plugin_stash_is_used(harness, world):
     assert h.plugin.marker.stats["lookups"] == before
 
 
+def test_one_lookup_serves_tcp_and_systemd(world):
+    """tcp { } and markTraffic together on real frames (a client at 127.0.0.2 talking to
+    web-a at 127.0.0.1, which alone is the agent's address): the tcp module's lookup of the
+    service's socket (phase 1, in the stash) is the one marking uses; marking looks up only
+    the client's end, which the tcp module does not cover (127/8 is local to marking)."""
+    from hostsflow.host.interfaces import Interface, InterfaceTable
+    from hostsflow.sflow.records import ExtendedTcpInfo
+    from hostsflow_tcp.plugin import TcpPlugin
+
+    tcp, sd = TcpPlugin(), SystemdPlugin()
+    text = conf(world["um"]).replace("polling = 1", "polling = 1\n  tcp { }")
+    h = AgentHarness(text, plugins={"tcp": tcp, "systemd": sd},
+                     interfaces=InterfaceTable([Interface("lo", 1, addresses=["127.0.0.1"])]))
+    h.start()
+    h.plugin = sd
+    sn = LoopbackSniffer()
+    c = socket.socket()
+    try:
+        wait_for(h, lambda: len(sd.table) >= 3, 5)
+        a = sources(h)["web-a.service"].ds_index
+        port = world["ports"]["web-a"]
+        c.bind(("127.0.0.2", 0))
+        c.connect(("127.0.0.1", port))
+        c.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        frames = [f for f in sn.frames({port}, 6) if port in ports_of(f)]
+        c.recv(65536)
+        assert frames
+        h.sink.datagrams.clear()
+        fed = samples_from(frames)
+        h.feed(*fed)
+        h.flush()
+        out = h.flow_samples()
+        assert len(out) == len(frames)
+        for f, fs in zip(frames, out):
+            (e,) = [r for r in fs.records if isinstance(r, ExtendedEntities)]
+            assert [r for r in fs.records if isinstance(r, ExtendedTcpInfo)]
+            if ports_of(f)[1] == port:  # client -> web-a
+                assert (e.src_class, e.src_index, e.dst_class, e.dst_index) == (0, 0, 3, a)
+            else:
+                assert (e.src_class, e.src_index, e.dst_class, e.dst_index) == (3, a, 0, 0)
+        m = sd.marker.stats
+        assert m["from_stash"] == len(frames)  # the service's end: the tcp module's answer
+        assert tcp.stats["requests"] == 1  # one connection: one lookup, then reused
+        # marking's own lookups were for the client's end only (then cached)
+        assert m["lookups"] == 1 and m["lookups"] + m["cache_hits"] == len(frames)
+        assert {k[1] for k in sd.marker._cache} == {"127.0.0.2"}
+    finally:
+        c.close()
+        sn.close()
+        h.stop()
+
+
 def test_lookup_cost_with_10000_sockets(harness, world):
     """Median cost of marking one sample (sock_diag lookups of both local ends, cgroup-id map)
     with 10,000 sockets open on the host; uncached (each sample a new connection) and cached."""
@@ -375,23 +427,22 @@ def test_lookup_cost_with_10000_sockets(harness, world):
         for s in samples:  # decode the header outside the timing (the core does it once)
             assert s.packet is not None
         uncached = []
+        found = []
         for s in samples:
             t0 = time.perf_counter_ns()
-            marker.examine(s)
-            marker.entities(s)
+            marker.entities(s)  # phase 2: both ends looked up
             uncached.append(time.perf_counter_ns() - t0)
+            found += marker.owners(s)  # from the cache now
         again = [h.make_sample(tcp=t) for t in tuples]
         for s in again:
             assert s.packet is not None
         cached = []
         for s in again:
             t0 = time.perf_counter_ns()
-            marker.examine(s)
             marker.entities(s)
             cached.append(time.perf_counter_ns() - t0)
         # every socket was found (both ends local: two lookups per sample)
-        found = [x for s in samples for x in s.stash["systemd.sockets"]]
-        assert all(x is not None and x.inode for x in found)
+        assert len(found) == 2 * len(samples) and all(x is not None and x.inode for x in found)
         med_u, med_c = statistics.median(uncached) / 1000, statistics.median(cached) / 1000
         print(f"\nmarking cost per sample with {2 * len(conns) + 1} sockets open: "
               f"median {med_u:.1f} us uncached (2 sock_diag lookups), {med_c:.1f} us cached; "

@@ -161,7 +161,7 @@ def test_marker_lookup_finds_cgroup_id_and_inode():
     cached per 5-tuple."""
     if os.geteuid() != 0:
         pytest.skip("sock_diag of other users' sockets needs root")
-    from hostsflow_systemd.marking import STASH_KEY, Marker, Owner
+    from hostsflow_systemd.marking import Marker, Owner
     from hostsflow_systemd.services import ServiceTable
 
     ch = DiagChannel()
@@ -179,24 +179,23 @@ def test_marker_lookup_finds_cgroup_id_and_inode():
     u.bind(("::1", 0))
     try:
         s = h.make_sample(tcp=("127.0.0.1", c.getsockname()[1], "127.0.0.1", srv.getsockname()[1]))
-        marker.examine(s)
-        src, dst = s.stash[STASH_KEY]
+        src, dst = marker.owners(s)
         assert not s.held and marker.stats["lookups"] == 2
         assert src.inode == os.fstat(c.fileno()).st_ino and dst.inode == os.fstat(a.fileno()).st_ino
         m = CgroupMounts.read()
         if m.v2 is not None:
             mine = Path("/proc/self/cgroup").read_text().split("0::", 1)[1].split()[0]
             assert src.cgroup_id == dst.cgroup_id == m.cgroup_id(mine)
-        marker.examine(h.make_sample(tcp=("127.0.0.1", c.getsockname()[1],
-                                          "127.0.0.1", srv.getsockname()[1])))
+        again = marker.owners(h.make_sample(tcp=("127.0.0.1", c.getsockname()[1],
+                                                 "127.0.0.1", srv.getsockname()[1])))
+        assert again == (src, dst)
         assert marker.stats["lookups"] == 2 and marker.stats["cache_hits"] == 2
         s = h.make_sample(udp=("::1", 9, "::1", u.getsockname()[1]))
-        marker.examine(s)
-        assert s.stash[STASH_KEY] == [None, Owner(os.fstat(u.fileno()).st_ino, src.cgroup_id)]
+        assert marker.owners(s) == (None, Owner(os.fstat(u.fileno()).st_ino, src.cgroup_id))
         s = h.make_sample(tcp=("127.0.0.1", 1, "127.0.0.2", 2))
-        marker.examine(s)
-        assert s.stash[STASH_KEY] == [None, None] and not s.held
-        assert marker.stats["malformed"] == marker.stats["errors"] == marker.stats["held"] == 0
+        assert marker.owners(s) == (None, None) and not s.held
+        assert marker.owners(h.make_sample(tcp=("10.9.9.9", 1, "10.9.9.8", 2))) == (None, None)
+        assert marker.stats["malformed"] == marker.stats["errors"] == marker.stats["late"] == 0
     finally:
         for x in (a, c, srv, u):
             x.close()
@@ -204,25 +203,32 @@ def test_marker_lookup_finds_cgroup_id_and_inode():
 
 
 def test_marker_uses_the_stash_side_given_by_socket_local_src():
-    """A socket another module put in the stash is used for the end SOCKET_LOCAL_SRC names;
-    the other local end is still looked up (here: no diag channel, so nothing found)."""
-    from hostsflow.samples import SOCKET_CGROUP_ID, SOCKET_INODE, SOCKET_LOCAL_SRC
-    from hostsflow_systemd.marking import STASH_KEY, Marker, Owner
+    """A socket another module put in the stash is used for the end SOCKET_LOCAL_SRC names,
+    also when that module found no socket there (SOCKET_LOOKED_UP alone); the other local end
+    is still looked up (here: no diag channel, so nothing found)."""
+    from hostsflow.samples import SOCKET_CGROUP_ID, SOCKET_INODE, SOCKET_LOCAL_SRC, SOCKET_LOOKED_UP
+    from hostsflow_systemd.marking import Marker, Owner, from_stash
     from hostsflow_systemd.services import ServiceTable
 
     table = ServiceTable(CgroupMounts.parse(""), ["system.slice"], lambda: HOST, lambda: None)
     marker = Marker(table, lambda: 0.0, None)
     marker.local.update([], 1)
     h = AgentHarness  # make_sample only
-    for local_src, want in ((True, [Owner(7, 9), None]), (False, [None, Owner(7, 9)])):
+    for local_src, want in ((True, (Owner(7, 9), None)), (False, (None, Owner(7, 9)))):
         s = h.make_sample(tcp=("127.0.0.1", 1000, "127.0.0.1", 2000))
         s.stash.update({SOCKET_INODE: 7, SOCKET_CGROUP_ID: 9, SOCKET_LOCAL_SRC: local_src})
-        marker.examine(s)
-        assert s.stash[STASH_KEY] == want
+        assert marker.owners(s) == want
+    assert marker.stats["from_stash"] == 2
     s = h.make_sample(tcp=("127.0.0.1", 1000, "127.0.0.1", 2000))
     s.stash.update({SOCKET_INODE: 7, SOCKET_CGROUP_ID: 9})  # which end? unknown: not used
-    marker.examine(s)
-    assert s.stash[STASH_KEY] == [None, None]
+    assert marker.owners(s) == (None, None) and marker.stats["from_stash"] == 2
+    # looked up, no socket: that end is settled; without SOCKET_LOOKED_UP it is not
+    assert from_stash({SOCKET_LOCAL_SRC: False, SOCKET_LOOKED_UP: True}) == (1, None)
+    assert from_stash({SOCKET_LOCAL_SRC: False}) is None
+    # a sample from another namespace: only the stash counts, nothing is looked up there
+    s = h.make_sample(tcp=("127.0.0.1", 1000, "127.0.0.1", 2000), netns="/var/run/netns/x")
+    s.stash.update({SOCKET_INODE: 7, SOCKET_CGROUP_ID: 9, SOCKET_LOCAL_SRC: True})
+    assert marker.owners(s) == (Owner(7, 9), None)
 
 
 def _run_without_systemd(bus: str, seconds: float):
