@@ -42,16 +42,15 @@ STATES_ALL = 0xFFFFFFFF
 NOCOOKIE = 0xFFFFFFFFFFFFFFFF
 
 _NLMSGHDR = struct.Struct("=IHHII")
-_PORTS = struct.Struct("!HH")
-#: nlmsghdr + inet_diag_req_v2 (family, protocol, ext, pad, states, then the sockid: ports as
-#: packed by _PORTS, src[16], dst[16], if, cookie)
-_REQUEST = struct.Struct("=IHHIIBBBxI4s16s16sIQ")
+#: nlmsghdr + inet_diag_req_v2 (family, protocol, ext, pad, states, then the sockid: sport and
+#: dport in network order (given through htons), src[16], dst[16], if, cookie)
+_REQUEST = struct.Struct("=IHHIIBBBxIHH16s16sIQ")
 #: inet_diag_msg in two reads: family, state, timer, retrans, sport, dport (ports big-endian) ...
 _MSG_HEAD = struct.Struct("!BBBBHH")
 #: ... then src[16], dst[16], if, cookie, expires, rqueue, wqueue, uid, inode (native order)
 _MSG_REST = struct.Struct("=16s16sIQIIIII")
 _AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
-_ntop, _pton = socket.inet_ntop, socket.inet_pton
+_ntop, _pton, _htons = socket.inet_ntop, socket.inet_pton, socket.htons
 _RTA = struct.Struct("=HH")
 _ERRNO = struct.Struct("=i")
 _U64 = struct.Struct("=Q")
@@ -136,6 +135,23 @@ class Reply:
     done: bool = False
 
 
+#: family -> address text -> packed; flows repeat addresses, and packing costs more than a lookup
+_PACKED: dict[int, dict[str, bytes]] = {_AF_INET: {}, _AF_INET6: {}}
+_PACKED_MAX = 8192
+
+
+def _packed(family: int, addr: str) -> bytes:
+    cache = _PACKED.get(family)
+    p = cache.get(addr) if cache is not None else None
+    if p is None:
+        p = _pton(family, addr)  # OSError for a bad address or family
+        if cache is not None:
+            if len(cache) >= _PACKED_MAX:
+                cache.clear()
+            cache[addr] = p
+    return p
+
+
 def build_request(
     seq: int,
     family: int,
@@ -157,8 +173,8 @@ def build_request(
     flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else 0)
     return _REQUEST.pack(
         NLMSGHDR_LEN + REQ_LEN, SOCK_DIAG_BY_FAMILY, flags, seq, 0,
-        family, protocol, ext, states,
-        _PORTS.pack(sport, dport), _pton(family, src), _pton(family, dst),  # "16s" zero-pads v4
+        family, protocol, ext, states, _htons(sport), _htons(dport),
+        _packed(family, src), _packed(family, dst),  # "16s" zero-pads an IPv4 address
         ifindex, NOCOOKIE,
     )
 
