@@ -328,25 +328,21 @@ class Agent:
     def take_samples(self, samples: Iterable[FlowSample]) -> None:
         """Hand the core a batch of sampled packets (called by capture plugins per read batch)."""
         phase1, released = self._phase1, self._released
-        self.exporter.hold_sends()  # the batch's datagrams leave together, in one system call
-        try:
-            if not phase1 and not self._phase2:
-                n = self._encode_all(samples)
-            else:
-                n = 0
-                for s in samples:
-                    n += 1
-                    if phase1:
-                        for fn in phase1:
-                            fn(s)
-                        if s._holds:
-                            s._on_released = released
-                            self._held.append((self.clock() + self.hold_timeout, s))
-                            self._arm_hold_timer()
-                            continue
-                    released(s)
-        finally:
-            self.exporter.release_sends()
+        if not phase1 and not self._phase2:
+            n = self._encode_all(samples)
+        else:
+            n = 0
+            for s in samples:
+                n += 1
+                if phase1:
+                    for fn in phase1:
+                        fn(s)
+                    if s._holds:
+                        s._on_released = released
+                        self._held.append((self.clock() + self.hold_timeout, s))
+                        self._arm_hold_timer()
+                        continue
+                released(s)
         self.health.count("flow_samples_taken", n)
 
     def _encode_all(self, samples: Iterable[FlowSample]) -> int:

@@ -15,7 +15,6 @@ import attrs
 import structlog
 
 from ..logsetup import OnceLog
-from . import mmsg
 from .datagram import DatagramHeader, encode_datagram
 
 MAX_SAMPLES = 64
@@ -48,8 +47,6 @@ class Exporter:
     size: int = HEADER_ROOM
     datagrams: int = 0
     samples: int = 0
-    #: finished datagrams kept back while a capture batch is encoded (None: send at once)
-    outbox: list[bytes] | None = None
 
     def __attrs_post_init__(self) -> None:
         self.started = self.clock()
@@ -76,28 +73,7 @@ class Exporter:
         self.pending = []
         self.size = HEADER_ROOM
         self.datagrams += 1
-        if self.outbox is not None:
-            self.outbox.append(data)
-        else:
-            self.sink.send(data)
-
-    def hold_sends(self) -> None:
-        """Keep finished datagrams back until :meth:`release_sends` (the agent does this around
-        a capture batch, so that a batch's datagrams leave in one system call)."""
-        if self.outbox is None:
-            self.outbox = []
-
-    def release_sends(self) -> None:
-        """Send the datagrams kept back since :meth:`hold_sends`, in order."""
-        outbox, self.outbox = self.outbox, None
-        if not outbox:
-            return
-        send_many = getattr(self.sink, "send_many", None)
-        if send_many is not None:
-            send_many(outbox)
-        else:
-            for data in outbox:
-                self.sink.send(data)
+        self.sink.send(data)
 
     def restart(self, agent_address: str) -> None:
         """A new agent address: flush, then start a new stream (sequence and uptime from 0)."""
@@ -195,47 +171,6 @@ class UdpSender:
             if c.faulty:  # the fault is over: the next one is logged again
                 c.faulty = False
                 self.once.clear(c.key)
-
-    def send_many(self, datagrams: list[bytes]) -> None:
-        """Send several datagrams to every collector: one ``sendmmsg`` call per collector (per
-        1024 datagrams).  A collector that refuses part of them is handled as in :meth:`send`
-        (counted, logged once, retried later); the rest of the batch is not sent to it."""
-        if not mmsg.AVAILABLE or len(datagrams) == 1:
-            for data in datagrams:
-                self.send(data)
-            return
-        for c in self.collectors:
-            for start in range(0, len(datagrams), mmsg.MAX_BATCH):
-                chunk = datagrams[start:start + mmsg.MAX_BATCH]
-                if not self._send_chunk(c, chunk):
-                    break
-
-    def _send_chunk(self, c: Collector, chunk: list[bytes]) -> bool:
-        sock = c.sock
-        if sock is None:
-            now = self.clock()
-            if now < c.retry_at:
-                return False
-            if not self._open(c):
-                c.retry_at, c.faulty = now + self.RETRY_SECONDS, True
-                return False
-            sock = c.sock
-        try:
-            n = mmsg.sendmmsg(sock.fileno(), chunk)  # type: ignore[union-attr]
-            error = None if n == len(chunk) else f"sendmmsg took {n} of {len(chunk)} datagrams"
-        except OSError as exc:
-            n, error = 0, str(exc)
-        self.sent += n
-        if error is not None:  # e.g. ICMP port unreachable: sendmmsg stops and drops the errno
-            self.errors += 1
-            self.once.warn(c.key, "collector_send_failed", error=error)
-            sock.close()  # type: ignore[union-attr]
-            c.sock, c.retry_at, c.faulty = None, self.clock() + self.RETRY_SECONDS, True
-            return False
-        if c.faulty:
-            c.faulty = False
-            self.once.clear(c.key)
-        return True
 
     def close(self) -> None:
         for c in self.collectors:
