@@ -100,6 +100,8 @@ def main() -> None:
     idle = load(os.path.join(d, "idle.json"))
     idle_all = load(os.path.join(d, "idle_all.json"))
     lat = load(os.path.join(d, "latency.json"))
+    before = load(os.path.join(d, "results-before.jsonl")) or []
+    pipe_before = load(os.path.join(d, "pipeline-before.json"))
 
     L = ["# Benchmark results", "",
          f"Written by `bench/run.sh` (bench/report.py) on "
@@ -117,6 +119,31 @@ def main() -> None:
     if rows:
         L += ["## Rig sweep: hostsflow (pcap plugin, counters on) against pmacctd", ""]
         found = rig_section(rows, L)
+
+    if before and rows:
+        old = {(r["label"], r["target_pps"]): r for r in before}
+        label_path = os.path.join(d, "results-before.label")
+        label = open(label_path).read().strip() if os.path.exists(label_path) else "an earlier run"
+        L += ["### Effect of the optimisations", "",
+              f"\"before\" = {label}.  The two runs saw different foreign load on this shared "
+              "machine (see the foreign CPU column of each run): per-sample figures move with it, "
+              "the ratio to pmacctd of the same run is the fairer comparison.", "",
+              "| N | offered pps (target) | us / sample before | after | pmacctd before | after "
+              "| ratio before | after |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            if not r["label"].startswith("hostsflow") or r["target_pps"] == "idle":
+                continue
+            n, rate = r["sampling"], r["target_pps"]
+            o = old.get((r["label"], rate))
+            po, pn = old.get((f"pmacctd-n{n}", rate)), found.get((n, rate), (None, None, None))[1]
+            if not o:
+                continue
+            rb = o["us_per_sample"] / po["us_per_sample"] if po and po.get("us_per_sample") else None
+            ra = found.get((n, rate), (None, None, None))[2]
+            L.append(f"| {n} | {'gen max' if rate == 0 else f'{rate:,}'} | {fmt(o.get('us_per_sample'))} "
+                     f"| {fmt(r.get('us_per_sample'))} | {fmt(po.get('us_per_sample') if po else None)} "
+                     f"| {fmt(pn.get('us_per_sample') if pn else None)} | {fmt(rb)} | {fmt(ra)} |")
+        L.append("")
 
     # ---------------------------------------------------------------- targets
     t: list[tuple[str, str, str, bool | None]] = []
@@ -198,8 +225,10 @@ def main() -> None:
         L += ["## In-process per-sample path (bench/pipeline.py)", "",
               "Ring batch -> FlowSample -> hooks -> encode -> UDP send, no kernel capture; best of "
               "several runs, process CPU time.", "", "| variant | us / sample |", "|---|---:|"]
+        if pipe_before:
+            L[-2:] = ["| variant | us / sample before | after |", "|---|---:|---:|"]
         for k, v in pipe.items():
-            L.append(f"| {k} | {v} |")
+            L.append(f"| {k} | {pipe_before.get(k, '-')} | {v} |" if pipe_before else f"| {k} | {v} |")
         L.append("")
     if prof:
         L += ["## Profile of the per-sample path (py-spy on the running agent)", "",
@@ -213,6 +242,9 @@ def main() -> None:
         L += ["", "| inclusive % | function |", "|---:|---|"]
         L += [f"| {v} | `{k}` |" for k, v in prof["inclusive"][:12]]
         L.append("")
+    notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "analysis.md")
+    if os.path.exists(notes):
+        L += [open(notes).read().rstrip(), ""]
     with open(a.results, "w") as f:
         f.write("\n".join(L) + "\n")
 
