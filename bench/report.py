@@ -240,7 +240,8 @@ def main() -> None:
               "| own time % | function |", "|---:|---|"]
         L += [f"| {v} | `{k}` |" for k, v in prof["own"]]
         L += ["", "| inclusive % | function |", "|---:|---|"]
-        L += [f"| {v} | `{k}` |" for k, v in prof["inclusive"][:12]]
+        # frames under which nearly everything runs (runpy, the event loop) say nothing
+        L += [f"| {v} | `{k}` |" for k, v in prof["inclusive"] if v < 95][:12]
         L.append("")
     notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "analysis.md")
     if os.path.exists(notes):
