@@ -90,7 +90,11 @@ def test_status_of_a_real_agent_counts_undelivered_datagrams(tmp_path):
         assert counters["datagrams"] >= 6
         # every datagram went to the good collector; the dead one refused or was skipped
         assert counters["datagrams_delivered"] >= counters["datagrams"]
-        assert counters["dropped.undelivered"] >= counters["datagrams"] - 1
+        # UDP: the first datagram on each new socket to the closed port leaves without an
+        # error (the ICMP refusal fails the *next* send), and the socket is re-opened every
+        # 7 s, so one datagram per 7 s looks delivered
+        looks_delivered = 1 + counters["datagrams"] // 7 + 1
+        assert counters["dropped.undelivered"] >= counters["datagrams"] - looks_delivered
         final = [json.loads(line) for line in agent.log().splitlines()
                  if line.startswith("{") and '"stopped"' in line]
         assert final and final[0]["datagrams"] == len(good.raw)

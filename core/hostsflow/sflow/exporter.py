@@ -20,6 +20,7 @@ from .datagram import DatagramHeader, encode_datagram
 MAX_SAMPLES = 64
 HEADER_ROOM = 40  # an IPv6 datagram header; IPv4 needs 28
 SNDBUF = 2_000_000
+RECOVERED_AFTER = 2  # good sends in a row before a collector fault counts as over
 
 log = structlog.get_logger("hostsflow.exporter")
 
@@ -93,7 +94,8 @@ class Collector:
     sock: socket.socket | None = None
     addr: tuple | None = None  # type: ignore[type-arg]
     retry_at: float = 0.0
-    faulty: bool = False  #: a fault was logged and has not been followed by a good send yet
+    faulty: bool = False  #: a fault was logged and has not been followed by good sends yet
+    good_sends: int = 0  #: sends that went through since the last fault
 
     @property
     def key(self) -> str:
@@ -156,7 +158,7 @@ class UdpSender:
                 if now < c.retry_at:
                     continue
                 if not self._open(c):  # retry from the failed attempt, not from every send
-                    c.retry_at, c.faulty = now + self.RETRY_SECONDS, True
+                    c.retry_at, c.faulty, c.good_sends = now + self.RETRY_SECONDS, True, 0
                     continue
                 sock = c.sock
             try:
@@ -166,11 +168,17 @@ class UdpSender:
                 self.once.warn(c.key, "collector_send_failed", error=str(exc))
                 sock.close()  # type: ignore[union-attr]
                 c.sock, c.retry_at, c.faulty = None, self.clock() + self.RETRY_SECONDS, True
+                c.good_sends = 0
                 continue
             self.sent += 1
-            if c.faulty:  # the fault is over: the next one is logged again
-                c.faulty = False
-                self.once.clear(c.key)
+            if c.faulty:
+                # A closed port refuses only the *next* send on a connected socket (the ICMP
+                # error arrives late), so one good send proves nothing: the fault is over, and
+                # the next one is logged again, once a second send went through as well.
+                c.good_sends += 1
+                if c.good_sends >= RECOVERED_AFTER:
+                    c.faulty, c.good_sends = False, 0
+                    self.once.clear(c.key)
 
     def close(self) -> None:
         for c in self.collectors:
