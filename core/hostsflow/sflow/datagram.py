@@ -90,6 +90,27 @@ def encode_flow_sample(seq: int, sample: "FlowSample") -> bytes:
                 _SH_TAG, rec_len, rec.protocol, rec.frame_length, rec.stripped, n),
             hdr, _ZERO_PAD[n & 3],
         ))
+    if records and type(records[0]) is SampledHeader:
+        # sampled_header first, then other records (tcp_info, entities...): the head and the
+        # sampled_header's fixed part in one pack, precompiled packs for fixed-size records.
+        rec = records[0]
+        hdr = rec.header
+        n = len(hdr)
+        sh_len = 16 + n + (-n & 3)
+        parts: list[bytes] = [b"", hdr, _ZERO_PAD[n & 3]]
+        body_len = _FLOW_FIXED + 8 + sh_len
+        for rec2 in records[1:]:
+            whole = getattr(type(rec2), "_encode_whole", None)
+            enc = rec2.encode() if whole is None else whole(rec2)
+            body_len += len(enc)
+            parts.append(enc)
+        parts[0] = _FLOW_HEAD_SH.pack(
+            SAMPLE_FLOW_EXPANDED, body_len, seq & U32,
+            src.ds_class, src.ds_index, sample.sampling_rate, sample.sample_pool & U32,
+            sample.drops & U32, inp >> 30 & 3, inp & IFINDEX_MASK,
+            out >> 30 & 3, out & IFINDEX_MASK, len(records),
+            _SH_TAG, sh_len, rec.protocol, rec.frame_length, rec.stripped, n)
+        return b"".join(parts)
     encoded = [_encode_flow_record(rec) for rec in records]
     body_len = _FLOW_FIXED + sum(map(len, encoded))
     head = _FLOW_HEAD.pack(
@@ -101,7 +122,8 @@ def encode_flow_sample(seq: int, sample: "FlowSample") -> bytes:
 
 
 def _encode_flow_record(rec: Record) -> bytes:
-    """A whole flow record; sampled_header without the generic codec's overhead."""
+    """A whole flow record; sampled_header and all-fixed-size records (one precompiled pack,
+    ``Record._encode_whole``) without the generic codec's overhead."""
     if type(rec) is SampledHeader:
         hdr = rec.header
         n = len(hdr)
@@ -109,7 +131,8 @@ def _encode_flow_record(rec: Record) -> bytes:
             _SH_HEAD.pack(_SH_TAG, 16 + n + (-n & 3), rec.protocol, rec.frame_length,
                           rec.stripped, n),
             hdr, _ZERO_PAD[n & 3]))
-    return rec.encode()
+    whole = getattr(type(rec), "_encode_whole", None)
+    return rec.encode() if whole is None else whole(rec)  # type: ignore[no-any-return]
 
 
 def encode_counter_sample(seq: int, source: DataSource, records: Sequence[Record]) -> bytes:

@@ -16,7 +16,9 @@ from typing import Any, ClassVar, TypeVar
 
 import attrs
 
-from .xdr import XdrError, compile_codec, f32, fixed_opaque, i32, opaque, string, u32, u64
+from .xdr import (
+    XdrError, compile_codec, compile_whole, f32, fixed_opaque, i32, opaque, string, u32, u64,
+)
 
 FLOW = "flow"
 COUNTER = "counter"
@@ -35,6 +37,8 @@ class Record:
     format: ClassVar[int]
     _encode: ClassVar[Any]
     _decode: ClassVar[Any]
+    #: the whole record (tag, length, body) in one pack, for all-fixed-size classes; else None
+    _encode_whole: ClassVar[Any] = None
 
     @classmethod
     def tag(cls) -> int:
@@ -66,6 +70,9 @@ def _register(kind: str, enterprise: int, fmt: int, cls: type) -> type:
         enc, dec, _ = compile_codec(cls)
         cls._encode = staticmethod(enc)
         cls._decode = staticmethod(dec)
+    generic = cls.encode_body is Record.encode_body and cls.encode is Record.encode
+    whole = compile_whole(cls, cls.tag()) if generic else None
+    cls._encode_whole = None if whole is None else staticmethod(whole)
     key = (kind, enterprise, fmt)
     if key in REGISTRY and REGISTRY[key].__qualname__ != cls.__qualname__:
         raise ValueError(f"{kind} record {enterprise}:{fmt} is already {REGISTRY[key].__name__}")

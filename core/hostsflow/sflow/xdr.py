@@ -162,6 +162,26 @@ def compile_codec(cls: type) -> tuple[Encoder, Decoder, int | None]:
     return encode, decode, None
 
 
+def compile_whole(cls: type, tag: int) -> Encoder | None:
+    """For a record class whose fields are all fixed size: ``encode(obj) -> bytes`` of the
+    whole record (tag, body length, body) in one precompiled pack, the same bytes as the
+    generic ``tag + length + encode_body()``.  None for classes with variable-length fields.
+
+    Called once per class when it is registered; the result runs on the packet path."""
+    segments = _split_segments(cls)
+    if len(segments) != 1 or segments[0][0] != "fixed":
+        return None
+    st, names = segments[0][1]
+    pack = struct.Struct(">II" + st.format.lstrip(">")).pack
+    getter = attrs_getter(names)
+    size = st.size
+
+    def encode_whole(obj: Any) -> bytes:
+        return pack(tag, size, *getter(obj))
+
+    return encode_whole
+
+
 def attrs_getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
     """A fast getter returning the named attributes as a tuple."""
     from operator import attrgetter
