@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import attrs
 
@@ -94,10 +94,19 @@ class CgroupMounts:
         root = self.v1.get(controller)
         return root / cgroup.lstrip("/") if root is not None else None
 
+    def v2_path(self, cgroup: str) -> str | None:
+        """:meth:`v2_dir` as a plain string (the per-poll readers use strings, not Paths)."""
+        return f"{self.v2}/{cgroup.strip('/')}" if self.v2 is not None else None
+
+    def v1_path(self, controller: str, cgroup: str) -> str | None:
+        """:meth:`v1_dir` as a plain string."""
+        root = self.v1.get(controller)
+        return f"{root}/{cgroup.strip('/')}" if root is not None else None
+
     def cgroup_id(self, cgroup: str) -> int:
         """Inode of the cgroup2 directory (= INET_DIAG_CGROUP_ID of sockets its processes
         create); 0 without cgroup v2 or if the group is gone."""
-        d = self.v2_dir(cgroup)
+        d = self.v2_path(cgroup)
         if d is None:
             return 0
         try:
@@ -105,59 +114,104 @@ class CgroupMounts:
         except OSError:
             return 0
 
-    def pids(self, cgroup: str) -> list[int] | None:
+    def procs_files(self, cgroup: str) -> tuple[str, ...]:
+        """The cgroup.procs files :meth:`pids` tries, in order (v2, then v1 name=systemd)."""
+        dirs = (self.v2_path(cgroup), self.v1_path("systemd", cgroup))
+        return tuple(f"{d}/cgroup.procs" for d in dirs if d is not None)
+
+    def pids(self, cgroup: str, files: tuple[str, ...] | None = None) -> list[int] | None:
         """PIDs in the group (v2 cgroup.procs, else the v1 name=systemd one); None if the group
-        does not exist in either hierarchy."""
-        for d in (self.v2_dir(cgroup), self.v1_dir("systemd", cgroup)):
-            if d is None:
+        does not exist in either hierarchy.  ``files``: :meth:`procs_files` computed once."""
+        for path in files if files is not None else self.procs_files(cgroup):
+            data = read_bytes(path)
+            if data is None:
                 continue
             try:
-                with open(d / "cgroup.procs") as f:
-                    return [int(x) for x in f.read().split()]
-            except (OSError, ValueError):
+                return [int(x) for x in data.split()]
+            except ValueError:
                 continue
         return None
 
 
-def read_keyed(path: Path | None) -> dict[str, int] | None:
-    """``key value`` lines (cpu.stat, memory.stat, cpuacct.stat) -> dict; None if unreadable."""
+def read_bytes(path: str | Path | None) -> bytes | None:
+    """The whole of a small procfs/sysfs file, or None if it cannot be read.  os.open/os.read:
+    no buffered file object per read (these files are read for every service at every poll)."""
     if path is None:
         return None
     try:
-        with open(path) as f:
-            out = {}
-            for line in f:
-                k, _, v = line.partition(" ")
-                try:
-                    out[k] = int(v)
-                except ValueError:
-                    continue
-            return out
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if len(chunk) < 4096:  # procfs/sysfs hand a small file over in one read
+                break
+        return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
-def read_int(path: Path | None) -> int | None:
+def keyed_value(data: bytes, key: bytes, sep: bytes = b" ") -> int | None:
+    """The integer after ``key`` + ``sep`` at the start of a line of ``data`` (a unit after it
+    is ignored); None if absent or not an integer (picks one line out of memory.stat without parsing all of it)."""
+    tag = key + sep
+    if data.startswith(tag):
+        i = len(tag)
+    else:
+        i = data.find(b"\n" + tag)
+        if i < 0:
+            return None
+        i += len(tag) + 1
+    j = data.find(b"\n", i)
+    try:
+        return int((data[i:] if j < 0 else data[i:j]).split(None, 1)[0])  # "16318432 kB"
+    except (ValueError, IndexError):
+        return None
+
+
+def parse_keyed(data: bytes, sep: bytes = b" ") -> dict[str, int]:
+    """``key<sep>value`` lines -> dict (lines whose value is not an integer are skipped)."""
+    out = {}
+    for line in data.split(b"\n"):
+        k, _, v = line.partition(sep)
+        try:
+            out[k.decode()] = int(v)
+        except (ValueError, UnicodeDecodeError):
+            continue
+    return out
+
+
+def read_keyed(path: str | Path | None) -> dict[str, int] | None:
+    """``key value`` lines (cpu.stat, memory.stat, cpuacct.stat) -> dict; None if unreadable."""
+    data = read_bytes(path)
+    return parse_keyed(data) if data is not None else None
+
+
+def read_int(path: str | Path | None) -> int | None:
     """A file holding one integer (memory.current); None if missing or ``max``."""
-    if path is None:
+    data = read_bytes(path)
+    if data is None:
         return None
     try:
-        with open(path) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
+        return int(data)
+    except ValueError:
         return None
 
 
 def mem_total() -> int:
     """Host MemTotal in bytes (maxMemory when the group has no limit)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+    data = read_bytes("/proc/meminfo")
+    if data is None:
+        return 0
+    kb = keyed_value(data, b"MemTotal:", b"")
+    return kb * 1024 if kb is not None else 0
 
 
 # ---------------------------------------------------------------- per-process fallbacks
@@ -165,45 +219,40 @@ def mem_total() -> int:
 
 def proc_cpu_ticks(pid: int) -> int | None:
     """utime+stime+cutime+cstime (fields 14-17 of /proc/PID/stat) in USER_HZ ticks."""
+    data = read_bytes(f"/proc/{pid}/stat")
+    if data is None:
+        return None
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            data = f.read()
-        fields = data[data.rindex(")") + 2 :].split()
+        fields = data[data.rindex(b")") + 2 :].split()
         return sum(int(x) for x in fields[11:15])
-    except (OSError, ValueError, IndexError):
+    except (ValueError, IndexError):
         return None
 
 
 def proc_rss(pid: int) -> int | None:
     """Resident bytes from /proc/PID/statm."""
+    data = read_bytes(f"/proc/{pid}/statm")
+    if data is None:
+        return None
     try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * PAGE_SIZE
-    except (OSError, ValueError, IndexError):
+        return int(data.split()[1]) * PAGE_SIZE
+    except (ValueError, IndexError):
         return None
 
 
 def proc_io(pid: int) -> tuple[int, int, int, int] | None:
     """(syscr, read_bytes, syscw, write_bytes) from /proc/PID/io (root only)."""
-    d = read_keyed_colon(f"/proc/{pid}/io")
-    if d is None:
+    data = read_bytes(f"/proc/{pid}/io")
+    if data is None:
         return None
-    return (d.get("syscr", 0), d.get("read_bytes", 0), d.get("syscw", 0), d.get("write_bytes", 0))
+    return tuple(keyed_value(data, k, b":") or 0  # type: ignore[return-value]
+                 for k in (b"syscr", b"read_bytes", b"syscw", b"write_bytes"))
 
 
 def read_keyed_colon(path: str) -> dict[str, int] | None:
-    try:
-        with open(path) as f:
-            out = {}
-            for line in f:
-                k, _, v = line.partition(":")
-                try:
-                    out[k] = int(v)
-                except ValueError:
-                    continue
-            return out
-    except OSError:
-        return None
+    """``key: value`` lines (/proc/PID/io) -> dict; None if unreadable."""
+    data = read_bytes(path)
+    return parse_keyed(data, b":") if data is not None else None
 
 
 class DeltaAccumulator:
@@ -214,7 +263,7 @@ class DeltaAccumulator:
         self.total = [0] * width
         self._last: dict[int, tuple[int, ...]] = {}
 
-    def update(self, values: dict[int, tuple[int, ...]]) -> list[int]:
+    def update(self, values: Mapping[int, tuple[int, ...]]) -> list[int]:
         for pid, vals in values.items():
             prev = self._last.get(pid)
             for i, v in enumerate(vals):
@@ -248,7 +297,8 @@ class Usage:
 
 class ServiceAccounting:
     """Reads one service's cgroup accounting with the v2 -> v1 -> /proc fallback chain.
-    Keeps the per-process accumulators between polls."""
+    Keeps the per-process accumulators between polls.  The file names are worked out once
+    (plain strings); each poll opens only the files of the chain up to the first that answers."""
 
     def __init__(self, mounts: CgroupMounts, cgroup: str, allow_proc_io: bool = True) -> None:
         self.mounts = mounts
@@ -256,6 +306,22 @@ class ServiceAccounting:
         self.allow_proc_io = allow_proc_io
         self._cpu = DeltaAccumulator(1)
         self._io = DeltaAccumulator(4)
+        v2 = mounts.v2_path(cgroup)
+        cpuacct = mounts.v1_path("cpuacct", cgroup)
+        # v1 memory and blkio are not read for the root group (hsflowd does the same)
+        below_root = bool(cgroup.strip("/"))
+        memory = mounts.v1_path("memory", cgroup) if below_root else None
+        blkio = mounts.v1_path("blkio", cgroup) if below_root else None
+        self._v2_cpu_stat = f"{v2}/cpu.stat" if v2 else None
+        self._v2_mem_current = f"{v2}/memory.current" if v2 else None
+        self._v2_mem_max = f"{v2}/memory.max" if v2 else None
+        self._v2_io_stat = f"{v2}/io.stat" if v2 else None
+        self._v1_cpuacct_usage = f"{cpuacct}/cpuacct.usage" if cpuacct else None
+        self._v1_cpuacct_stat = f"{cpuacct}/cpuacct.stat" if cpuacct else None
+        self._v1_mem_stat = f"{memory}/memory.stat" if memory else None
+        self._v1_mem_limit = f"{memory}/memory.limit_in_bytes" if memory else None
+        self._v1_blkio_bytes = f"{blkio}/blkio.io_service_bytes_recursive" if blkio else None
+        self._v1_blkio_ios = f"{blkio}/blkio.io_serviced_recursive" if blkio else None
 
     def read(self, pids: Iterable[int], host_mem: int) -> Usage:
         pids = list(pids)
@@ -266,18 +332,17 @@ class ServiceAccounting:
         return u
 
     def _read_cpu(self, u: Usage, pids: list[int]) -> None:
-        m, cg = self.mounts, self.cgroup
-        stat = read_keyed(m.v2_dir(cg) / "cpu.stat") if m.v2 is not None else None
-        if stat and "usage_usec" in stat:
-            u.cpu_ms, u.cpu_source = stat["usage_usec"] // 1000, "cgroup2 cpu.stat"
+        data = read_bytes(self._v2_cpu_stat)
+        usec = keyed_value(data, b"usage_usec") if data else None
+        if usec is not None:
+            u.cpu_ms, u.cpu_source = usec // 1000, "cgroup2 cpu.stat"
             return
-        d = m.v1_dir("cpuacct", cg)
-        if d is not None and d.is_dir():
-            ns = read_int(d / "cpuacct.usage")
+        if self._v1_cpuacct_usage is not None:
+            ns = read_int(self._v1_cpuacct_usage)
             if ns is not None:
                 u.cpu_ms, u.cpu_source = ns // 1_000_000, "cgroup1 cpuacct.usage"
                 return
-            st = read_keyed(d / "cpuacct.stat")
+            st = read_keyed(self._v1_cpuacct_stat)
             if st:
                 ticks = st.get("user", 0) + st.get("system", 0)
                 u.cpu_ms, u.cpu_source = ticks * 1000 // USER_HZ, "cgroup1 cpuacct.stat"
@@ -287,53 +352,47 @@ class ServiceAccounting:
         u.cpu_ms, u.cpu_source = ticks * 1000 // USER_HZ, "/proc/PID/stat"
 
     def _read_memory(self, u: Usage, pids: list[int], host_mem: int) -> None:
-        m, cg = self.mounts, self.cgroup
         u.max_memory = host_mem
-        d2 = m.v2_dir(cg)
-        cur = read_int(d2 / "memory.current") if d2 is not None else None
+        cur = read_int(self._v2_mem_current)
         if cur is not None:
             u.memory, u.memory_source = cur, "cgroup2 memory.current"
-            limit = read_int(d2 / "memory.max") if d2 is not None else None
+            limit = read_int(self._v2_mem_max)
             if limit:
                 u.max_memory = min(limit, host_mem) if host_mem else limit
             return
-        d1 = m.v1_dir("memory", cg)
-        if d1 is not None and cg.strip("/") and d1.is_dir():
-            st = read_keyed(d1 / "memory.stat")
-            if st is not None and "rss" in st:
-                u.memory, u.memory_source = st["rss"], "cgroup1 memory.stat rss"
-                limit = read_int(d1 / "memory.limit_in_bytes")
-                if limit and (not host_mem or limit < host_mem):
-                    u.max_memory = limit
-                return
+        data = read_bytes(self._v1_mem_stat)
+        rss = keyed_value(data, b"rss") if data is not None else None
+        if rss is not None:
+            u.memory, u.memory_source = rss, "cgroup1 memory.stat rss"
+            limit = read_int(self._v1_mem_limit)
+            if limit and (not host_mem or limit < host_mem):
+                u.max_memory = limit
+            return
         u.memory = sum(r for p in pids if (r := proc_rss(p)) is not None)
         u.memory_source = "/proc/PID/statm"
 
     def _read_disk(self, u: Usage, pids: list[int]) -> None:
-        m, cg = self.mounts, self.cgroup
-        d2 = m.v2_dir(cg)
-        if d2 is not None and (d2 / "io.stat").exists():
+        data = read_bytes(self._v2_io_stat)
+        if data is not None:
             try:
-                with open(d2 / "io.stat") as f:
-                    for line in f:
-                        for kv in line.split()[1:]:
-                            k, _, v = kv.partition("=")
-                            if k == "rbytes":
-                                u.rd_bytes += int(v)
-                            elif k == "wbytes":
-                                u.wr_bytes += int(v)
-                            elif k == "rios":
-                                u.rd_req += int(v)
-                            elif k == "wios":
-                                u.wr_req += int(v)
+                for line in data.split(b"\n"):
+                    for kv in line.split()[1:]:
+                        k, _, v = kv.partition(b"=")
+                        if k == b"rbytes":
+                            u.rd_bytes += int(v)
+                        elif k == b"wbytes":
+                            u.wr_bytes += int(v)
+                        elif k == b"rios":
+                            u.rd_req += int(v)
+                        elif k == b"wios":
+                            u.wr_req += int(v)
                 u.disk_source = "cgroup2 io.stat"
                 return
-            except (OSError, ValueError):
+            except ValueError:
                 u.rd_bytes = u.wr_bytes = u.rd_req = u.wr_req = 0
-        d1 = m.v1_dir("blkio", cg)
-        if d1 is not None and cg.strip("/") and d1.is_dir():
-            b = _blkio(d1 / "blkio.io_service_bytes_recursive")
-            r = _blkio(d1 / "blkio.io_serviced_recursive")
+        if self._v1_blkio_bytes is not None:
+            b = _blkio(self._v1_blkio_bytes)
+            r = _blkio(self._v1_blkio_ios) if b is not None else None
             if b is not None and r is not None:
                 u.rd_bytes, u.wr_bytes = b
                 u.rd_req, u.wr_req = r
@@ -341,22 +400,24 @@ class ServiceAccounting:
                 return
         if not self.allow_proc_io:
             return
-        vals = {p: v for p in pids if (v := proc_io(p)) is not None}
+        vals = {p: io for p in pids if (io := proc_io(p)) is not None}
         u.rd_req, u.rd_bytes, u.wr_req, u.wr_bytes = self._io.update(vals)
         u.disk_source = "/proc/PID/io"
 
 
-def _blkio(path: Path) -> tuple[int, int] | None:
+def _blkio(path: str | None) -> tuple[int, int] | None:
     """Sum the ``<dev> Read|Write <n>`` lines of a blkio file."""
-    try:
-        rd = wr = 0
-        with open(path) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) == 3 and parts[1] == "Read":
-                    rd += int(parts[2])
-                elif len(parts) == 3 and parts[1] == "Write":
-                    wr += int(parts[2])
-        return rd, wr
-    except (OSError, ValueError):
+    data = read_bytes(path)
+    if data is None:
         return None
+    rd = wr = 0
+    try:
+        for line in data.split(b"\n"):
+            parts = line.split()
+            if len(parts) == 3 and parts[1] == b"Read":
+                rd += int(parts[2])
+            elif len(parts) == 3 and parts[1] == b"Write":
+                wr += int(parts[2])
+    except ValueError:
+        return None
+    return rd, wr

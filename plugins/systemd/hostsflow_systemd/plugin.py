@@ -55,7 +55,8 @@ class SystemdPlugin:
         self.log.info("cgroup_mounts", mode=mounts.mode, v2=str(mounts.v2) if mounts.v2 else None,
                       v1=sorted(mounts.v1))
         self.table = ServiceTable(mounts, self.cfg.slices(), lambda: agent.uuid,
-                                  lambda: agent.address, allow_proc_io=not self.cfg.dropPriv)
+                                  lambda: agent.address, allow_proc_io=not self.cfg.dropPriv,
+                                  now=agent.now)
         if not self.cfg.dropPriv:
             agent.retain_root("systemd: read /proc/PID/io of services' processes")
         if self.cfg.markTraffic:

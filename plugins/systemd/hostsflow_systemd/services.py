@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import time
 from typing import Callable, Iterable
 
 import attrs
@@ -50,6 +51,7 @@ class Service:
     cgroup_id: int
     accounting: ServiceAccounting
     pids: list[int] = attrs.Factory(list)
+    procs_files: tuple[str, ...] = ()  #: the cgroup.procs files to read, worked out once
 
 
 class ServiceTable:
@@ -57,14 +59,20 @@ class ServiceTable:
 
     def __init__(self, mounts: CgroupMounts, slices: Iterable[str],
                  host_uuid: Callable[[], bytes], agent_address: Callable[[], str | None],
-                 allow_proc_io: bool = True) -> None:
+                 allow_proc_io: bool = True, now: Callable[[], float] = time.monotonic) -> None:
         self.mounts = mounts
+        self.now = now  #: the agent clock: host MemTotal is read once per second of it
         self.slices = tuple(slices)
         self.host_uuid = host_uuid
         self.agent_address = agent_address
         self.allow_proc_io = allow_proc_io
         self.by_name: dict[str, Service] = {}
         self.by_cgroup_id: dict[int, Service] = {}
+        self.by_data_source: dict[DataSource, Service] = {}
+        self._mem_total = 0
+        self._mem_total_at: int | None = None
+        self._machine_type = machine_type()
+        self._os_release = platform.release()
         self.alloc = DsIndexAllocator()
         self.sources_used: dict[str, str] = {}  #: reading -> source, last poll (for reporting)
         self.version = 0  #: bumped whenever the set of services changes
@@ -79,10 +87,15 @@ class ServiceTable:
         return [s.source for s in self.by_name.values()]
 
     def by_source(self, source: DataSource) -> Service | None:
-        for s in self.by_name.values():
-            if s.source == source:
-                return s
-        return None
+        return self.by_data_source.get(source)
+
+    def mem_total(self) -> int:
+        """Host MemTotal in bytes, read at most once per second of the agent clock (a polling
+        round asks for it once per service)."""
+        second = int(self.now())
+        if second != self._mem_total_at:
+            self._mem_total, self._mem_total_at = mem_total(), second
+        return self._mem_total
 
     # ------------------------------------------------------------ discovery
 
@@ -122,8 +135,10 @@ class ServiceTable:
         svc = Service(name=name, control_group=cg, uuid=uuid,
                       source=DataSource(DS_LOGICAL, idx, name),
                       cgroup_id=self.mounts.cgroup_id(cg),
-                      accounting=ServiceAccounting(self.mounts, cg, self.allow_proc_io))
+                      accounting=ServiceAccounting(self.mounts, cg, self.allow_proc_io),
+                      procs_files=self.mounts.procs_files(cg))
         self.by_name[name] = svc
+        self.by_data_source[svc.source] = svc
         if svc.cgroup_id:
             self.by_cgroup_id[svc.cgroup_id] = svc
         self.version += 1
@@ -134,6 +149,8 @@ class ServiceTable:
         if svc is None:
             return
         self.alloc.release(name)
+        if self.by_data_source.get(svc.source) is svc:
+            del self.by_data_source[svc.source]
         if self.by_cgroup_id.get(svc.cgroup_id) is svc:
             del self.by_cgroup_id[svc.cgroup_id]
         self.version += 1
@@ -147,17 +164,20 @@ class ServiceTable:
     def poll(self, svc: Service) -> list[Record] | None:
         """The counter records of one service, or None (and the service dropped) if its cgroup
         is gone or has no process left."""
-        pids = self.mounts.pids(svc.control_group)
+        pids = self.mounts.pids(svc.control_group, svc.procs_files)
         if not pids:
             self._drop(svc.name)
             return None
         svc.pids = pids
-        u: Usage = svc.accounting.read(pids, mem_total())
-        self.sources_used = {"cpu": u.cpu_source, "memory": u.memory_source,
-                             "disk": u.disk_source}
+        u: Usage = svc.accounting.read(pids, self.mem_total())
+        used = self.sources_used
+        if (used.get("cpu") != u.cpu_source or used.get("memory") != u.memory_source
+                or used.get("disk") != u.disk_source):
+            self.sources_used = {"cpu": u.cpu_source, "memory": u.memory_source,
+                                 "disk": u.disk_source}
         return [
-            HostDescr(hostname=svc.name, uuid=svc.uuid, machine_type=machine_type(),
-                      os_name=OS_LINUX, os_release=platform.release()),
+            HostDescr(hostname=svc.name, uuid=svc.uuid, machine_type=self._machine_type,
+                      os_name=OS_LINUX, os_release=self._os_release),
             HostParent(container_type=2, container_index=1),
             VirtCpu(state=1, cpuTime=u.cpu_ms & 0xFFFFFFFF, nrVirtCpu=0),
             VirtMemory(memory=u.memory, maxMemory=u.max_memory),
@@ -167,7 +187,7 @@ class ServiceTable:
 
     def virt_node(self) -> VirtNode:
         """virt_node (2100) for the host source 2:1."""
-        mhz, total, free = _cpu_mhz(), mem_total(), _mem_free()
+        mhz, total, free = _cpu_mhz(), self.mem_total(), _mem_free()
         return VirtNode(mhz=mhz, cpus=os.cpu_count() or 0, memory=total, memory_free=free,
                         num_domains=len(self.by_name))
 
