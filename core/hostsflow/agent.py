@@ -93,6 +93,8 @@ class Agent:
         )
 
         self._pollers: dict[DataSource, Poller] = {}
+        self._sources_key: tuple[tuple[DataSource, ...], ...] | None = None
+        self._poll_list: list[Poller] = []  # self._pollers in polling order
         self._flow_seq: dict[DataSource, int] = collections.defaultdict(int)
         self._held: collections.deque[tuple[float, FlowSample]] = collections.deque()
         self._hold_timer: Any = None
@@ -279,9 +281,24 @@ class Agent:
         interval = self.config.polling
         if interval <= 0 and not force:
             return
+        results = self.host.hook.sflow_data_sources(agent=self)
+        key = tuple(tuple(r) if r else () for r in results)
+        if key != self._sources_key:
+            self._sources_key = key
+            self._update_pollers(key, interval)
+        for poller in self._poll_list:
+            poller.countdown -= 1
+            if poller.countdown <= 0 or force:
+                poller.countdown = max(1, interval)
+                self.poll_source(poller)
+
+    def _update_pollers(self, results: tuple[tuple[DataSource, ...], ...], interval: int) -> None:
+        """Reconcile the pollers with the data sources the plugins name (only when the
+        answer changed): new sources get a random phase, gone ones are dropped, and the
+        polling order is worked out once."""
         wanted: dict[DataSource, None] = {}
-        for result in self.host.hook.sflow_data_sources(agent=self):
-            for ds in result or ():
+        for result in results:
+            for ds in result:
                 wanted.setdefault(ds)
         for ds in [d for d in self._pollers if d not in wanted]:
             del self._pollers[ds]
@@ -289,12 +306,7 @@ class Agent:
             if ds not in self._pollers:
                 phase = self.rng.randint(1, max(1, interval))
                 self._pollers[ds] = Poller(ds, phase)
-        for ds in sorted(self._pollers, key=_poll_order):
-            poller = self._pollers[ds]
-            poller.countdown -= 1
-            if poller.countdown <= 0 or force:
-                poller.countdown = max(1, interval)
-                self.poll_source(poller)
+        self._poll_list = [self._pollers[ds] for ds in sorted(self._pollers, key=_poll_order)]
 
     def poll_source(self, poller: Poller) -> None:
         records: list[Any] = []
@@ -476,28 +488,43 @@ class Agent:
         """Run until SIGTERM/SIGINT; SIGHUP calls ``reload()`` (which returns a new config or
         raises a config error that is logged while the old config stays in force)."""
         loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
+        stop: asyncio.Future[None] = loop.create_future()
+
+        def request_stop() -> None:
+            if not stop.done():
+                stop.set_result(None)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, request_stop)
         if reload is not None:
             loop.add_signal_handler(signal.SIGHUP, lambda: self._try_reload(reload))
         self.start(loop)
         settle_gc()
         next_second = self.clock() + 1.0
-        try:
-            while not stop.is_set():
-                delay = next_second - self.clock()
-                if delay > 0:
-                    try:
-                        await asyncio.wait_for(stop.wait(), timeout=delay)
-                        break
-                    except asyncio.TimeoutError:
-                        pass
+        timer: asyncio.TimerHandle | None = None
+
+        def tick() -> None:
+            # One timer callback a second (no task, future or wait_for per second).
+            nonlocal next_second, timer
+            timer = None
+            if stop.done():
+                return
+            try:
                 self.second()
-                next_second += 1.0
-                if self.clock() - next_second > 5:  # the host was suspended: do not replay
-                    next_second = self.clock() + 1.0
+            except Exception as exc:  # the old loop let it end run(); so does this one
+                stop.set_exception(exc)
+                return
+            next_second += 1.0
+            if self.clock() - next_second > 5:  # the host was suspended: do not replay
+                next_second = self.clock() + 1.0
+            timer = loop.call_later(max(0.0, next_second - self.clock()), tick)
+
+        timer = loop.call_later(max(0.0, next_second - self.clock()), tick)
+        try:
+            await stop
         finally:
+            if timer is not None:
+                timer.cancel()
             self.stop()
             self.log.info("stopped", **self.health.snapshot())
 
