@@ -386,13 +386,20 @@ def interfaces_fingerprint(sys_class_net: str = "/sys/class/net") -> tuple[tuple
     except OSError:
         return ()
     for name in names:
-        base = os.path.join(sys_class_net, name)
+        base = f"{sys_class_net}/{name}/"
         try:
-            with open(os.path.join(base, "ifindex")) as f:
-                ifindex = f.read().strip()
-            with open(os.path.join(base, "flags")) as f:
-                flags = f.read().strip()
+            ifindex = _read_small(base + "ifindex")
+            flags = _read_small(base + "flags")
         except OSError:
             continue  # vanished while we looked: the next check sees it gone
         out.append((name, ifindex, flags))
     return tuple(out)
+
+
+def _read_small(path: str) -> str:
+    """A short /sys attribute, stripped (raw os.read: a fraction of open()'s cost)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 256).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
