@@ -24,6 +24,7 @@ from .host import identity
 from .host.agent_address import candidates, elect_agent_address
 from .host.sampling import sampling_rate_for
 from .host.interfaces import Interface, InterfaceTable, interfaces_fingerprint, scan_interfaces
+from .host.link_watch import LinkWatch
 from .logsetup import OnceLog
 from .plugins import PluginHost
 from .privileges import PrivilegeError, capability_mask, drop_privileges
@@ -32,7 +33,7 @@ from .sflow.datagram import encode_counter_sample, encode_flow_sample
 from .sflow.exporter import Collector, Exporter, RecordingSink, Sink, UdpSender
 
 DEFAULT_HOLD_TIMEOUT = 0.4  # seconds; hsflowd's mod_tcp waits up to 400 ms
-INTERFACE_SCAN_SECONDS = 2  # cheap /sys rescan; picks up re-created interfaces quickly
+INTERFACE_SCAN_SECONDS = 2  # without rtnetlink: how often the /sys fingerprint is checked
 HOLD_CHECK_SECONDS = 0.1
 HEALTH_LOG_SECONDS = 300  # one "health" log line every five minutes
 
@@ -82,6 +83,7 @@ class Agent:
 
         self.interfaces = scan()
         self._if_mark = interfaces_fingerprint()
+        self._links: LinkWatch | None = None
         self.interfaces_version = 0
         self.hostname = identity.hostname()
         self.uuid = identity.host_uuid(getattr(config.uuid, "bytes", config.uuid))
@@ -182,6 +184,7 @@ class Agent:
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Configure plugins, then start them inside ``loop``."""
         self.loop = loop or asyncio.get_event_loop()
+        self._watch_links()
         self.configure()
         self.drop_privileges()
         self.host.hook.sflow_start(agent=self)
@@ -218,6 +221,9 @@ class Agent:
         self.exporter.flush()
         for fd in list(self._readers):
             self.remove_reader(fd)
+        if self._links is not None:
+            self._links.close()
+            self._links = None
         self.sink.close()
         self._update_health()
 
@@ -252,7 +258,7 @@ class Agent:
         now = self.clock()
         self.seconds += 1
         self.host.hook.sflow_tick(agent=self, now=now)
-        if self.seconds % INTERFACE_SCAN_SECONDS == 0:
+        if self._links is not None or self.seconds % INTERFACE_SCAN_SECONDS == 0:
             self.refresh_interfaces()
         self.expire_holds(now)
         self.poll_counters()
@@ -263,18 +269,32 @@ class Agent:
             self.log.info("health", **self.health.summary())
 
     def refresh_interfaces(self) -> None:
-        """Rescan interfaces when the cheap /sys fingerprint changed (or every
-        ``refresh_adaptors`` seconds, for changes it cannot see, such as speed)."""
-        mark = interfaces_fingerprint()
+        """Rescan interfaces when the kernel said something changed (rtnetlink), or, without
+        that, when the cheap /sys fingerprint changed; and every ``refresh_adaptors`` seconds
+        for what neither shows."""
         due = self.seconds % max(1, self.config.refresh_adaptors) == 0
-        if mark == self._if_mark and not due:
-            return
-        self._if_mark = mark
+        if self._links is not None:
+            if not self._links.take() and not due:
+                return
+        else:
+            mark = interfaces_fingerprint()
+            if mark == self._if_mark and not due:
+                return
+            self._if_mark = mark
         table = self.scan()
         if self.interfaces.diff(table):
             self.interfaces = table
             self.interfaces_version += 1
             self._update_address()
+
+    def _watch_links(self) -> None:
+        try:
+            self._links = LinkWatch()
+        except OSError as exc:  # no rtnetlink here: fall back to the /sys fingerprint
+            self.log.info("link_watch_unavailable", error=str(exc))
+            self._links = None
+            return
+        self.add_reader(self._links.fileno(), self._links.drain)
 
     def poll_counters(self, force: bool = False) -> None:
         """Poll every data source whose countdown reached zero (all of them if ``force``)."""
