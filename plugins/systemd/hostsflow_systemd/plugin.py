@@ -97,8 +97,8 @@ class SystemdPlugin:
         assert self.table is not None
         added, removed = self.table.sync(units)
         if added or removed:
-            self.log.info("services_changed", added=added, removed=removed,
-                          total=len(self.table))
+            self.log.info("services_changed", added=_few(added), removed=_few(removed),
+                          n_added=len(added), n_removed=len(removed), total=len(self.table))
 
     def _on_state(self, state: str, detail: str) -> None:
         if state == "up":
@@ -171,3 +171,8 @@ class SystemdPlugin:
         rec = self.marker.entities(sample)
         if rec is not None:
             sample.add(rec)
+
+
+def _few(names: list[str], limit: int = 20) -> list[str]:
+    """At most ``limit`` names for a log line (a host with 500 services starts with all of them)."""
+    return names if len(names) <= limit else [*names[:limit], f"... {len(names) - limit} more"]
