@@ -7,7 +7,9 @@ turning a logged packet into a :class:`~hostsflow.samples.FlowSample`.
 * :func:`build_sampled_header` -- the sampled_header record from an L3 payload and an optional
   link-layer header (frame length rebuilt from the IP length);
 * :func:`placement` -- direction, input/output ifIndex and data source from a netfilter hook;
-* :class:`Samplers` -- per data source sample pool and drop totals, and the FlowSample itself.
+* :class:`Samplers` -- per data source sample pool and drop totals, and the FlowSample itself;
+* :class:`LoggedPacketReader` -- what a reader of logged packets does with each one (pool,
+  sub-sampling, header record, sample), so a module only parses its own messages.
 """
 
 from __future__ import annotations
@@ -232,3 +234,74 @@ class Samplers:
             timestamp=timestamp,
             netns=netns,
         )
+
+
+# ---------------------------------------------------------------- readers of logged packets
+
+
+@attrs.define
+class ReadStats:
+    """Counts for one processed buffer (the plugin adds them to the agent's health counters)."""
+
+    messages: int = 0
+    malformed: int = 0
+    first_error: str | None = None
+    lost: int = 0
+    no_source: int = 0
+    not_ip: int = 0
+    taken: int = 0
+
+
+class LoggedPacketReader:
+    """The part of an NFLOG or ULOG reader that does not depend on the message format.
+
+    A subclass parses a buffer, calls :meth:`begin` with the parse result's counts, then
+    :meth:`offer` for each logged packet with its placement, L3 payload and link header.
+
+    :param rates: the reconciled rates (kernel K, user-space sub, reported actual).
+    :param header_bytes: the most header bytes to report (``headerBytes``).
+    """
+
+    def __init__(self, rates: Rates, header_bytes: int, netns: str | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.samplers = Samplers()
+        self.netns = netns
+        self._rng = rng or random.Random()
+        self.set_rates(rates, header_bytes)
+
+    def set_rates(self, rates: Rates, header_bytes: int) -> None:
+        """New rates or header size (config reload); pools are kept."""
+        self.rates = rates
+        self.header_bytes = header_bytes
+        self.sub = SubSampler(rates.sub, self._rng)
+
+    def lost(self, n: int) -> None:
+        """``n`` logged packets never reached us (socket overrun)."""
+        self.samplers.lost(n)
+
+    @staticmethod
+    def begin(stats: ReadStats | None, messages: int, malformed: int,
+              first_error: str | None) -> ReadStats:
+        st = stats if stats is not None else ReadStats()
+        st.messages += messages
+        if malformed:
+            st.malformed += malformed
+            st.first_error = st.first_error or first_error
+        return st
+
+    def offer(self, where: Placement, payload: bytes, mac: bytes | None, st: ReadStats,
+              out: list[FlowSample]) -> None:
+        """One logged packet: count it in its data source's pool, keep it if the sub-sampler
+        takes it, and append its flow sample to ``out``."""
+        if not where.source:
+            st.no_source += 1
+            return
+        self.samplers.seen(where.source, self.rates.kernel)
+        if not self.sub.take():
+            return
+        header = build_sampled_header(payload, mac, self.header_bytes)
+        if header is None:
+            st.not_ip += 1
+            return
+        out.append(self.samplers.sample(where, self.rates.actual, header, netns=self.netns))
+        st.taken += 1
