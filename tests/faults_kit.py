@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hostsflow.sflow.datagram import decode_datagram
+from hostsflow.testing import UdpCollector
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -93,49 +94,9 @@ class NetPair:
         sh("ip", "netns", "del", self.b, check=False)
 
 
-class NsCollector:
-    """A collector on 127.0.0.1 inside namespace ``ns``: keeps (arrival time, raw datagram)."""
-
-    def __init__(self, ns: str) -> None:
-        self.sock = socket_in(ns)
-        self.sock.setsockopt(socket.SOL_SOCKET, 33, 32 << 20)  # SO_RCVBUFFORCE
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.raw: list[tuple[float, bytes]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.raw.append((time.monotonic(), data))
-
-    def datagrams(self, since: float = 0.0) -> list[Any]:
-        return [decode_datagram(d) for t, d in list(self.raw) if t >= since]
-
-    def wait_for(self, predicate: Callable[[list[Any]], bool], timeout: float = 10.0,
-                 since: float = 0.0) -> list[Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            dgs = self.datagrams(since)
-            if predicate(dgs):
-                return dgs
-            if time.monotonic() > deadline:
-                raise AssertionError(f"collector: condition not met in {timeout}s "
-                                     f"({len(dgs)} datagrams)")
-            time.sleep(0.1)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
+def NsCollector(ns: str) -> UdpCollector:  # noqa: N802 - reads like the class it was
+    """A collector on 127.0.0.1 inside namespace ``ns`` (the agent runs there)."""
+    return UdpCollector(sock=socket_in(ns))
 
 
 class UdpStream:

@@ -266,14 +266,18 @@ class UdpCollector:
     ``port`` is chosen by the kernel; ``wait_for(predicate, timeout)`` waits until the decoded
     datagrams satisfy ``predicate``."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", sock: Any = None) -> None:
+        """:param sock: an unbound UDP socket to use instead of a new one, e.g. one made inside
+            a network namespace where the agent runs."""
         import socket
         import threading
 
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        if sock is None:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock = sock
         try:  # a big buffer, so a burst is not lost here and blamed on the agent
-            self.sock.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE (root)
+            self.sock.setsockopt(socket.SOL_SOCKET, 33, 32 << 20)  # SO_RCVBUFFORCE (root)
         except OSError:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self.sock.bind((host, 0))
@@ -294,15 +298,20 @@ class UdpCollector:
             self.received_at.append(time.time())
             self.raw.append(data)
 
+    def timed(self) -> list[tuple[float, bytes]]:
+        """(arrival wall-clock time, raw datagram) of everything received so far."""
+        return list(zip(list(self.received_at), list(self.raw)))
+
     @property
     def datagrams(self) -> list[Any]:
         return [decode_datagram(d) for d in list(self.raw)]
 
-    def wait_for(self, predicate: Any, timeout: float = 10.0) -> list[Any]:
-        """Wait until ``predicate(decoded datagrams)`` is true; return the datagrams."""
+    def wait_for(self, predicate: Any, timeout: float = 10.0, since: float = 0.0) -> list[Any]:
+        """Wait until ``predicate(decoded datagrams)`` is true; return the datagrams.  With
+        ``since`` (a ``time.time()``), only datagrams that arrived from then on count."""
         deadline = time.monotonic() + timeout
         while True:
-            dgs = self.datagrams
+            dgs = [decode_datagram(d) for t, d in self.timed() if t >= since]
             if predicate(dgs):
                 return dgs
             if time.monotonic() > deadline:
