@@ -11,7 +11,6 @@ Traffic only flows between the two namespaces; nothing is sent anywhere else.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import secrets
 import shutil
@@ -20,12 +19,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hostsflow.sflow.datagram import decode_datagram
-from hostsflow.testing import UdpCollector
+from hostsflow.sflow.datagram import decode_datagram  # noqa: F401 - tests use kit.decode_datagram
+from hostsflow.testing import UdpCollector, load_file_module
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -227,16 +225,8 @@ def agent_cmd(conf: str, status: str, *args: str, netns: str | None = None) -> l
 def user_manager_class() -> Any:
     """``UserManager`` from the systemd plugin's test fixtures: a real ``systemd --user`` with
     a private dbus-daemon, and ``_why_not()`` saying why it cannot run here (or None)."""
-    name = "hostsflow_systemd_test_fixtures"
-    mod = sys.modules.get(name)
-    if mod is None:
-        path = REPO / "plugins" / "systemd" / "tests" / "conftest.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return mod
+    return load_file_module("hostsflow_systemd_tests_conftest",
+                            REPO / "plugins" / "systemd" / "tests" / "conftest.py")
 
 
 def proc_status(pid: int) -> dict[str, str]:

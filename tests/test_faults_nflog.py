@@ -10,32 +10,19 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hostsflow.privileges import unreadable_python_paths
-from hostsflow.testing import AgentProcess
+from hostsflow.testing import AgentProcess, load_file_module
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 GROUP = 23
 
 
-def _kit() -> Any:
-    name = "hostsflow_tests_faults_kit"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("faults_kit.py"))
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-kit = _kit()
+kit = load_file_module("hostsflow_tests_faults_kit", Path(__file__).with_name("faults_kit.py"))
 
 
 def test_group_taken_then_freed_is_bound_after_the_drop(tmp_path):

@@ -22,23 +22,12 @@ from typing import Any
 import pytest
 from hostsflow.privileges import unreadable_python_paths
 from hostsflow.sflow.records import ExtendedTcpInfo
-from hostsflow.testing import AgentProcess
+from hostsflow.testing import AgentProcess, load_file_module
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
-def _kit() -> Any:
-    name = "hostsflow_tests_faults_kit"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("faults_kit.py"))
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-kit = _kit()
+kit = load_file_module("hostsflow_tests_faults_kit", Path(__file__).with_name("faults_kit.py"))
 
 
 @pytest.fixture

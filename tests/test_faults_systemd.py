@@ -16,23 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostsflow.testing import AgentProcess, UdpCollector
+from hostsflow.testing import AgentProcess, UdpCollector, load_file_module
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
-def _kit() -> Any:
-    name = "hostsflow_tests_faults_kit"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("faults_kit.py"))
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-kit = _kit()
+kit = load_file_module("hostsflow_tests_faults_kit", Path(__file__).with_name("faults_kit.py"))
 
 
 def service_sources(dgs: list[Any]) -> set[int]:

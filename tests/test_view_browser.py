@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostsflow.testing import AgentProcess
+from hostsflow.testing import AgentProcess, load_file_module
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -44,20 +44,9 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
-def _systemd_fixtures() -> Any:
-    """The systemd plugin's test fixtures (a real ``systemd --user`` with a private bus)."""
-    name = "hostsflow_systemd_tests_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, REPO / "plugins" / "systemd" / "tests" / "conftest.py")
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-_sd = _systemd_fixtures()
+# the systemd plugin's test fixtures (a real ``systemd --user`` with a private bus)
+_sd = load_file_module("hostsflow_systemd_tests_conftest",
+                       REPO / "plugins" / "systemd" / "tests" / "conftest.py")
 user_manager = _sd.user_manager  # the fixture, reused as is
 free_port, wait_listening = _sd.free_port, _sd.wait_listening
 

@@ -471,3 +471,20 @@ def estimate_within_bound(
     rows = {key: (samples.get(key, 0), float(estimates.get(key, 0)), float(t))
             for key, t in truth.items()}
     return BoundCheck(rows, min_inside(len(rows), 0.95, false_failure))
+
+
+def load_file_module(name: str, path: Any) -> Any:
+    """Import the Python file at ``path`` as module ``name`` (once; later calls return the same
+    module).  For sharing helpers and fixtures between test folders, which pytest's importlib
+    mode does not put on ``sys.path`` (e.g. another plugin's ``tests/conftest.py``)."""
+    import importlib.util
+    import sys
+
+    mod = sys.modules.get(name)
+    if mod is None:
+        spec = importlib.util.spec_from_file_location(name, str(path))
+        assert spec is not None and spec.loader is not None, path
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return mod
