@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hostsflow.sflow.datagram import decode_datagram  # noqa: F401 - tests use kit.decode_datagram
-from hostsflow.testing import UdpCollector, load_file_module
+from hostsflow.testing import AgentProcess, UdpCollector, load_file_module
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -260,43 +260,13 @@ def cgroup_mounts_script() -> str:
     return "".join(f"{c} && " for c in cmds)
 
 
-class NsAgent:
+class NsAgent(AgentProcess):
     """A real ``hostsflowd`` in namespace ``ns`` (as :class:`hostsflow.testing.AgentProcess`),
     with the host's cgroup hierarchies visible: ``ip netns exec`` mounts a fresh /sys for the
     namespace, which hides /sys/fs/cgroup, so they are mounted again (same hierarchies) inside
     the private mount namespace ``ip netns exec`` made.  Needed by the systemd module."""
 
     def __init__(self, config_text: str, workdir: Path, ns: str, args: tuple[str, ...] = ()) -> None:
-        self.conf = str(workdir / "hsflowd.conf")
-        Path(self.conf).write_text(config_text)
-        os.chmod(self.conf, 0o644)
-        self.log_path = str(workdir / "agent.log")
-        self.status_path = str(workdir / "status.json")
-        inner = [sys.executable, "-m", "hostsflow", "-f", self.conf,
-                 "--status-file", self.status_path, *args]
-        cmd = ["ip", "netns", "exec", ns, "sh", "-c", f'{cgroup_mounts_script()} exec "$@"',
-               "sh", *inner]
-        self._log = open(self.log_path, "w+")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return Path(self.log_path).read_text()
-
-    def stop(self, timeout: float = 5.0) -> int:
-        import signal
-
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
+        wrapper = ("ip", "netns", "exec", ns, "sh", "-c",
+                   f'{cgroup_mounts_script()} exec "$@"', "sh")
+        super().__init__(config_text, workdir, args=args, wrapper=wrapper)

@@ -337,7 +337,10 @@ class AgentProcess:
     Use as a context manager; ``stop()`` sends SIGTERM and returns the exit status."""
 
     def __init__(self, config_text: str, tmpdir: Any, netns: str | None = None,
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), wrapper: tuple[str, ...] = ()) -> None:
+        """:param netns: run inside this network namespace (``ip netns exec``).
+        :param wrapper: a command prefix the agent's command line is appended to (for set-ups
+            ``netns`` alone does not cover)."""
         import os
         import subprocess
         import sys
@@ -357,6 +360,7 @@ class AgentProcess:
                "--status-file", self.status_path, *args]
         if netns:
             cmd = ["ip", "netns", "exec", netns, *cmd]
+        cmd = [*wrapper, *cmd]
         self._log = open(self.log_path, "w+")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
 

@@ -26,6 +26,8 @@ from hostsflow.testing import AgentHarness, samples_from
 from hostsflow_systemd.identity import DsIndexAllocator, unit_uuid
 from hostsflow_systemd.plugin import SystemdPlugin
 
+from .conftest import free_port, wait_listening
+
 SVC_PY = textwrap.dedent('''
     import socket, sys, threading, time
     def serve(port):
@@ -51,24 +53,6 @@ SVC_PY = textwrap.dedent('''
         threading.Thread(target=talk, args=(int(sys.argv[2]),), daemon=True).start()
     serve(int(sys.argv[1]))
 ''')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_listening(port: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 class LoopbackSniffer:
