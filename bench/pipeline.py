@@ -5,7 +5,7 @@ numbers are the real ones, but they move with the machine's load).
 
 Opens a real tap on lo with a keep-nothing filter, builds ``--batch`` frames laid out as pcapy's ``next_batch`` returns them (one data buffer and
 16-byte (sec, usec, offset, caplen) records), runs the pcap tap's ``_build`` on them, hands the
-samples to a real :class:`~hostsflow.agent.Agent` (no plugins, or ``--noop-hooks`` plugins
+batch to a real :class:`~hostsflow.agent.Agent` (no plugins, or ``--noop-hooks`` plugins
 implementing both per-sample hooks) whose exporter sends to a UDP socket on 127.0.0.1, and
 prints CPU microseconds per sample (process time, best of ``--repeat``).  ``--profile FILE``
 writes a cProfile of one run instead.
@@ -25,7 +25,6 @@ from typing import Any
 from hostsflow import hookimpl
 from hostsflow.agent import Agent, settle_gc
 from hostsflow.bootstrap import load
-from hostsflow.samples import DataSource
 from hostsflow.testing import ethernet_frame
 from hostsflow_pcap.tap import Tap
 
@@ -84,7 +83,7 @@ def main() -> None:
 
     def run() -> None:
         for _ in range(a.batches):
-            agent.take_samples(tap._build(chunks))
+            agent.take_batch(tap._build(chunks))
         agent.exporter.flush()
 
     run()  # warm up

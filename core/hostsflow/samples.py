@@ -143,6 +143,48 @@ class FlowSample:
         return late
 
 
+@attrs.define(slots=True, eq=False)
+class PacketBatch:
+    """The packets one capture read sampled on one data source, in compact form.
+
+    A capture plugin that reads many packets per wakeup (the pcap tap: up to thousands) hands
+    the core one of these with ``agent.take_batch`` instead of a list of :class:`FlowSample`.
+    Each packet is a plain tuple, cheap to build per packet, laid out as :data:`PACKET_FIELDS`::
+
+        (sample_pool, input, output, direction, protocol, frame_length, header, timestamp)
+
+    ``protocol``, ``frame_length`` and ``header`` are the packet's sampled_header record;
+    ``stripped`` is the same for every packet of a batch.  When no plugin implements a
+    per-sample hook the core encodes the tuples straight into datagrams; otherwise it turns
+    them into FlowSamples (:meth:`flow_samples`) and runs the hooks as for ``take_samples``.
+    """
+
+    source: DataSource
+    sampling_rate: int
+    drops: int
+    stripped: int
+    packets: list[tuple[int, int, int, int, int, int, bytes, float]]
+    netns: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.packets)
+
+    def flow_samples(self) -> list[FlowSample]:
+        """One :class:`FlowSample` per packet, its records a single :class:`SampledHeader`."""
+        src, rate, drops, stripped, netns = (
+            self.source, self.sampling_rate, self.drops, self.stripped, self.netns)
+        return [
+            FlowSample(src, rate, [SampledHeader(proto, flen, stripped, hdr)], pool, drops,
+                       inp, out, direction, ts, netns)
+            for pool, inp, out, direction, proto, flen, hdr, ts in self.packets
+        ]
+
+
+#: the order of the fields of one packet tuple in :attr:`PacketBatch.packets`
+PACKET_FIELDS = ("sample_pool", "input", "output", "direction", "protocol", "frame_length",
+                 "header", "timestamp")
+
+
 @attrs.define(slots=True)
 class CounterSample:
     """The counter records of one data source at one polling time."""

@@ -27,7 +27,7 @@ from ..samples import DataSource
 from .records import COUNTER, FLOW, Record, SampledHeader, UnknownRecord, decode_record
 
 if TYPE_CHECKING:
-    from ..samples import FlowSample
+    from ..samples import FlowSample, PacketBatch
 
 SFLOW_VERSION = 5
 
@@ -52,8 +52,9 @@ _SH_TAG = SampledHeader.tag()
 _SH_HEAD = struct.Struct(">6I")
 _COUNTER_HEAD = struct.Struct(">6I")
 _COUNTER_FIXED = 16
-_DGRAM_V4 = struct.Struct(">II4sIIII")
-_DGRAM_V6 = struct.Struct(">II16sIIII")
+_DGRAM_PREFIX = struct.Struct(">II")  # version, agent address type (the address follows)
+_DGRAM_TAIL = struct.Struct(">III")  # after the sub-agent id: sequence, uptime, sample count
+_U32 = struct.Struct(">I")
 _ZERO_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
 
 
@@ -121,6 +122,33 @@ def encode_flow_sample(seq: int, sample: "FlowSample") -> bytes:
     return b"".join(encoded)
 
 
+def encode_packet_batch(first_seq: int, batch: "PacketBatch") -> list[bytes]:
+    """One whole ``flow_sample_expanded`` per packet of ``batch``, numbered from ``first_seq``.
+
+    Called on: the packet path when no plugin implements a per-sample hook, once per capture
+    read.  The bytes are those :func:`encode_flow_sample` makes for a FlowSample holding the
+    same single sampled_header (a test checks both agree); the fields common to the batch are
+    looked up once.  Raises ``struct.error`` for a value out of range (the caller then takes
+    the samples one by one, so a bad packet loses only itself)."""
+    src = batch.source
+    ds_class, ds_index, rate = src.ds_class, src.ds_index, batch.sampling_rate
+    drops, stripped = batch.drops & U32, batch.stripped
+    pack, pad = _FLOW_HEAD_SH.pack, _ZERO_PAD
+    out: list[bytes] = []
+    append = out.append
+    seq = first_seq
+    for pool, inp, outp, _direction, proto, flen, hdr, _ts in batch.packets:
+        n = len(hdr)
+        rec_len = 16 + n + (-n & 3)
+        append(pack(
+            SAMPLE_FLOW_EXPANDED, _FLOW_FIXED + 8 + rec_len, seq & U32, ds_class, ds_index,
+            rate, pool & U32, drops, inp >> 30 & 3, inp & IFINDEX_MASK,
+            outp >> 30 & 3, outp & IFINDEX_MASK, 1,
+            _SH_TAG, rec_len, proto, flen, stripped, n) + hdr + pad[n & 3])
+        seq += 1
+    return out
+
+
 def _encode_flow_record(rec: Record) -> bytes:
     """A whole flow record; sampled_header and all-fixed-size records (one precompiled pack,
     ``Record._encode_whole``) without the generic codec's overhead."""
@@ -148,9 +176,22 @@ def encode_counter_sample(seq: int, source: DataSource, records: Sequence[Record
 
 
 @functools.lru_cache(maxsize=64)
-def _agent_address_bytes(address: str) -> tuple[int, bytes]:
-    ip = ipaddress.ip_address(address)
-    return (ADDRESS_IPV4 if ip.version == 4 else ADDRESS_IPV6), ip.packed
+def _stream_prefix(agent_address: str, sub_agent_id: int) -> bytes:
+    """The header fields that stay the same over a stream: version, address type, agent
+    address and sub-agent id (worked out once per address, not per datagram)."""
+    ip = ipaddress.ip_address(agent_address)
+    kind = ADDRESS_IPV4 if ip.version == 4 else ADDRESS_IPV6
+    return _DGRAM_PREFIX.pack(SFLOW_VERSION, kind) + ip.packed + _U32.pack(sub_agent_id & U32)
+
+
+def encode_datagram_header(agent_address: str, sub_agent_id: int, sequence: int,
+                           uptime_ms: int, nsamples: int) -> bytes:
+    """The datagram header bytes (the sample count included).
+
+    Called on: each datagram flush by the exporter.  Raises ValueError for an agent address
+    that is not IPv4 or IPv6 text."""
+    return _stream_prefix(agent_address, sub_agent_id) + _DGRAM_TAIL.pack(
+        sequence & U32, uptime_ms & U32, nsamples)
 
 
 @attrs.frozen(slots=True)
@@ -165,17 +206,14 @@ class DatagramHeader:
 
     def encode(self, nsamples: int) -> bytes:
         """The datagram header bytes, the sample count included."""
-        kind, packed = _agent_address_bytes(self.agent_address)
-        st = _DGRAM_V4 if kind == ADDRESS_IPV4 else _DGRAM_V6
-        return st.pack(SFLOW_VERSION, kind, packed, self.sub_agent_id & U32,
-                       self.sequence & U32, self.uptime_ms & U32, nsamples)
+        return encode_datagram_header(self.agent_address, self.sub_agent_id, self.sequence,
+                                      self.uptime_ms, nsamples)
 
 
 def encode_datagram(header: DatagramHeader, encoded_samples: Sequence[bytes]) -> bytes:
     """A whole sFlow v5 datagram from its header and already encoded sample records.
 
-    Called on: each datagram flush by the exporter.  Raises ValueError for an agent address
-    that is not IPv4 or IPv6 text."""
+    Raises ValueError for an agent address that is not IPv4 or IPv6 text."""
     return header.encode(len(encoded_samples)) + b"".join(encoded_samples)
 
 

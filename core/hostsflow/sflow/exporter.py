@@ -9,13 +9,13 @@ sequence numbers start at 1; uptime is milliseconds since the exporter started.
 from __future__ import annotations
 
 import socket
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, Protocol, Sequence
 
 import attrs
 import structlog
 
 from ..logsetup import OnceLog
-from .datagram import DatagramHeader, encode_datagram
+from .datagram import encode_datagram_header
 
 MAX_SAMPLES = 64
 HEADER_ROOM = 40  # an IPv6 datagram header; IPv4 needs 28
@@ -53,24 +53,34 @@ class Exporter:
         self.started = self.clock()
 
     def add(self, sample: bytes) -> None:
-        """Queue one encoded sample; send first if it would not fit.  (Once per sample.)"""
-        n = len(sample)
-        pending = self.pending
-        if pending and (self.size + n >= self.max_bytes or len(pending) >= MAX_SAMPLES):
-            self.flush()
-            pending = self.pending
-        pending.append(sample)
-        self.size += n
-        self.samples += 1
+        """Queue one encoded sample; send first if it would not fit."""
+        self.add_all((sample,))
+
+    def add_all(self, samples: Sequence[bytes]) -> None:
+        """Queue encoded samples in order, sending each datagram as it fills.  (Once per
+        capture batch or per sample; the loop keeps the pending list and size in locals.)"""
+        pending, size, limit = self.pending, self.size, self.max_bytes
+        for sample in samples:
+            n = len(sample)
+            if pending and (size + n >= limit or len(pending) >= MAX_SAMPLES):
+                self.size = size
+                self.flush()
+                pending, size = self.pending, self.size
+            pending.append(sample)
+            size += n
+        self.size = size
+        self.samples += len(samples)
 
     def flush(self) -> None:
         """Send whatever is pending as one datagram."""
         if not self.pending:
             return
+        pending = self.pending
         self.sequence += 1
-        uptime = int((self.clock() - self.started) * 1000) & 0xFFFFFFFF
-        header = DatagramHeader(self.agent_address, self.sub_agent_id, self.sequence, uptime)
-        data = encode_datagram(header, self.pending)
+        uptime = int((self.clock() - self.started) * 1000)
+        pending.insert(0, encode_datagram_header(
+            self.agent_address, self.sub_agent_id, self.sequence, uptime, len(pending)))
+        data = b"".join(pending)
         self.pending = []
         self.size = HEADER_ROOM
         self.datagrams += 1

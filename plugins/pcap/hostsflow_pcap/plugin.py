@@ -5,7 +5,7 @@ blocks select among ``agent.interfaces``: it opens taps on devices that appeared
 back), closes taps whose device went away or was re-created under a new ifIndex, and re-attaches
 the kernel filter when a device's sampling rate changed (its speed changed, or a reload).  Each
 tap's descriptor is watched by the agent's loop; a wakeup drains the ring and hands the whole
-batch to ``agent.take_samples``.
+batch to ``agent.take_batch``.
 """
 
 from __future__ import annotations
@@ -198,17 +198,17 @@ class PcapPlugin:
     def _read(self, tap: Tap) -> None:
         """Reader callback: drain the tap's ring and hand the batch over."""
         try:
-            samples = tap.drain()
+            batch = tap.drain()
         except TapError as exc:
             self.agent.warn_once(f"pcap_read:{tap.name}", "pcap_read_failed", dev=tap.name,
                                  error=str(exc))
             if self.taps.get(tap.name) is tap:
                 self._close(tap.name, "read failed")
             return
-        if samples:
-            if samples[0].drops:  # the batch's ring drops ride on its first sample
-                self.agent.count("dropped.pcap_ring", samples[0].drops)
-            self.agent.take_samples(samples)
+        if batch:
+            if tap.new_drops:
+                self.agent.count("dropped.pcap_ring", tap.new_drops)
+            self.agent.take_batch(batch)
 
     def status(self) -> dict[str, dict[str, int]]:
         """Per-tap figures: rate, ifIndex and the capture statistics."""

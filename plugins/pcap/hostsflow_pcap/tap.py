@@ -3,8 +3,8 @@
 The tap is opened with ``pcapy.create`` (snap length = ``headerBytes``, ring size, promiscuous
 mode, block timeout), made non-blocking, and given the 1-in-N cBPF program on its descriptor.
 The agent's loop watches the descriptor; on every wakeup :meth:`Tap.drain` empties the ring in
-batches (``next_batch`` until a short read) and turns each sampled packet into a
-:class:`~hostsflow.samples.FlowSample`.  Nothing here logs or calls hooks per packet.
+batches (``next_batch`` until a short read) and hands the sampled packets over as one
+:class:`~hostsflow.samples.PacketBatch`.  Nothing here logs or calls hooks per packet.
 """
 
 from __future__ import annotations
@@ -19,14 +19,13 @@ from hostsflow.samples import (
     DIRECTION_SENT,
     DIRECTION_UNKNOWN,
     DataSource,
-    FlowSample,
+    PacketBatch,
 )
 from hostsflow.sflow.records import (
     HEADER_ETHERNET,
     HEADER_IPV4,
     HEADER_IPV6,
     INTERNAL_IFINDEX,
-    SampledHeader,
 )
 
 from .bpf import attach_filter, drop_all_program, sampling_program
@@ -93,6 +92,7 @@ class Tap:
         self._dlt = DLT_EN10MB
         self._last_drop = 0
         self.drops_total = 0
+        self.new_drops = 0  #: ring drops the kernel reported since the previous batch
         self._pool: SamplePool | None = None
         self._open(buffer_bytes, timeout_ms)
 
@@ -192,13 +192,14 @@ class Tap:
         if self._pool is not None:
             self._pool.update()
 
-    def drain(self) -> list[FlowSample]:
-        """Read every sampled frame waiting in the ring; return one flow sample per frame.
+    def drain(self) -> PacketBatch | None:
+        """Read every sampled frame waiting in the ring; return them as one batch (None if
+        the ring was empty).
 
         Raises :class:`TapError` if the capture failed (the interface went away)."""
         cap = self._cap
         if cap is None:
-            return []
+            return None
         chunks = []
         try:
             for _ in range(MAX_BATCHES):
@@ -211,10 +212,13 @@ class Tap:
         except pcapy.PcapError as exc:
             raise TapError(f"{self.name}: {exc}") from exc
         if not chunks:
-            return []
+            return None
         return self._build(chunks)
 
-    def _build(self, chunks: list[tuple[bytes, bytes]]) -> list[FlowSample]:
+    def _build(self, chunks: list[tuple[bytes, bytes]]) -> PacketBatch:
+        """The batch for ``next_batch`` results: one packet tuple per frame (see
+        :class:`~hostsflow.samples.PacketBatch`), with its sample pool, direction and frame
+        length.  This loop runs for every sampled packet: plain tuples, locals only."""
         pool = self._pool
         assert pool is not None
         p0, p1 = pool.update()
@@ -228,33 +232,33 @@ class Tap:
         # sFlow's drops is the sampler's running total: add only the kernel's increase since
         # the last read (hsflowd adds the cumulative count again on every sample)
         drop_now = self._drops_now()
-        self.drops_total += max(drop_now - self._last_drop, 0)
+        self.new_drops = max(drop_now - self._last_drop, 0)
+        self.drops_total += self.new_drops
         self._last_drop = drop_now
-        drops = self.drops_total & 0xFFFFFFFF
 
-        rate, snaplen, mac, ifindex = self.rate, self.snaplen, self.mac, self.ifindex
-        source = self.source
-        out: list[FlowSample] = []
-        append = out.append
+        snaplen, mac, ifindex = self.snaplen, self.mac, self.ifindex
+        packets: list[tuple[int, int, int, int, int, int, bytes, float]] = []
+        append = packets.append
         iter_meta = _META.iter_unpack
         if self._dlt == DLT_EN10MB:
+            stripped = FCS
             for data, meta in chunks:
                 for sec, usec, off, caplen in iter_meta(meta):
                     pkt = data[off : off + caplen]
                     rank += 1
-                    sp = p0 + int(rank * step)
-                    if mac is not None and pkt[6:12] == mac:
-                        inp, outp, direction = INTERNAL_IFINDEX, ifindex, DIRECTION_SENT
-                    else:
-                        inp, outp, direction = ifindex, INTERNAL_IFINDEX, DIRECTION_RECEIVED
                     if caplen < snaplen:
                         flen = caplen + FCS
                     else:
                         flen = ethernet_length(pkt, caplen, snaplen) + FCS
-                    hdr = SampledHeader(HEADER_ETHERNET, flen, FCS, pkt)
-                    ts = sec + usec * 1e-6
-                    append(FlowSample(source, rate, [hdr], sp, drops, inp, outp, direction, ts))
+                    if mac is not None and pkt[6:12] == mac:
+                        append((p0 + int(rank * step), INTERNAL_IFINDEX, ifindex, DIRECTION_SENT,
+                                HEADER_ETHERNET, flen, pkt, sec + usec * 1e-6))
+                    else:
+                        append((p0 + int(rank * step), ifindex, INTERNAL_IFINDEX,
+                                DIRECTION_RECEIVED, HEADER_ETHERNET, flen, pkt, sec + usec * 1e-6))
         else:
+            # hsflowd: a link without a MAC header counts 14 bytes of it as stripped
+            stripped = FCS + ETH_HLEN
             for data, meta in chunks:
                 for sec, usec, off, caplen in iter_meta(meta):
                     pkt = data[off : off + caplen]
@@ -268,14 +272,12 @@ class Tap:
                     else:
                         continue
                     rank += 1
-                    sp = p0 + int(rank * step)
-                    # hsflowd: a link without a MAC header counts 14 bytes of it as stripped
                     flen = raw_ip_length(pkt, caplen, snaplen) + FCS + ETH_HLEN
-                    hdr = SampledHeader(proto, flen, FCS + ETH_HLEN, pkt)
-                    ts = sec + usec * 1e-6
-                    append(FlowSample(source, rate, [hdr], sp, drops, 0, 0, DIRECTION_UNKNOWN, ts))
-        self.samples += len(out)
-        return out
+                    append((p0 + int(rank * step), 0, 0, DIRECTION_UNKNOWN, proto, flen, pkt,
+                            sec + usec * 1e-6))
+        self.samples += len(packets)
+        return PacketBatch(self.source, self.rate, self.drops_total & 0xFFFFFFFF, stripped,
+                           packets)
 
     def stats(self) -> dict[str, int]:
         """Capture statistics for status output: kernel-accepted frames and ring drops."""

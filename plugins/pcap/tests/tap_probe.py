@@ -16,6 +16,11 @@ import sys
 from hostsflow_pcap.tap import Tap
 
 
+def _samples(tap: Tap) -> list:
+    batch = tap.drain()
+    return batch.flow_samples() if batch is not None else []
+
+
 def main() -> None:
     dev, ifindex, mac, rate, snaplen = sys.argv[1:6]
     tap = Tap(dev, int(ifindex), None if mac == "-" else bytes.fromhex(mac.replace(":", "")),
@@ -25,11 +30,11 @@ def main() -> None:
     while True:
         r, _, _ = select.select([tap.fileno(), sys.stdin], [], [], 0.5)
         if tap.fileno() in r:
-            samples.extend(tap.drain())
+            samples.extend(_samples(tap))
         if sys.stdin in r and not sys.stdin.readline():
             break
         tap.tick()
-    samples.extend(tap.drain())
+    samples.extend(_samples(tap))
     out = {
         "stats": tap.stats(),
         "samples": [
