@@ -50,9 +50,24 @@ def pmacct_version() -> str:
         return "not installed"
 
 
-def rig_section(rows: list[dict], lines: list[str]) -> dict[str, Any]:
+def rig_figures(rows: list[dict]) -> dict[Any, Any]:
+    """(sampling, target rate) -> (ours, pmacctd's, ratio of CPU per sample) for one run."""
+    by = {(r["label"], r["target_pps"]): r for r in rows}
+    found: dict[Any, Any] = {}
+    for r in rows:
+        if not r["label"].startswith("hostsflow") or r["target_pps"] == "idle":
+            continue
+        n, rate = r["sampling"], r["target_pps"]
+        b = by.get((f"pmacctd-n{n}", rate))
+        ratio = (r["us_per_sample"] / b["us_per_sample"]
+                 if b and r.get("us_per_sample") and b.get("us_per_sample") else None)
+        found[(n, rate)] = (r, b, ratio)
+    return found
+
+
+def rig_section(rows: list[dict], lines: list[str]) -> dict[Any, Any]:
     """Side-by-side tables per sampling rate; returns the figures the targets need."""
-    found: dict[str, Any] = {}
+    found: dict[Any, Any] = {}
     by = {(r["label"], r["target_pps"]): r for r in rows}
     samplings = sorted({r["sampling"] for r in rows})
     for n in samplings:
@@ -84,6 +99,56 @@ def rig_section(rows: list[dict], lines: list[str]) -> dict[str, Any]:
                          f"{fmt(idle_a['rss_mb'], 1)} / {fmt(idle_b['rss_mb'], 1)} | |")
         lines.append("")
     return found
+
+
+def targets(found: dict[Any, Any], mark: Any, poll: Any, idle: Any, idle_all: Any,
+            lat: Any) -> list[tuple[str, str, str, bool | None]]:
+    """(target, detail, figure, met?) for each target issue 10 sets, from one run's files."""
+    t: list[tuple[str, str, str, bool | None]] = []
+    a10 = found.get((10, 100000))
+    if a10 and a10[2] is not None:
+        t.append(("1 in 10, 100k pps: CPU/sample <= 0.5 x pmacctd",
+                  f"{fmt(a10[0]['us_per_sample'])} us vs {fmt(a10[1]['us_per_sample'])} us",
+                  f"ratio {a10[2]:.2f}", a10[2] <= 0.5))
+    a1 = found.get((1, 0))
+    if a1 and a1[0]:
+        r = a1[0]
+        t.append(("1 in 1, generator max: loss < 0.1 %",
+                  f"{fmt(r['samples_per_s'])} samples/s of {fmt(r['offered_pps'])} pps offered",
+                  f"loss {fmt(r.get('loss_pct'))} %",
+                  r.get("loss_pct") is not None and r["loss_pct"] < 0.1))
+        if a1[2] is not None:
+            t.append(("1 in 1, generator max: CPU/sample <= 2 x pmacctd",
+                      f"{fmt(r['us_per_sample'])} us vs {fmt(a1[1]['us_per_sample'])} us",
+                      f"ratio {a1[2]:.2f}", a1[2] <= 2.0))
+    if mark:
+        m = mark["tcp+systemd"]
+        t.append(("tcp + systemd markTraffic, 10k sockets: added CPU/sample (median) < 15 us",
+                  f"tcp alone +{fmt(mark['tcp']['added_median_us'])} us, both "
+                  f"+{fmt(m['added_median_us'])} us", f"{fmt(m['added_median_us'])} us",
+                  m["added_median_us"] < 15))
+    if poll:
+        t.append((f"counter polling, {poll['services']} services: CPU per round < 100 ms",
+                  f"{poll['counter_samples_per_round']} counter samples, "
+                  f"{poll['datagrams_per_round']} datagrams", f"{poll['round_cpu_ms_median']} ms",
+                  poll["round_cpu_ms_median"] < 100))
+    if idle:
+        pct = idle.get("cpu_percent_of_core_precise", idle["cpu_percent_of_core"])
+        t.append(("idle, counters only: CPU < 0.05 % of a core",
+                  f"{idle['seconds']} s, modules {', '.join(idle.get('modules', []))}",
+                  f"{pct:.3f} %", pct < 0.05))
+    if idle_all:
+        mb = idle_all["rss_kb_end"] / 1024
+        t.append(("RSS with every in-repo plugin < 30 MB (pmacctd ~31 MB)",
+                  f"modules {', '.join(idle_all.get('modules', []))}; counters only: "
+                  f"{idle['rss_kb_end'] / 1024:.1f} MB" if idle else "", f"{mb:.1f} MB", mb < 30))
+    if lat:
+        worst = max(lat[k]["max_s"] for k in ("sparse", "busy") if "max_s" in lat[k])
+        t.append(("latency packet -> datagram < 1.5 s",
+                  "; ".join(f"{k} ({lat[k]['pps']} pps): median {lat[k].get('median_s')} s, "
+                            f"p99 {lat[k].get('p99_s')} s" for k in ("sparse", "busy")),
+                  f"max {worst} s", worst < 1.5))
+    return t
 
 
 def main() -> None:
@@ -146,52 +211,22 @@ def main() -> None:
         L.append("")
 
     # ---------------------------------------------------------------- targets
-    t: list[tuple[str, str, str, bool | None]] = []
-    a10 = found.get((10, 100000))
-    if a10 and a10[2] is not None:
-        t.append(("1 in 10, 100k pps: CPU/sample <= 0.5 x pmacctd",
-                  f"{fmt(a10[0]['us_per_sample'])} us vs {fmt(a10[1]['us_per_sample'])} us",
-                  f"ratio {a10[2]:.2f}", a10[2] <= 0.5))
-    a1 = found.get((1, 0))
-    if a1 and a1[0]:
-        r = a1[0]
-        t.append(("1 in 1, generator max: loss < 0.1 %",
-                  f"{fmt(r['samples_per_s'])} samples/s of {fmt(r['offered_pps'])} pps offered",
-                  f"loss {fmt(r.get('loss_pct'))} %",
-                  r.get("loss_pct") is not None and r["loss_pct"] < 0.1))
-        if a1[2] is not None:
-            t.append(("1 in 1, generator max: CPU/sample <= 2 x pmacctd",
-                      f"{fmt(r['us_per_sample'])} us vs {fmt(a1[1]['us_per_sample'])} us",
-                      f"ratio {a1[2]:.2f}", a1[2] <= 2.0))
-    if mark:
-        m = mark["tcp+systemd"]
-        t.append(("tcp + systemd markTraffic, 10k sockets: added CPU/sample (median) < 15 us",
-                  f"tcp alone +{fmt(mark['tcp']['added_median_us'])} us, both "
-                  f"+{fmt(m['added_median_us'])} us", f"{fmt(m['added_median_us'])} us",
-                  m["added_median_us"] < 15))
-    if poll:
-        t.append((f"counter polling, {poll['services']} services: CPU per round < 100 ms",
-                  f"{poll['counter_samples_per_round']} counter samples, "
-                  f"{poll['datagrams_per_round']} datagrams", f"{poll['round_cpu_ms_median']} ms",
-                  poll["round_cpu_ms_median"] < 100))
-    if idle:
-        pct = idle.get("cpu_percent_of_core_precise", idle["cpu_percent_of_core"])
-        t.append(("idle, counters only: CPU < 0.05 % of a core",
-                  f"{idle['seconds']} s, modules {', '.join(idle.get('modules', []))}",
-                  f"{pct:.3f} %", pct < 0.05))
-    if idle_all:
-        mb = idle_all["rss_kb_end"] / 1024
-        t.append(("RSS with every in-repo plugin < 30 MB (pmacctd ~31 MB)",
-                  f"modules {', '.join(idle_all.get('modules', []))}; counters only: "
-                  f"{idle['rss_kb_end'] / 1024:.1f} MB" if idle else "", f"{mb:.1f} MB", mb < 30))
-    if lat:
-        worst = max(lat[k]["max_s"] for k in ("sparse", "busy") if "max_s" in lat[k])
-        t.append(("latency packet -> datagram < 1.5 s",
-                  "; ".join(f"{k} ({lat[k]['pps']} pps): median {lat[k].get('median_s')} s, "
-                            f"p99 {lat[k].get('p99_s')} s" for k in ("sparse", "busy")),
-                  f"max {worst} s", worst < 1.5))
-    L += ["## Targets", "", "| target | detail | figure | verdict |", "|---|---|---|---|"]
-    L += [f"| {name} | {detail} | {fig} | {verdict(ok)} |" for name, detail, fig, ok in t]
+    t = targets(found, mark, poll, idle, idle_all, lat)
+    prev_dir = os.path.join(d, "prev-session")
+    prev = {name: load(os.path.join(prev_dir, name + ".json"))
+            for name in ("mark_cost", "poll_cost", "idle", "idle_all", "latency")}
+    prev_rows = load(os.path.join(prev_dir, "results.jsonl")) or []
+    before_fig = {name: fig for name, _, fig, _ in targets(
+        rig_figures(prev_rows), prev["mark_cost"], prev["poll_cost"], prev["idle"],
+        prev["idle_all"], prev["latency"])}
+    label_path = os.path.join(prev_dir, "label")
+    prev_label = open(label_path).read().strip() if os.path.exists(label_path) else ""
+    L += ["## Targets", ""]
+    if prev_label:
+        L += [f"\"previous\" = {prev_label}.", ""]
+    L += ["| target | detail | figure | previous | verdict |", "|---|---|---|---|---|"]
+    L += [f"| {name} | {detail} | {fig} | {before_fig.get(name, '-')} | {verdict(ok)} |"
+          for name, detail, fig, ok in t]
     L.append("")
 
     # ---------------------------------------------------------------- details
