@@ -11,6 +11,7 @@ The public API for plugin authors:
 - :mod:`hostsflow.testing`: the testing kit.
 """
 
+from . import logsetup  # noqa: F401 - first: imports structlog without rich (see there)
 from .hookspecs import hookimpl
 
 __version__ = "0.1.0"

@@ -1,15 +1,39 @@
 """The one structlog setup, and log-once helpers.
 
 Console output on a terminal, one JSON object per line otherwise (journald, files, tests).
+
+This module is imported first by the ``hostsflow`` package, so that structlog is imported
+without rich (see :func:`_import_structlog_without_rich`).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from types import ModuleType
 from typing import Any, TextIO
 
-import structlog
+
+def _import_structlog_without_rich() -> ModuleType:
+    """Import structlog with rich hidden, the first time.
+
+    structlog imports rich (and pygments) whenever it is installed, for pretty tracebacks:
+    about 5 MB of RSS in the agent, which renders JSON or plain text and never uses them.  A
+    ``None`` entry in ``sys.modules`` makes ``import rich`` fail while structlog is imported;
+    it is removed afterwards, so ``hostsflow top`` and plugins still import rich as usual."""
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        import structlog
+
+        return structlog
+    sys.modules["rich"] = None  # type: ignore[assignment]
+    try:
+        import structlog
+    finally:
+        del sys.modules["rich"]
+    return structlog
+
+
+structlog = _import_structlog_without_rich()
 
 
 def configure_logging(debug: bool = False, stream: TextIO | None = None, json: bool | None = None) -> None:
