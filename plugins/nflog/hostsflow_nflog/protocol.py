@@ -1,14 +1,16 @@
 """The nfnetlink_log (NFLOG) wire protocol: config requests out, packet messages in.
 
-Two representations, on purpose:
+Plain ``struct`` code both ways, no pyroute2 at import time (importing any part of pyroute2
+imports the whole package, about 9 MB of RSS, for a few constants and the config requests):
 
-* :class:`NflogConfigMsg` and :class:`NflogPacketMsg` are pyroute2 netlink message classes
-  (``nfgen_msg`` + ``nla_map``).  The config requests (a handful per bind) are encoded with
-  pyroute2; the packet class documents the attributes and is the independent decoder the tests
-  compare the fast reader against.
-* :func:`read_messages` is the fast reader the socket path uses for every ``recv()`` buffer:
-  plain ``struct`` code, several times faster than pyroute2's generic decoder (see the
-  README for the figures), which matters because it runs once per logged packet.
+* :func:`bind_request`, :func:`mode_request`, :func:`unbind_request` encode the
+  NFULNL_MSG_CONFIG requests (a handful per bind).
+* :func:`read_messages` is the fast reader the socket path uses for every ``recv()`` buffer,
+  several times faster than pyroute2's generic decoder (see the README for the figures),
+  which matters because it runs once per logged packet.
+
+The tests check both against pyroute2 message classes with the same attribute maps (in
+``tests/test_protocol.py``), an independent encoder and decoder.
 
 Attribute numbers and layouts are those of linux ``include/uapi/linux/netfilter/nfnetlink_log.h``.
 """
@@ -19,8 +21,11 @@ import struct
 from collections.abc import Iterator
 
 import attrs
-from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, nla
-from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_ULOG, nfgen_msg
+
+# netlink (linux/netlink.h) and nfnetlink (linux/netfilter/nfnetlink.h)
+NLM_F_REQUEST, NLM_F_ACK = 1, 4
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NFNL_SUBSYS_ULOG = 4
 
 NETLINK_NETFILTER = 12
 NFULNL_MSG_PACKET = 0
@@ -49,83 +54,40 @@ NFPROTO_INET, NFPROTO_IPV4, NFPROTO_ARP, NFPROTO_NETDEV = 1, 2, 3, 5
 NFPROTO_BRIDGE, NFPROTO_IPV6 = 7, 10
 
 
-class NflogConfigMsg(nfgen_msg):
-    """NFULNL_MSG_CONFIG request (pyroute2 message class).  ``res_id`` is the group."""
-
-    nla_map = (
-        ("NFULA_CFG_UNSPEC", "none"),
-        ("NFULA_CFG_CMD", "cfg_cmd"),
-        ("NFULA_CFG_MODE", "cfg_mode"),
-        ("NFULA_CFG_NLBUFSIZ", "be32"),
-        ("NFULA_CFG_TIMEOUT", "be32"),
-        ("NFULA_CFG_QTHRESH", "be32"),
-        ("NFULA_CFG_FLAGS", "be16"),
-    )
-
-    class cfg_cmd(nla):
-        fields = (("command", "B"),)
-
-    class cfg_mode(nla):
-        fields = (("copy_range", ">I"), ("copy_mode", "B"), ("_pad", "B"))
+_NLMSGHDR = struct.Struct("=IHHII")
+_NLA = struct.Struct("=HH")
+_BE16 = struct.Struct("!H")
+_BE32 = struct.Struct("!I")
+_PKTHDR = struct.Struct("!HB")
+_ERRNO = struct.Struct("=i")
 
 
-class NflogPacketMsg(nfgen_msg):
-    """NFULNL_MSG_PACKET (pyroute2 message class): what the kernel sends per logged packet."""
-
-    nla_map = (
-        ("NFULA_UNSPEC", "none"),
-        ("NFULA_PACKET_HDR", "packet_hdr"),
-        ("NFULA_MARK", "be32"),
-        ("NFULA_TIMESTAMP", "timestamp"),
-        ("NFULA_IFINDEX_INDEV", "be32"),
-        ("NFULA_IFINDEX_OUTDEV", "be32"),
-        ("NFULA_IFINDEX_PHYSINDEV", "be32"),
-        ("NFULA_IFINDEX_PHYSOUTDEV", "be32"),
-        ("NFULA_HWADDR", "hex"),
-        ("NFULA_PAYLOAD", "cdata"),
-        ("NFULA_PREFIX", "asciiz"),
-        ("NFULA_UID", "be32"),
-        ("NFULA_SEQ", "be32"),
-        ("NFULA_SEQ_GLOBAL", "be32"),
-        ("NFULA_GID", "be32"),
-        ("NFULA_HWTYPE", "be16"),
-        ("NFULA_HWHEADER", "cdata"),
-        ("NFULA_HWLEN", "be16"),
-        ("NFULA_CT", "hex"),
-        ("NFULA_CT_INFO", "be32"),
-        ("NFULA_VLAN", "hex"),
-        ("NFULA_L2HDR", "cdata"),
-    )
-
-    class packet_hdr(nla):
-        fields = (("hw_protocol", ">H"), ("hook", "B"), ("_pad", "B"))
-
-    class timestamp(nla):
-        fields = (("sec", ">Q"), ("usec", ">Q"))
+def nla_bytes(atype: int, value: bytes) -> bytes:
+    """One netlink attribute, padded to 4 bytes."""
+    n = 4 + len(value)
+    return _NLA.pack(n, atype) + value + b"\0" * (-n % 4)
 
 
-def config_request(group: int, attrs_: list[tuple[str, object]], family: int = 0,
-                   seq: int = 0) -> bytes:
-    """Encode one NFULNL_MSG_CONFIG request (REQUEST|ACK) for ``group`` with pyroute2."""
-    msg = NflogConfigMsg()
-    msg["header"]["type"] = MSG_CONFIG
-    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK
-    msg["header"]["sequence_number"] = seq
-    msg["nfgen_family"] = family
-    msg["version"] = 0
-    msg["res_id"] = group
-    msg["attrs"] = attrs_
-    msg.encode()
-    return bytes(msg.data)
+def nfnl_message(mtype: int, flags: int, family: int, res_id: int,
+                 attributes: list[tuple[int, bytes]], seq: int = 0) -> bytes:
+    """One whole nfnetlink message: nlmsghdr, nfgenmsg (family, version 0, ``res_id`` in
+    network order), then the (type, value) attributes, each padded to 4 bytes."""
+    body = struct.pack("!BBH", family, 0, res_id)
+    body += b"".join(nla_bytes(t, v) for t, v in attributes)
+    return _NLMSGHDR.pack(16 + len(body), mtype, flags, seq, 0) + body
+
+
+def config_request(group: int, attributes: list[tuple[int, bytes]], seq: int = 0) -> bytes:
+    """One NFULNL_MSG_CONFIG request (REQUEST|ACK) for ``group``."""
+    return nfnl_message(MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, 0, group, attributes, seq)
 
 
 def bind_request(group: int, seq: int = 0) -> bytes:
-    return config_request(group, [("NFULA_CFG_CMD", {"command": NFULNL_CFG_CMD_BIND})], seq=seq)
+    return config_request(group, [(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND]))], seq=seq)
 
 
 def unbind_request(group: int, seq: int = 0) -> bytes:
-    return config_request(group, [("NFULA_CFG_CMD", {"command": NFULNL_CFG_CMD_UNBIND})],
-                          seq=seq)
+    return config_request(group, [(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_UNBIND]))], seq=seq)
 
 
 def mode_request(group: int, copy_range: int, qthreshold: int, timeout_cs: int,
@@ -133,19 +95,12 @@ def mode_request(group: int, copy_range: int, qthreshold: int, timeout_cs: int,
     """Copy-packet mode with ``copy_range`` bytes, queue threshold, flush timeout (1/100 s)
     and per-instance sequence numbers (NFULA_SEQ, used to count lost messages)."""
     return config_request(group, [
-        ("NFULA_CFG_MODE", {"copy_range": copy_range, "copy_mode": NFULNL_COPY_PACKET}),
-        ("NFULA_CFG_QTHRESH", qthreshold),
-        ("NFULA_CFG_TIMEOUT", timeout_cs),
-        ("NFULA_CFG_FLAGS", NFULNL_CFG_F_SEQ),
+        # struct nfulnl_msg_config_mode: __be32 copy_range, __u8 copy_mode, __u8 _pad
+        (NFULA_CFG_MODE, struct.pack("!IBx", copy_range, NFULNL_COPY_PACKET)),
+        (NFULA_CFG_QTHRESH, _BE32.pack(qthreshold)),
+        (NFULA_CFG_TIMEOUT, _BE32.pack(timeout_cs)),
+        (NFULA_CFG_FLAGS, _BE16.pack(NFULNL_CFG_F_SEQ)),
     ], seq=seq)
-
-
-_NLMSGHDR = struct.Struct("=IHHII")
-_NLA = struct.Struct("=HH")
-_BE16 = struct.Struct("!H")
-_BE32 = struct.Struct("!I")
-_PKTHDR = struct.Struct("!HB")
-_ERRNO = struct.Struct("=i")
 
 
 def ack_errno(data: bytes) -> int | None:
@@ -299,18 +254,10 @@ _BE32_ATTRS = {
 # ---------------------------------------------------------------- building (tests, docs)
 
 
-def nla_bytes(atype: int, value: bytes) -> bytes:
-    """One netlink attribute, padded to 4 bytes."""
-    n = 4 + len(value)
-    return _NLA.pack(n, atype) + value + b"\0" * (-n % 4)
-
-
 def packet_message(attributes: list[tuple[int, bytes]], family: int = NFPROTO_IPV4,
                    group: int = 0, nlmsg_seq: int = 0) -> bytes:
     """A whole NFULNL_MSG_PACKET netlink message, laid out as the kernel builds it."""
-    body = struct.pack("=BB", family, 0) + _BE16.pack(group)
-    body += b"".join(nla_bytes(t, v) for t, v in attributes)
-    return _NLMSGHDR.pack(16 + len(body), MSG_PACKET, 0, nlmsg_seq, 0) + body
+    return nfnl_message(MSG_PACKET, 0, family, group, attributes, nlmsg_seq)
 
 
 def iter_attributes(msg: bytes) -> Iterator[tuple[int, bytes]]:

@@ -1,4 +1,5 @@
-"""The NFLOG message reader against hand-laid kernel messages, pyroute2's decoder and garbage.
+"""The NFLOG message reader against hand-laid kernel messages, pyroute2's decoder and garbage;
+the config requests against the kernel layout and pyroute2's encoder.
 
 The messages are built attribute by attribute as nfnetlink_log's __build_packet_message lays
 them out (nlmsghdr, nfgenmsg, then 4-byte aligned attributes in network byte order).
@@ -11,8 +12,79 @@ import struct
 from hostsflow_nflog import protocol as p
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pyroute2.netlink import nla
+from pyroute2.netlink.nfnetlink import nfgen_msg
 
 U32 = st.integers(0, 2**32 - 1)
+
+
+class NflogConfigMsg(nfgen_msg):
+    """NFULNL_MSG_CONFIG request as a pyroute2 message class.  ``res_id`` is the group."""
+
+    nla_map = (
+        ("NFULA_CFG_UNSPEC", "none"),
+        ("NFULA_CFG_CMD", "cfg_cmd"),
+        ("NFULA_CFG_MODE", "cfg_mode"),
+        ("NFULA_CFG_NLBUFSIZ", "be32"),
+        ("NFULA_CFG_TIMEOUT", "be32"),
+        ("NFULA_CFG_QTHRESH", "be32"),
+        ("NFULA_CFG_FLAGS", "be16"),
+    )
+
+    class cfg_cmd(nla):
+        fields = (("command", "B"),)
+
+    class cfg_mode(nla):
+        fields = (("copy_range", ">I"), ("copy_mode", "B"), ("_pad", "B"))
+
+
+class NflogPacketMsg(nfgen_msg):
+    """NFULNL_MSG_PACKET as a pyroute2 message class: what the kernel sends per logged packet."""
+
+    nla_map = (
+        ("NFULA_UNSPEC", "none"),
+        ("NFULA_PACKET_HDR", "packet_hdr"),
+        ("NFULA_MARK", "be32"),
+        ("NFULA_TIMESTAMP", "timestamp"),
+        ("NFULA_IFINDEX_INDEV", "be32"),
+        ("NFULA_IFINDEX_OUTDEV", "be32"),
+        ("NFULA_IFINDEX_PHYSINDEV", "be32"),
+        ("NFULA_IFINDEX_PHYSOUTDEV", "be32"),
+        ("NFULA_HWADDR", "hex"),
+        ("NFULA_PAYLOAD", "cdata"),
+        ("NFULA_PREFIX", "asciiz"),
+        ("NFULA_UID", "be32"),
+        ("NFULA_SEQ", "be32"),
+        ("NFULA_SEQ_GLOBAL", "be32"),
+        ("NFULA_GID", "be32"),
+        ("NFULA_HWTYPE", "be16"),
+        ("NFULA_HWHEADER", "cdata"),
+        ("NFULA_HWLEN", "be16"),
+        ("NFULA_CT", "hex"),
+        ("NFULA_CT_INFO", "be32"),
+        ("NFULA_VLAN", "hex"),
+        ("NFULA_L2HDR", "cdata"),
+    )
+
+    class packet_hdr(nla):
+        fields = (("hw_protocol", ">H"), ("hook", "B"), ("_pad", "B"))
+
+    class timestamp(nla):
+        fields = (("sec", ">Q"), ("usec", ">Q"))
+
+
+def pyroute2_config_request(group: int, attributes: list[tuple[str, object]], seq: int) -> bytes:
+    """The same request as :func:`protocol.config_request`, encoded by pyroute2."""
+    msg = NflogConfigMsg()
+    msg["header"]["type"] = p.MSG_CONFIG
+    msg["header"]["flags"] = p.NLM_F_REQUEST | p.NLM_F_ACK
+    msg["header"]["sequence_number"] = seq
+    msg["nfgen_family"] = 0
+    msg["version"] = 0
+    msg["res_id"] = group
+    msg["attrs"] = attributes
+    msg.encode()
+    return bytes(msg.data)
 
 
 def be32(n: int) -> bytes:
@@ -83,7 +155,7 @@ def test_batches_round_trip(batch) -> None:  # type: ignore[no-untyped-def]
 def test_agrees_with_pyroute2_decoder(case) -> None:  # type: ignore[no-untyped-def]
     """pyroute2's generic decoder with our NflogPacketMsg nla_map is the independent oracle."""
     _, msg = case
-    m = p.NflogPacketMsg(msg)
+    m = NflogPacketMsg(msg)
     m.decode()
     (pkt,) = p.read_messages(msg).packets
     assert m["nfgen_family"] == pkt.family and m["res_id"] == 5
@@ -153,7 +225,7 @@ def test_attribute_running_past_message_is_malformed() -> None:
 
 
 def test_config_requests_match_kernel_layout() -> None:
-    """The pyroute2-encoded requests are byte for byte what nfnetlink_log parses."""
+    """The requests are byte for byte what nfnetlink_log parses."""
     bind = p.bind_request(5, seq=7)
     assert bind == (struct.pack("=IHHII", 28, 0x0401, 1 | 4, 7, 0)
                     + bytes([0, 0]) + struct.pack("!H", 5)
@@ -165,6 +237,27 @@ def test_config_requests_match_kernel_layout() -> None:
             + struct.pack("=HH", 8, 4) + be32(10)
             + struct.pack("=HH", 6, 6) + struct.pack("!H", 1) + b"\0\0")
     assert mode == struct.pack("=IHHII", 16 + len(body), 0x0401, 5, 0, 0) + body
+
+
+U16 = st.integers(0, 2**16 - 1)
+
+
+@given(group=U16, seq=U32, copy_range=U32, qthreshold=U32, timeout_cs=U32,
+       bind=st.booleans())
+def test_config_requests_agree_with_pyroute2_encoder(group: int, seq: int, copy_range: int,
+                                                     qthreshold: int, timeout_cs: int,
+                                                     bind: bool) -> None:
+    """pyroute2's encoder with NflogConfigMsg's nla_map is the independent oracle."""
+    command = p.NFULNL_CFG_CMD_BIND if bind else p.NFULNL_CFG_CMD_UNBIND
+    ours = (p.bind_request if bind else p.unbind_request)(group, seq=seq)
+    assert ours == pyroute2_config_request(group, [("NFULA_CFG_CMD", {"command": command})], seq)
+    mode = p.mode_request(group, copy_range, qthreshold, timeout_cs, seq=seq)
+    assert mode == pyroute2_config_request(group, [
+        ("NFULA_CFG_MODE", {"copy_range": copy_range, "copy_mode": p.NFULNL_COPY_PACKET}),
+        ("NFULA_CFG_QTHRESH", qthreshold),
+        ("NFULA_CFG_TIMEOUT", timeout_cs),
+        ("NFULA_CFG_FLAGS", p.NFULNL_CFG_F_SEQ),
+    ], seq)
 
 
 def test_ack_errno() -> None:
