@@ -6,7 +6,9 @@ agent's own defaults: the RSS figure with every in-repo plugin loaded.
 
 Starts ``hostsflowd`` sending to a local socket, waits for it to settle, then reads
 /proc/PID/stat (utime+stime) and /proc/PID/status (VmRSS) over ``--seconds``.  Prints one
-JSON line: cpu_percent of one core, rss_kb at start and end, datagrams received."""
+JSON line: cpu_percent of one core, rss_kb at start and end, datagrams received, and (at the
+end) where the RSS is: anonymous memory (Python objects, heap) and each file mapped (the
+interpreter, shared libraries, extension modules), from /proc/PID/smaps."""
 
 from __future__ import annotations
 
@@ -46,6 +48,33 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def _mapping_name(path: str) -> str:
+    if path.startswith("/"):
+        return os.path.basename(path)  # the interpreter, a shared library, an extension
+    if path.startswith("socket:"):
+        return "[socket]"  # a packet socket's ring (pcap)
+    return path or "[anon]"  # [heap], [stack]...; "[anon]": pymalloc arenas, thread stacks
+
+
+def rss_by_mapping(pid: int, top: int = 12) -> dict[str, int]:
+    """RSS in kB by what is mapped (see :func:`_mapping_name`), the ``top`` largest, then
+    "other" for the rest."""
+    sizes: dict[str, int] = {}
+    name = "[anon]"
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            first = line.split(maxsplit=6)
+            if "-" in first[0] and ":" not in first[0]:  # a mapping's header line
+                path = first[5].strip() if len(first) > 5 else ""
+                name = _mapping_name(path)
+            elif first[0] == "Rss:":
+                sizes[name] = sizes.get(name, 0) + int(first[1])
+    ranked = sorted(sizes.items(), key=lambda kv: -kv[1])
+    out = dict(ranked[:top])
+    out["other"] = sum(kb for _, kb in ranked[top:])
+    return out
 
 
 def python_pid(pid: int) -> int:
@@ -89,6 +118,7 @@ def main() -> None:
             t0, c0, r0, m0 = time.monotonic(), cpu_ticks(pid), rss_kb(pid), runtime_ms(pid)
             time.sleep(args.seconds)
             t1, c1, r1, m1 = time.monotonic(), cpu_ticks(pid), rss_kb(pid), runtime_ms(pid)
+            mappings = rss_by_mapping(pid)
             alive = agent.proc.poll() is None
             log = agent.log()
         result = {
@@ -98,6 +128,7 @@ def main() -> None:
             "cpu_percent_of_core_precise": round(100 * (m1 - m0) / 1000 / (t1 - t0), 4),
             "rss_kb_start": r0,
             "rss_kb_end": r1,
+            "rss_kb_by_mapping": mappings,
             "datagrams": len(col.raw),
             "modules": _modules(log),
             "alive": alive,
