@@ -22,13 +22,20 @@ HOST_RECORDS = frozenset({
 class HostPoller:
     """Host counters 2000-2010 for ``2:1``; generic interface counters and name for ``0:ifIndex``."""
 
+    def __init__(self) -> None:
+        self._table: Any = None  # the interface table _sources was built from
+        self._sources: list[DataSource] = []
+
     @hookimpl
     def sflow_data_sources(self, agent: Any) -> list[DataSource]:
-        sources = [HOST_SOURCE]
-        sources.extend(
-            DataSource(DS_IFINDEX, i.ifindex, i.name) for i in agent.interfaces if not i.loopback
-        )
-        return sources
+        # asked every second; the answer only changes when the agent installs a new table
+        if agent.interfaces is not self._table:
+            self._table = agent.interfaces
+            self._sources = [HOST_SOURCE]
+            self._sources.extend(
+                DataSource(DS_IFINDEX, i.ifindex, i.name) for i in self._table if not i.loopback
+            )
+        return self._sources
 
     @hookimpl
     def sflow_poll_counters(self, agent: Any, source: DataSource) -> list[Any] | None:
