@@ -17,7 +17,6 @@ from hostsflow.config import SpeedRange, device, integer, on_off, option, regex,
 #: device kinds tapped when the device is not named explicitly (hsflowd's rule)
 AUTO_KINDS = frozenset({"physical", "bridge", "other"})
 
-DEFAULT_BUFFER = 4 << 20
 
 
 @attrs.define(slots=True)
@@ -38,8 +37,9 @@ class PcapConfig:
         None, help="1-in-N sampling rate for this tap (default: the agent's rule per speed)",
         converter=u32(),
     )
-    buffer: int = option(
-        DEFAULT_BUFFER, help="capture ring size in bytes; holds sampled headers during stalls",
+    buffer: int | None = option(
+        None, help="capture ring size in bytes; holds sampled headers during stalls "
+        "(default: 4 MB when sampling 1 in fewer than 10, else 1 MB)",
         converter=integer(64 * 1024, 1 << 30),
     )
 

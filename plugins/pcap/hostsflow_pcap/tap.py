@@ -44,7 +44,18 @@ BATCH = 1024
 MAX_BATCHES = 8
 #: the kernel retires a ring block at the latest this long after its first packet (ms)
 DEFAULT_TIMEOUT_MS = 50
-DEFAULT_BUFFER_BYTES = 4 << 20
+#: ring sizes when the config sets none: near every packet reaching user space (1 in fewer
+#: than RING_RATE_THRESHOLD) needs room for ~50 ms at 300k samples/s; sparser sampling fills
+#: the small ring about ten times more slowly for the same traffic
+BIG_RING_BYTES = 4 << 20
+SMALL_RING_BYTES = 1 << 20
+RING_RATE_THRESHOLD = 10
+
+
+def default_ring_bytes(rate: int) -> int:
+    """The capture ring for a tap opened at 1-in-``rate`` (the ring is mapped, so it is
+    resident memory: keep it small where the sample rate allows)."""
+    return BIG_RING_BYTES if 0 < rate < RING_RATE_THRESHOLD else SMALL_RING_BYTES
 
 _META = struct.Struct("=IIII")  # sec, usec, offset, caplen
 
@@ -61,6 +72,7 @@ class Tap:
     :param mac: its 6-byte MAC, used to tell sent from received frames (None: unknown).
     :param rate: 1-in-N; 0 opens the tap with a filter that keeps nothing.
     :param snaplen: bytes kept per sampled frame (``headerBytes``).
+    :param buffer_bytes: capture ring size (None: :func:`default_ring_bytes` for ``rate``).
     :param loopback: the device is a loopback (libpcap shows each packet once, not twice).
     """
 
@@ -72,7 +84,7 @@ class Tap:
         rate: int,
         snaplen: int = 128,
         promisc: bool = False,
-        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+        buffer_bytes: int | None = None,
         timeout_ms: int = DEFAULT_TIMEOUT_MS,
         loopback: bool = False,
     ) -> None:
@@ -82,7 +94,7 @@ class Tap:
         self.rate = rate
         self.snaplen = snaplen
         self.promisc = promisc
-        self.buffer = buffer_bytes
+        self.buffer = buffer_bytes  #: as configured (None: sized by the rate at open)
         self.loopback = loopback
         self.speed = 0
         self.source = DataSource(0, ifindex, name)
@@ -94,7 +106,8 @@ class Tap:
         self.drops_total = 0
         self.new_drops = 0  #: ring drops the kernel reported since the previous batch
         self._pool: SamplePool | None = None
-        self._open(buffer_bytes, timeout_ms)
+        self.ring_bytes = buffer_bytes or default_ring_bytes(rate)  #: the ring it opened with
+        self._open(self.ring_bytes, timeout_ms)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -94,7 +94,7 @@ def test_loopback_tap_feeds_batches_with_pool_and_direction() -> None:
 @root
 def test_reload_reattaches_a_new_rate_and_drops_unselected_taps() -> None:
     plugin = PcapPlugin()
-    with AgentHarness(conf("pcap { dev = lo sampling = 1 }"), plugins={"pcap": plugin}) as h:
+    with AgentHarness(conf("pcap { dev = lo sampling = 20 }"), plugins={"pcap": plugin}) as h:
         tap = plugin.taps["lo"]
         new = load(conf("pcap { dev = lo sampling = 50 }"), "<t>", plugins={"pcap": PcapPlugin()})
         h.agent.reload(new.config)
@@ -110,6 +110,30 @@ def test_reload_reattaches_a_new_rate_and_drops_unselected_taps() -> None:
                     plugins={"pcap": PcapPlugin()})
         h.agent.reload(none.config)
         assert plugin.taps == {} and tap.closed
+
+
+@root
+def test_default_ring_follows_the_rate_and_a_set_buffer_stays() -> None:
+    """4 MB when (nearly) every packet reaches user space, 1 MB for sparser sampling; crossing
+    the line on reload re-opens the tap with the other ring, a configured buffer is kept."""
+    from hostsflow_pcap.tap import BIG_RING_BYTES, SMALL_RING_BYTES
+
+    plugin = PcapPlugin()
+    with AgentHarness(conf("pcap { dev = lo sampling = 1 }"), plugins={"pcap": plugin}) as h:
+        first = plugin.taps["lo"]
+        assert first.ring_bytes == BIG_RING_BYTES
+        h.agent.reload(load(conf("pcap { dev = lo sampling = 100 }"), "<t>",
+                            plugins={"pcap": PcapPlugin()}).config)
+        second = plugin.taps["lo"]
+        assert first.closed and second is not first
+        assert (second.rate, second.ring_bytes) == (100, SMALL_RING_BYTES)
+        h.agent.reload(load(conf("pcap { dev = lo sampling = 1 buffer = 2M }"), "<t>",
+                            plugins={"pcap": PcapPlugin()}).config)
+        third = plugin.taps["lo"]
+        assert (third.rate, third.ring_bytes) == (1, 2_000_000)
+        h.agent.reload(load(conf("pcap { dev = lo sampling = 100 buffer = 2M }"), "<t>",
+                            plugins={"pcap": PcapPlugin()}).config)
+        assert plugin.taps["lo"] is third and third.ring_bytes == 2_000_000
 
 
 @root
