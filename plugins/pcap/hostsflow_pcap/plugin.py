@@ -17,7 +17,7 @@ import attrs
 from hostsflow import hookimpl
 
 from .config import PcapConfig
-from .tap import DEFAULT_TIMEOUT_MS, Tap, TapError, default_ring_bytes
+from .tap import DEFAULT_TIMEOUT_MS, Tap, TapError
 
 NAME = "pcap"
 DEFAULT_HEADER_BYTES = 128
@@ -134,9 +134,6 @@ class PcapPlugin:
                 self._close(name, "device gone or re-created")
             elif (want.promisc, want.buffer, want.mac) != (tap.promisc, tap.buffer, tap.mac):
                 self._close(name, "tap options changed")
-            elif want.buffer is None and default_ring_bytes(want.rate) != tap.ring_bytes:
-                self._read(tap)  # what the old ring holds goes out first
-                self._close(name, "ring resized for the new sampling rate")
         for name, want in wanted.items():
             existing = self.taps.get(name)
             if existing is None:

@@ -54,7 +54,9 @@ RING_RATE_THRESHOLD = 10
 
 def default_ring_bytes(rate: int) -> int:
     """The capture ring for a tap opened at 1-in-``rate`` (the ring is mapped, so it is
-    resident memory: keep it small where the sample rate allows)."""
+    resident memory: keep it small where the sample rate allows).  Chosen when the tap opens:
+    a later change of rate re-attaches the filter on the same socket and ring, so that the
+    sample pool and drop counts run on; re-opening would restart them."""
     return BIG_RING_BYTES if 0 < rate < RING_RATE_THRESHOLD else SMALL_RING_BYTES
 
 _META = struct.Struct("=IIII")  # sec, usec, offset, caplen

@@ -114,8 +114,8 @@ def test_reload_reattaches_a_new_rate_and_drops_unselected_taps() -> None:
 
 @root
 def test_default_ring_follows_the_rate_and_a_set_buffer_stays() -> None:
-    """4 MB when (nearly) every packet reaches user space, 1 MB for sparser sampling; crossing
-    the line on reload re-opens the tap with the other ring, a configured buffer is kept."""
+    """4 MB when (nearly) every packet reaches user space, 1 MB for sparser sampling, chosen
+    when the tap opens (a reload re-rates the same tap); a configured buffer is used as is."""
     from hostsflow_pcap.tap import BIG_RING_BYTES, SMALL_RING_BYTES
 
     plugin = PcapPlugin()
@@ -124,9 +124,11 @@ def test_default_ring_follows_the_rate_and_a_set_buffer_stays() -> None:
         assert first.ring_bytes == BIG_RING_BYTES
         h.agent.reload(load(conf("pcap { dev = lo sampling = 100 }"), "<t>",
                             plugins={"pcap": PcapPlugin()}).config)
-        second = plugin.taps["lo"]
-        assert first.closed and second is not first
-        assert (second.rate, second.ring_bytes) == (100, SMALL_RING_BYTES)
+        assert plugin.taps["lo"] is first and first.rate == 100
+        h.agent.reload(load(conf("pcap { dev = lo sampling = 1000 promisc = on }"), "<t>",
+                            plugins={"pcap": PcapPlugin()}).config)
+        second = plugin.taps["lo"]  # re-opened for the new option, at the new rate
+        assert first.closed and (second.rate, second.ring_bytes) == (1000, SMALL_RING_BYTES)
         h.agent.reload(load(conf("pcap { dev = lo sampling = 1 buffer = 2M }"), "<t>",
                             plugins={"pcap": PcapPlugin()}).config)
         third = plugin.taps["lo"]
