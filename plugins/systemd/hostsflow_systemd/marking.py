@@ -4,7 +4,10 @@ Runs in phase 2 (``sflow_flow_sample_released``), once every other module's phas
 For each end of the packet that is a local address, the local socket is taken from the stash
 when another module already looked that end up (the tcp module: SOCKET_LOCAL_SRC names the
 end, SOCKET_CGROUP_ID / SOCKET_INODE describe it), so one lookup serves both modules; the other
-local ends are looked up here (sock_diag exact lookup through the tcp distribution's
+local ends are taken from the cache, which the tcp module fills in phase 1 when it looks up
+one end of a connection whose other end is local too (the Marker is its
+:class:`hostsflow_tcp.companion.Companion`: both requests go out in one ``send()``), or looked
+up here (sock_diag exact lookup through the tcp distribution's
 :class:`hostsflow_tcp.lookup.DiagChannel`, without tcp_info; the kernel answers inside
 ``send()``, so nothing waits).  Then the service: the socket's cgroup id (INET_DIAG_CGROUP_ID)
 equals the inode of the service's cgroup2 directory.  Where that does not match a service (no
@@ -31,7 +34,7 @@ from hostsflow.samples import (
 )
 from hostsflow.sflow.records import ExtendedEntities
 from hostsflow_tcp.diag import Reply
-from hostsflow_tcp.lookup import IPPROTO_TCP, IPPROTO_UDP, DiagChannel, flow_key
+from hostsflow_tcp.lookup import IPPROTO_TCP, IPPROTO_UDP, DiagChannel, FlowKey, flow_key
 
 from .services import Service, ServiceTable
 
@@ -40,6 +43,7 @@ NEGATIVE_TTL = 1.0  # seconds "no such socket" is reused
 INODE_MAP_MIN_AGE = 2.0  # rebuild the /proc fd map at most this often
 CACHE_MAX = 65536
 LATE_SECONDS = 5.0  # a lookup whose reply was not there at once is forgotten after this
+_new = tuple.__new__  # builds a named tuple without its Python-level __new__ (one per lookup)
 
 
 class Owner(NamedTuple):
@@ -113,9 +117,33 @@ class Marker:
         self._inode_map: dict[int, Service] = {}
         self._inode_map_at = -1e9
         self._inode_map_version = -1
-        self.stats = {"lookups": 0, "cache_hits": 0, "from_stash": 0, "late": 0, "marked": 0,
-                      "by_cgroup": 0, "by_inode": 0, "inode_map_builds": 0, "malformed": 0,
-                      "errors": 0}
+        #: lookups: made here (phase 2); with_tcp: sent with the tcp module's (phase 1)
+        self.stats = {"lookups": 0, "with_tcp": 0, "cache_hits": 0, "from_stash": 0, "late": 0,
+                      "marked": 0, "by_cgroup": 0, "by_inode": 0, "inode_map_builds": 0,
+                      "malformed": 0, "errors": 0}
+
+    # ------------------------------------------------------------ phase 1, with the tcp module
+
+    def also_wanted(self, sample: FlowSample, key: FlowKey) -> FlowKey | None:
+        """The tcp module is about to look up the local socket ``key`` (protocol, local end,
+        remote end): the remote end's socket when that end is local too and not cached, for
+        the same ``send()`` (:mod:`hostsflow_tcp.companion`); else None."""
+        if not len(self.table):
+            return None
+        protocol, local, lport, remote, rport = key
+        if remote not in self.local:
+            return None
+        hit = self._cache.get((protocol, remote, rport, local, lport))
+        if hit is not None and hit[0] > self.clock():
+            return None
+        self.stats["with_tcp"] += 1
+        return _new(FlowKey, (protocol, remote, rport, local, lport))
+
+    def answered(self, key: FlowKey, reply: Reply | None) -> None:
+        """The reply to a lookup :meth:`also_wanted` asked for: into the cache (None: it was
+        not there at once; phase 2 looks the socket up itself)."""
+        if reply is not None:
+            self._remember(key, self._owner(reply), self.clock())
 
     # ------------------------------------------------------------ phase 2
 
@@ -192,10 +220,16 @@ class Marker:
             self.stats["late"] += 1
             self._late[seq] = (key, now)
             return None
-        sock = reply.sock  # owner_of(), inlined: this is the per-lookup path
-        info = Owner(sock.inode, sock.cgroup_id or 0) if sock is not None else self._answer(reply)
+        info = self._owner(reply)
         self._remember(key, info, now)
         return info
+
+    def _owner(self, reply: Reply) -> Owner | None:
+        """The Owner a reply found (None: no such socket, or an error, counted)."""
+        sock = reply.sock  # owner_of(), inlined: this is the per-lookup path
+        if sock is not None:
+            return _new(Owner, (sock.inode, sock.cgroup_id or 0))
+        return self._answer(reply)
 
     def _answer(self, reply: Reply) -> Owner | None:
         # EBADMSG (a damaged reply) is already in the reader's malformed count

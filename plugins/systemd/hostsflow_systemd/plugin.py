@@ -13,6 +13,7 @@ from typing import Any
 from hostsflow import hookimpl
 from hostsflow.samples import HOST_SOURCE, DataSource, FlowSample
 from hostsflow.sflow.records import Record
+from hostsflow_tcp import companion
 from hostsflow_tcp.lookup import DiagChannel
 
 from .cgroups import CgroupMounts
@@ -66,6 +67,7 @@ class SystemdPlugin:
                 agent.warn_once("systemd:sockdiag", "systemd_marking_without_sock_diag",
                                 error=str(exc))
             self.marker = Marker(self.table, agent.now, self.diag)
+            companion.register(agent, self.marker)  # the tcp module's lookups carry ours
             if mounts.v2 is None:
                 self.log.warning("no_cgroup2", detail="marking falls back to /proc/PID/fd")
 
@@ -80,6 +82,8 @@ class SystemdPlugin:
 
     @hookimpl
     def sflow_final(self, agent: Any) -> None:
+        if self.marker is not None:
+            companion.register(agent, None)
         if self.watcher is not None:
             loop = agent.loop
             if loop is not None and not loop.is_running() and not loop.is_closed():

@@ -336,8 +336,10 @@ def test_tcp_plugin_stash_is_used(harness, world):
 def test_one_lookup_serves_tcp_and_systemd(world):
     """tcp { } and markTraffic together on real frames (a client at 127.0.0.2 talking to
     web-a at 127.0.0.1, which alone is the agent's address): the tcp module's lookup of the
-    service's socket (phase 1, in the stash) is the one marking uses; marking looks up only
-    the client's end, which the tcp module does not cover (127/8 is local to marking)."""
+    service's socket (phase 1, in the stash) is the one marking uses; the client's end, which
+    the tcp module does not cover (127/8 is local to marking), is looked up in the same send()
+    as the tcp module's request (marking is its companion), so marking makes no lookup of its
+    own."""
     from hostsflow.host.interfaces import Interface, InterfaceTable
     from hostsflow.sflow.records import ExtendedTcpInfo
     from hostsflow_tcp.plugin import TcpPlugin
@@ -376,8 +378,8 @@ def test_one_lookup_serves_tcp_and_systemd(world):
         m = sd.marker.stats
         assert m["from_stash"] == len(frames)  # the service's end: the tcp module's answer
         assert tcp.stats["requests"] == 1  # one connection: one lookup, then reused
-        # marking's own lookups were for the client's end only (then cached)
-        assert m["lookups"] == 1 and m["lookups"] + m["cache_hits"] == len(frames)
+        # the client's end: once, with the tcp module's request, then from the cache
+        assert m["with_tcp"] == 1 and m["lookups"] == 0 and m["cache_hits"] == len(frames)
         assert {k[1] for k in sd.marker._cache} == {"127.0.0.2"}
     finally:
         c.close()

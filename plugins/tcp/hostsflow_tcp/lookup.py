@@ -50,30 +50,31 @@ class FlowKey(NamedTuple):
         return socket.AF_INET6 if ":" in self.local else socket.AF_INET
 
 
-def _fold_mapped(addr: str) -> str:
-    if addr.startswith("::ffff:") and "." in addr:
-        return addr[7:]
-    return addr
+_new = tuple.__new__  # builds a named tuple without its Python-level __new__ (made per lookup)
+_AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
 
 
 def flow_key(protocol: int, local: str, lport: int, remote: str, rport: int) -> FlowKey:
     """Make a :class:`FlowKey`, folding v4-mapped IPv6 addresses to IPv4.
 
     Raises ValueError when one end is IPv4 and the other IPv6."""
-    local, remote = _fold_mapped(local), _fold_mapped(remote)
+    if local.startswith("::ffff:") and "." in local:
+        local = local[7:]
+    if remote.startswith("::ffff:") and "." in remote:
+        remote = remote[7:]
     if (":" in local) != (":" in remote):
         raise ValueError(f"mixed address families {local} / {remote}")
-    return FlowKey(protocol, local, lport, remote, rport)
+    return _new(FlowKey, (protocol, local, lport, remote, rport))
 
 
 def request_for(key: FlowKey, seq: int, *, with_info: bool = True) -> bytes:
     """The exact-lookup request for ``key`` (tcp_info asked for TCP when ``with_info``)."""
-    ext = diag.EXT_INFO if (with_info and key.protocol == IPPROTO_TCP) else 0
-    if key.protocol == IPPROTO_UDP:  # udp_dump_one: src = sender of an arriving packet
-        ends = (key.remote, key.rport, key.local, key.lport)
-    else:
-        ends = (key.local, key.lport, key.remote, key.rport)
-    return diag.build_request(seq, key.family, key.protocol, *ends, ext=ext)
+    protocol, local, lport, remote, rport = key
+    family = _AF_INET6 if ":" in local else _AF_INET
+    if protocol == IPPROTO_UDP:  # udp_dump_one: src = sender of an arriving packet
+        return diag.build_request(seq, family, protocol, remote, rport, local, lport, ext=0)
+    return diag.build_request(seq, family, protocol, local, lport, remote, rport,
+                              ext=diag.EXT_INFO if with_info else 0)
 
 
 def _open_raw() -> socket.socket:
@@ -154,6 +155,7 @@ class DiagChannel:
         return self._seq
 
     def send(self, key: FlowKey, *, with_info: bool = True) -> int:
+        """Write one request; returns its seq.  Stamps ``last_used`` (time.monotonic)."""
         seq = self.next_seq()
         self.sock.send(request_for(key, seq, with_info=with_info))
         self.last_used = time.monotonic()
@@ -187,23 +189,53 @@ class DiagChannel:
         normally queued already: it is read and returned, and nothing more is read.  ``reply`` is
         None when it is not there (yet); it then comes through :meth:`read` like the reply to a
         :meth:`send`.  Replies to other requests met on the way are kept for the next
-        :meth:`read` (see :attr:`has_held`).  Raises OSError as :meth:`send` does."""
-        seq = self.send(key, with_info=with_info)
+        :meth:`read` (see :attr:`has_held`).  Raises OSError as :meth:`send` does.  This is
+        the per-sample path: it leaves ``last_used`` to the caller, who has the clock."""
+        seq = self._seq = (self._seq + 1) & 0xFFFFFFFF
+        self.sock.send(request_for(key, seq, with_info=with_info))
+        return seq, self._take(seq, limit)
+
+    def request_many(self, wanted: list[tuple[FlowKey, bool]], *, limit: int = 8
+                     ) -> list[tuple[int, Reply | None]]:
+        """Several exact lookups, ``(key, with_info)`` each, written in ONE ``send()`` (one
+        netlink message each; the kernel answers them in turn inside that call): ``(seq,
+        reply)`` for each, in the order asked, the replies read without blocking; None for a
+        reply not there (yet), which then comes through :meth:`read`.  Raises OSError as
+        :meth:`send` does."""
+        seqs = []
+        parts = []
+        for key, with_info in wanted:
+            seq = self._seq = (self._seq + 1) & 0xFFFFFFFF
+            seqs.append(seq)
+            parts.append(request_for(key, seq, with_info=with_info))
+        self.sock.send(b"".join(parts))
+        return [(seq, self._take(seq, limit)) for seq in seqs]
+
+    def _take(self, seq: int, limit: int) -> Reply | None:
+        """The reply to ``seq`` from what is queued, reading at most ``limit`` datagrams;
+        the replies to other requests read on the way are held for :meth:`read`."""
+        held = self._held
+        if held:  # read on the way to an earlier request's reply
+            for i, r in enumerate(held):
+                if r.seq == seq:
+                    del held[i]
+                    return r
         for _ in range(limit):
             data = self._recv()
             if not data:
                 break
             got, bad = read_buffer(data)
-            self._held_bad += bad
+            if bad:
+                self._held_bad += bad
             mine: Reply | None = None
             for r in got:
                 if mine is None and r.seq == seq:
                     mine = r
                 else:
-                    self._held.append(r)
+                    held.append(r)
             if mine is not None:
-                return seq, mine
-        return seq, None
+                return mine
+        return None
 
     def _recv(self) -> bytes:
         """One datagram, or b"" when none is queued.  ENOBUFS (the kernel dropped replies,

@@ -5,7 +5,9 @@ Packet path: ``sflow_flow_sample`` decides whether the sample belongs to a local
 kernel answers an exact lookup inside ``send()``, so the reply is read at once
 (:meth:`~.lookup.DiagChannel.request_now`): the record is added and the stash filled before the
 hook returns, without a hold.  The answer is reused for further samples of the same socket
-for :data:`REUSE_SECONDS`.  Should the reply not be queued yet, the sample is held; the netlink
+for :data:`REUSE_SECONDS`.  When another module registered a :mod:`.companion` (the systemd
+module's marking, for the other local end of the connection), its request goes out in the
+same ``send()`` and its reply is handed to it at once.  Should the reply not be queued yet, the sample is held; the netlink
 socket's reader matches the reply by ``nlmsg_seq`` later and releases the hold (samples of the
 same socket that arrive meanwhile join that request).  A socket that is gone (ENOENT) gives no
 record; a lost reply is left to the core's hold timeout (``agent.hold_timeout``, 0.4 s as
@@ -30,6 +32,7 @@ from hostsflow.samples import (
 )
 from hostsflow.sflow.records import TCP_DIR_SENT, ExtendedTcpInfo
 
+from .companion import Companion, companion_for
 from .config import TcpConfig
 from .diag import Reply, SockInfo
 from .eligible import LocalAddresses, classify
@@ -76,6 +79,8 @@ class TcpPlugin:
                       "joined": 0, "reused": 0, "held": 0, "send_failed": 0, "stale": 0,
                       "netns_failed": 0}
         self._reported: dict[str, int] = {}
+        #: another module's lookups that ride with ours (set at sflow_start)
+        self.companion: Companion | None = None
 
     # ------------------------------------------------------------ life cycle
 
@@ -92,6 +97,7 @@ class TcpPlugin:
 
     @hookimpl
     def sflow_start(self, agent: Any) -> None:
+        self.companion = companion_for(agent)
         for ch in self.channels.values():
             self._watch(ch)
 
@@ -148,8 +154,14 @@ class TcpPlugin:
             self.stats["joined"] += 1
             pend.waiters.append((sample, sample.hold(NAME), dirn))
             return
+        companion = self.companion if sample.netns is None else None
+        extra = companion.also_wanted(sample, key) if companion is not None else None
         try:
-            seq, reply = ch.request_now(key)
+            if extra is None:
+                seq, reply = ch.request_now(key)
+            else:  # both requests in one send()
+                (seq, reply), (_, other) = ch.request_many([(key, True), (extra, False)])
+                companion.answered(extra, other)  # type: ignore[union-attr]
         except OSError as exc:
             self.stats["send_failed"] += 1
             agent.warn_once("tcp:send", "sock_diag_send_failed", error=str(exc))

@@ -20,7 +20,8 @@ from hostsflow.samples import (
 )
 from hostsflow.sflow.records import ExtendedTcpInfo
 from hostsflow.testing import AgentHarness
-from hostsflow_tcp import diag, lookup_socket
+from hostsflow_tcp import companion, diag, lookup_socket
+from hostsflow_tcp.lookup import FlowKey, flow_key
 from hostsflow_tcp.plugin import REUSE_SECONDS, TcpPlugin
 
 LOCAL = InterfaceTable([Interface("lo", 1, loopback=True, addresses=["127.0.0.1", "::1"])])
@@ -84,6 +85,52 @@ def test_local_socket_both_directions_one_request(loop_conn):
         # the core's well-known key says which end the socket keys describe
         assert rx.stash[SOCKET_LOCAL_SRC] is False and tx.stash[SOCKET_LOCAL_SRC] is True
     finally:
+        h.stop()
+
+
+class _OtherEnd:
+    """A companion (as the systemd module's marking is) that wants the other end of every
+    connection the tcp module looks up, and keeps the replies it is handed."""
+
+    def __init__(self) -> None:
+        self.asked: list[FlowKey] = []
+        self.got: dict[FlowKey, object] = {}
+
+    def also_wanted(self, sample, key: FlowKey) -> FlowKey:
+        self.asked.append(key)
+        return flow_key(key.protocol, key.remote, key.rport, key.local, key.lport)
+
+    def answered(self, key: FlowKey, reply) -> None:
+        self.got[key] = reply
+
+
+def test_companion_lookup_goes_out_with_ours(loop_conn):
+    """A registered companion's lookup (the other end, without tcp_info) is made with the tcp
+    module's own, and its reply handed over before the hook returns; a reused answer asks it
+    nothing."""
+    c, a, lst = loop_conn
+    lport, cport = lst.getsockname()[1], c.getsockname()[1]
+    p, other = TcpPlugin(), _OtherEnd()
+    h = AgentHarness("sflow { collector { ip = 127.0.0.1 } tcp { } }", plugins={"tcp": p},
+                     interfaces=LOCAL)
+    companion.register(h.agent, other)
+    try:
+        h.start()
+        rx = h.make_sample(tcp=("127.0.0.2", cport, "127.0.0.1", lport))
+        h.feed(rx)
+        assert not rx.held and p.stats["requests"] == 1
+        peer = flow_key(6, "127.0.0.2", cport, "127.0.0.1", lport)
+        assert list(other.got) == [peer]
+        r = other.got[peer]
+        assert r.sock.inode == os.fstat(c.fileno()).st_ino and r.sock.tcp_info is None
+        assert rx.stash[SOCKET_INODE] == os.fstat(a.fileno()).st_ino
+        h.feed(h.make_sample(tcp=("127.0.0.1", lport, "127.0.0.2", cport)))
+        assert p.stats["reused"] == 1 and len(other.asked) == 1
+        assert not p.channels[None].has_held  # nothing left over on the channel
+        h.flush()
+        assert [len(x) for x in recs(h)] == [1, 1]
+    finally:
+        companion.register(h.agent, None)
         h.stop()
 
 
