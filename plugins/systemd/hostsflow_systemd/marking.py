@@ -39,6 +39,7 @@ from hostsflow_tcp.lookup import IPPROTO_TCP, IPPROTO_UDP, DiagChannel, FlowKey,
 from .services import Service, ServiceTable
 
 POSITIVE_TTL = 10.0  # seconds a socket answer is reused
+MARK_TTL = 1.0  # seconds a connection's mark (its record, or "no service") is reused
 NEGATIVE_TTL = 1.0  # seconds "no such socket" is reused
 INODE_MAP_MIN_AGE = 2.0  # rebuild the /proc fd map at most this often
 CACHE_MAX = 65536
@@ -112,6 +113,8 @@ class Marker:
         self.diag = diag
         self.local = LocalAddresses()
         self._cache: dict[tuple[Any, ...], tuple[float, Owner | None]] = {}
+        #: packet 5-tuple -> (reuse until, table version, the record or None)
+        self._marks: dict[tuple[Any, ...], tuple[float, int, ExtendedEntities | None]] = {}
         #: seq -> (5-tuple, sent at) of lookups whose reply was not there at once
         self._late: dict[int, tuple[tuple[Any, ...], float]] = {}
         self._inode_map: dict[int, Service] = {}
@@ -119,7 +122,7 @@ class Marker:
         self._inode_map_version = -1
         #: lookups: made here (phase 2); with_tcp: sent with the tcp module's (phase 1)
         self.stats = {"lookups": 0, "with_tcp": 0, "cache_hits": 0, "from_stash": 0, "late": 0,
-                      "marked": 0, "by_cgroup": 0, "by_inode": 0, "inode_map_builds": 0,
+                      "marked": 0, "marks_reused": 0, "by_cgroup": 0, "by_inode": 0, "inode_map_builds": 0,
                       "malformed": 0, "errors": 0}
 
     # ------------------------------------------------------------ phase 1, with the tcp module
@@ -149,7 +152,32 @@ class Marker:
 
     def entities(self, sample: FlowSample) -> ExtendedEntities | None:
         """The extended_entities record for a released sample, or None if neither end is a
-        known service."""
+        known service.
+
+        The answer for a packet 5-tuple is reused for :data:`MARK_TTL` seconds while the set
+        of services is unchanged (the samples of one connection repeat it; working it out
+        again costs a dozen dict lookups per sample).  Not when an end's reply was late (it
+        is worked out again next time) or for another namespace's samples (the stash alone
+        decides there)."""
+        pkt = sample.packet
+        if pkt is None or sample.netns is not None:
+            return self._entities(sample)
+        key = (pkt.protocol, pkt.src_ip, pkt.src_port, pkt.dst_ip, pkt.dst_port)
+        now = self.clock()
+        version = self.table.version
+        hit = self._marks.get(key)
+        if hit is not None and hit[0] > now and hit[1] == version:
+            self.stats["marks_reused"] += 1
+            if hit[2] is not None:
+                self.stats["marked"] += 1
+            return hit[2]
+        late = self.stats["late"]
+        rec = self._entities(sample)
+        if self.stats["late"] == late:
+            _put(self._marks, key, (now + MARK_TTL, version, rec), now)
+        return rec
+
+    def _entities(self, sample: FlowSample) -> ExtendedEntities | None:
         ends = self.owners(sample)
         if ends is None:
             return None
@@ -238,11 +266,8 @@ class Marker:
         return owner_of(reply)
 
     def _remember(self, key: tuple[Any, ...], info: Owner | None, now: float) -> None:
-        if len(self._cache) >= CACHE_MAX:
-            self.expire(now)
-            if len(self._cache) >= CACHE_MAX:
-                self._cache.clear()
-        self._cache[key] = (now + (POSITIVE_TTL if info is not None else NEGATIVE_TTL), info)
+        _put(self._cache, key, (now + (POSITIVE_TTL if info is not None else NEGATIVE_TTL), info),
+             now)
 
     def on_readable(self) -> None:
         """The sock_diag socket has late replies: put their answers in the cache."""
@@ -262,6 +287,7 @@ class Marker:
     def expire(self, now: float) -> None:
         """Drop stale cache entries and late lookups that were never answered."""
         self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+        self._marks = {k: v for k, v in self._marks.items() if v[0] > now}
         self._late = {s: v for s, v in self._late.items() if v[1] > now - LATE_SECONDS}
 
     # ------------------------------------------------------------ services
@@ -291,6 +317,17 @@ class Marker:
         self.stats["inode_map_builds"] += 1
         self._inode_map = socket_inodes(self.table)
         return True
+
+
+def _put(cache: dict[Any, tuple[Any, ...]], key: Any, entry: tuple[Any, ...], now: float) -> None:
+    """``cache[key] = entry`` (entries start with their expiry time); when the cache is full,
+    expired entries are dropped first, and everything if that is not enough."""
+    if len(cache) >= CACHE_MAX:
+        for k in [k for k, v in cache.items() if v[0] <= now]:
+            del cache[k]
+        if len(cache) >= CACHE_MAX:
+            cache.clear()
+    cache[key] = entry
 
 
 def socket_inodes(table: ServiceTable) -> dict[int, Service]:

@@ -376,11 +376,22 @@ def test_one_lookup_serves_tcp_and_systemd(world):
             else:
                 assert (e.src_class, e.src_index, e.dst_class, e.dst_index) == (3, a, 0, 0)
         m = sd.marker.stats
-        assert m["from_stash"] == len(frames)  # the service's end: the tcp module's answer
         assert tcp.stats["requests"] == 1  # one connection: one lookup, then reused
-        # the client's end: once, with the tcp module's request, then from the cache
-        assert m["with_tcp"] == 1 and m["lookups"] == 0 and m["cache_hits"] == len(frames)
+        # each direction's mark is worked out once, then reused: the service's end from the
+        # tcp module's answer, the client's end from the cache (looked up once, with the tcp
+        # module's request)
+        assert m["from_stash"] == m["cache_hits"] == 2
+        assert m["marks_reused"] == len(frames) - 2 and m["marked"] == len(frames)
+        assert m["with_tcp"] == 1 and m["lookups"] == 0
         assert {k[1] for k in sd.marker._cache} == {"127.0.0.2"}
+        # past MARK_TTL the mark is worked out again (the owners still cached)
+        from hostsflow_systemd.marking import MARK_TTL
+
+        reused = m["marks_reused"]
+        h.clock.advance(MARK_TTL + 0.01)
+        h.feed(*samples_from(frames[:1]))
+        h.flush()
+        assert m["marks_reused"] == reused and m["cache_hits"] == 3
     finally:
         c.close()
         sn.close()

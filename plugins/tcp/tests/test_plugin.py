@@ -246,6 +246,41 @@ def test_malformed_reply_counted_logged_once_and_skipped(loop_conn, capsys):
         h.stop()
 
 
+def test_send_fails_sample_goes_out_without_record_counted(loop_conn):
+    """The netlink socket cannot send (a datagram socket whose peer is gone stands in for it):
+    the samples are not held and go out at once without the record, the failures counted and
+    logged once; with a companion too (two requests in one send), it gets no answer."""
+    c, a, lst = loop_conn
+    lport, cport = lst.getsockname()[1], c.getsockname()[1]
+    p, other = TcpPlugin(), _OtherEnd()
+    h = AgentHarness("sflow { collector { ip = 127.0.0.1 } tcp { } }", plugins={"tcp": p},
+                     interfaces=LOCAL)
+    near, far = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    far.close()
+    try:
+        h.start()
+        ch = p.channels[None]
+        h.agent.remove_reader(ch.fileno())
+        ch.sock.close()
+        ch.sock = near
+        s1 = h.make_sample(tcp=("127.0.0.2", cport, "127.0.0.1", lport))
+        h.feed(s1)
+        companion.register(h.agent, other)
+        p.companion = other  # as if registered before sflow_start
+        s2 = h.make_sample(tcp=("127.0.0.2", cport, "127.0.0.1", lport))
+        h.feed(s2)
+        assert not s1.held and not s2.held and not p.pending
+        assert p.stats["send_failed"] == 2 and p.stats["requests"] == 0
+        assert len(other.asked) == 1 and not other.got
+        h.flush()
+        assert len(h.flow_samples()) == 2 and all(not r for r in recs(h))
+        h.tick()
+        assert h.agent.health.snapshot()["tcp.send_failed"] == 2
+    finally:
+        companion.register(h.agent, None)
+        h.stop()
+
+
 def test_reply_never_comes_core_releases_and_pending_expires(loop_conn):
     c, a, lst = loop_conn
     lport, cport = lst.getsockname()[1], c.getsockname()[1]
