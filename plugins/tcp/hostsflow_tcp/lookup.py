@@ -191,7 +191,7 @@ class DiagChannel:
         :meth:`send`.  Replies to other requests met on the way are kept for the next
         :meth:`read` (see :attr:`has_held`).  Raises OSError as :meth:`send` does.  This is
         the per-sample path: it leaves ``last_used`` to the caller, who has the clock."""
-        seq = self._seq = (self._seq + 1) & 0xFFFFFFFF
+        seq = self.next_seq()
         self.sock.send(request_for(key, seq, with_info=with_info))
         return seq, self._take(seq, limit)
 
@@ -202,13 +202,9 @@ class DiagChannel:
         reply)`` for each, in the order asked, the replies read without blocking; None for a
         reply not there (yet), which then comes through :meth:`read`.  Raises OSError as
         :meth:`send` does."""
-        seqs = []
-        parts = []
-        for key, with_info in wanted:
-            seq = self._seq = (self._seq + 1) & 0xFFFFFFFF
-            seqs.append(seq)
-            parts.append(request_for(key, seq, with_info=with_info))
-        self.sock.send(b"".join(parts))
+        seqs = [self.next_seq() for _ in wanted]
+        self.sock.send(b"".join(request_for(key, seq, with_info=with_info)
+                                for seq, (key, with_info) in zip(seqs, wanted)))
         return [(seq, self._take(seq, limit)) for seq in seqs]
 
     def _take(self, seq: int, limit: int) -> Reply | None:

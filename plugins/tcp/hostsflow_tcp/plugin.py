@@ -7,11 +7,11 @@ kernel answers an exact lookup inside ``send()``, so the reply is read at once
 hook returns, without a hold.  The answer is reused for further samples of the same socket
 for :data:`REUSE_SECONDS`.  When another module registered a :mod:`.companion` (the systemd
 module's marking, for the other local end of the connection), its request goes out in the
-same ``send()`` and its reply is handed to it at once.  Should the reply not be queued yet, the sample is held; the netlink
-socket's reader matches the reply by ``nlmsg_seq`` later and releases the hold (samples of the
-same socket that arrive meanwhile join that request).  A socket that is gone (ENOENT) gives no
-record; a lost reply is left to the core's hold timeout (``agent.hold_timeout``, 0.4 s as
-hsflowd).
+same ``send()`` and its reply is handed to it at once.  Should the reply not be queued yet,
+the sample is held; the netlink socket's reader matches the reply by ``nlmsg_seq`` later and
+releases the hold (samples of the same socket that arrive meanwhile join that request).  A
+socket that is gone (ENOENT) gives no record; a lost reply is left to the core's hold timeout
+(``agent.hold_timeout``, 0.4 s as hsflowd).
 """
 
 from __future__ import annotations
