@@ -19,7 +19,8 @@ set -euo pipefail
 BENCH=$(cd "$(dirname "$0")" && pwd)
 REPO=$(dirname "$BENCH")
 OUT=$BENCH/out
-PY=$(python3 -c 'import sys; print(sys.executable)')
+# the venv scripts/install.sh makes (core, plugins), else whatever python3 is on the PATH
+if [ -x "$REPO/.venv/bin/python" ]; then PY=$REPO/.venv/bin/python; else PY=$(python3 -c 'import sys; print(sys.executable)'); fi
 STAGES=${STAGES:-"pipeline rig tcp poll idle latency profile report"}
 RATES=${RATES:-10000,50000,100000,0}
 SAMPLINGS=${SAMPLINGS:-"1 10"}
