@@ -188,7 +188,7 @@ def main() -> int:
             "tracebacks": log.count("Traceback"),
             "health_lines": len(health),
             "agent_counters": stopped,
-            **analyse(col.raw, decode_datagram),
+            **analyse(col.timed(), decode_datagram),
             "rss_series_mb": [(f["t"], round(f["rss"] / 2**20, 2)) for f in series],
         }
     finally:
