@@ -54,6 +54,19 @@ def make(udp: bool = False, interfaces: InterfaceTable = LOCAL) -> tuple[AgentHa
     return h, p
 
 
+def swap_channel_socket(h: AgentHarness, p: TcpPlugin, sock: socket.socket,
+                        watch: bool = True) -> None:
+    """Replace the plugin's sock_diag socket with ``sock`` (one end of a socket pair the test
+    plays the kernel on), watched by the agent's loop unless ``watch`` is false."""
+    ch = p.channels[None]
+    h.agent.remove_reader(ch.fileno())
+    ch.sock.close()
+    ch.sock = sock
+    if watch:
+        sock.setblocking(False)
+        p._watch(ch)
+
+
 def settle(h: AgentHarness, p: TcpPlugin) -> None:
     end = time.monotonic() + 1
     while p.pending and time.monotonic() < end:
@@ -214,12 +227,7 @@ def test_malformed_reply_counted_logged_once_and_skipped(loop_conn, capsys):
     h, p = make()
     near, far = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
-        ch = p.channels[None]
-        h.agent.remove_reader(ch.fileno())
-        ch.sock.close()
-        ch.sock = near
-        near.setblocking(False)
-        p._watch(ch)
+        swap_channel_socket(h, p, near)
         for i in range(3):
             s = h.make_sample(tcp=("127.0.0.2", cport, "127.0.0.1", lport))
             h.feed(s)
@@ -259,10 +267,7 @@ def test_send_fails_sample_goes_out_without_record_counted(loop_conn):
     far.close()
     try:
         h.start()
-        ch = p.channels[None]
-        h.agent.remove_reader(ch.fileno())
-        ch.sock.close()
-        ch.sock = near
+        swap_channel_socket(h, p, near, watch=False)
         s1 = h.make_sample(tcp=("127.0.0.2", cport, "127.0.0.1", lport))
         h.feed(s1)
         companion.register(h.agent, other)
@@ -287,12 +292,7 @@ def test_reply_never_comes_core_releases_and_pending_expires(loop_conn):
     h, p = make()
     near, far = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
-        ch = p.channels[None]
-        h.agent.remove_reader(ch.fileno())
-        ch.sock.close()
-        ch.sock = near
-        near.setblocking(False)
-        p._watch(ch)
+        swap_channel_socket(h, p, near)
         s = h.make_sample(tcp=("127.0.0.2", cport, "127.0.0.1", lport))
         h.feed(s)
         assert s.held and len(p.pending) == 1
