@@ -75,25 +75,9 @@ def encode_flow_sample(seq: int, sample: "FlowSample") -> bytes:
     records = sample.records
     inp = sample.input
     out = sample.output
-    if len(records) == 1 and type(records[0]) is SampledHeader:
-        # The common case: one sampled_header and nothing else: one pack, one join.
-        rec = records[0]
-        hdr = rec.header
-        n = len(hdr)
-        pad = -n & 3
-        rec_len = 16 + n + pad
-        return b"".join((
-            _FLOW_HEAD_SH.pack(
-                SAMPLE_FLOW_EXPANDED, _FLOW_FIXED + 8 + rec_len, seq & U32,
-                src.ds_class, src.ds_index, sample.sampling_rate, sample.sample_pool & U32,
-                sample.drops & U32, inp >> 30 & 3, inp & IFINDEX_MASK,
-                out >> 30 & 3, out & IFINDEX_MASK, 1,
-                _SH_TAG, rec_len, rec.protocol, rec.frame_length, rec.stripped, n),
-            hdr, _ZERO_PAD[n & 3],
-        ))
     if records and type(records[0]) is SampledHeader:
-        # sampled_header first, then other records (tcp_info, entities...): the head and the
-        # sampled_header's fixed part in one pack, precompiled packs for fixed-size records.
+        # sampled_header first, then any other records (tcp_info, entities...): the head and
+        # the sampled_header's fixed part in one pack, precompiled packs for fixed-size records.
         rec = records[0]
         hdr = rec.header
         n = len(hdr)
@@ -101,8 +85,7 @@ def encode_flow_sample(seq: int, sample: "FlowSample") -> bytes:
         parts: list[bytes] = [b"", hdr, _ZERO_PAD[n & 3]]
         body_len = _FLOW_FIXED + 8 + sh_len
         for rec2 in records[1:]:
-            whole = getattr(type(rec2), "_encode_whole", None)
-            enc = rec2.encode() if whole is None else whole(rec2)
+            enc = _encode_flow_record(rec2)
             body_len += len(enc)
             parts.append(enc)
         parts[0] = _FLOW_HEAD_SH.pack(
