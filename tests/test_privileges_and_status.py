@@ -7,22 +7,18 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from hostsflow.privileges import capability_mask, unreadable_python_paths
-from hostsflow.testing import AgentProcess, UdpCollector
+from hostsflow.testing import AgentProcess, UdpCollector, load_file_module
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges")
 
 
-def proc_status(pid: int) -> dict[str, str]:
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            out[key] = value.strip()
-    return out
+proc_status = load_file_module("hostsflow_tests_faults_kit",
+                               Path(__file__).with_name("faults_kit.py")).proc_status
 
 
 def conf(port: int, extra: str = "") -> str:
