@@ -13,7 +13,6 @@ fill up).  Prints one JSON object: median, 99th percentile and max seconds per l
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import statistics
 import struct
@@ -24,6 +23,7 @@ import time
 from hostsflow.sflow.datagram import decode_datagram
 from hostsflow.sflow.records import SampledHeader
 from hostsflow.testing import AgentProcess, UdpCollector
+from result_file import emit  # bench/, the script's own folder
 
 MARK = b"HFLAT"
 ID = struct.Struct("!Q")
@@ -97,11 +97,7 @@ def main() -> None:
                 time.sleep(2.5)  # the last samples wait for a flush
                 result[name] = {"pps": pps, **stats(latencies(col, sent), len(sent))}
     result["config"] = "pcap { dev = vethB sampling = 1 }, datagram flush once a second"
-    text = json.dumps(result)
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+    emit(result, a.out)
 
 
 if __name__ == "__main__":

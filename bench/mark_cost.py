@@ -37,7 +37,6 @@ agent's median).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import resource
@@ -49,6 +48,7 @@ import subprocess
 import sys
 import time
 from typing import Any
+from result_file import emit  # bench/, the script's own folder
 
 N_CONN = 5000
 N_SAMPLES = 1500
@@ -399,11 +399,7 @@ def inner(a: argparse.Namespace) -> None:
         for s in socks:
             s.close()
         cg.close()
-    text = json.dumps(result)
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+    emit(result, a.out)
 
 
 def main() -> None:

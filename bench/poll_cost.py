@@ -12,13 +12,13 @@ times.  Everything it created is removed at the end.  Prints JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import time
 from typing import Any
+from result_file import emit  # bench/, the script's own folder
 
 V1 = ("systemd", "cpuacct", "memory", "blkio", "cpu,cpuacct")
 
@@ -118,11 +118,7 @@ def main() -> None:
                 os.rmdir(os.path.join(root, slice_))
             except OSError:
                 pass
-    text = json.dumps(result)
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+    emit(result, a.out)
 
 
 if __name__ == "__main__":

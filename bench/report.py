@@ -67,20 +67,16 @@ def rig_figures(rows: list[dict]) -> dict[Any, Any]:
 
 def rig_section(rows: list[dict], lines: list[str]) -> dict[Any, Any]:
     """Side-by-side tables per sampling rate; returns the figures the targets need."""
-    found: dict[Any, Any] = {}
+    found = rig_figures(rows)
     by = {(r["label"], r["target_pps"]): r for r in rows}
-    samplings = sorted({r["sampling"] for r in rows})
-    for n in samplings:
-        ours, peer = f"hostsflow-n{n}", f"pmacctd-n{n}"
+    for n in sorted({r["sampling"] for r in rows}):
         lines += [f"### 1 in {n}", "",
                   "| offered pps (target) | agent | samples/s | CPU % of a core | CPU us / sample "
                   "| ratio to pmacctd | loss % | RSS MB | foreign CPU % (contention) |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-        rates = [r["target_pps"] for r in rows if r["label"] == ours and r["target_pps"] != "idle"]
-        for rate in rates:
-            a, b = by.get((ours, rate)), by.get((peer, rate))
-            ratio = (a["us_per_sample"] / b["us_per_sample"]
-                     if a and b and a.get("us_per_sample") and b.get("us_per_sample") else None)
+        for (sampling, rate), (a, b, ratio) in found.items():
+            if sampling != n:
+                continue
             label = f"{a['offered_pps']:,} ({'gen max' if rate == 0 else f'{rate:,}'})"
             for name, r in (("hostsflow", a), ("pmacctd", b)):
                 if r is None:
@@ -91,8 +87,7 @@ def rig_section(rows: list[dict], lines: list[str]) -> dict[Any, Any]:
                     f"{fmt(ratio) if name == 'hostsflow' else ''} | {fmt(r.get('loss_pct'))} "
                     f"| {fmt(r['rss_mb'], 1)} | {fmt(r.get('foreign_cpu_pct'), 1)} |")
                 label = ""
-            found[(n, rate)] = (a, b, ratio)
-        idle_a, idle_b = by.get((ours, "idle")), by.get((peer, "idle"))
+        idle_a, idle_b = by.get((f"hostsflow-n{n}", "idle")), by.get((f"pmacctd-n{n}", "idle"))
         if idle_a and idle_b:
             lines.append(f"| idle | hostsflow / pmacctd | | {fmt(idle_a['cpu_pct_precise'], 3)} / "
                          f"{fmt(idle_b['cpu_pct_precise'], 3)} | | | | "
@@ -195,7 +190,7 @@ def main() -> None:
         found = rig_section(rows, L)
 
     if before and rows:
-        old = {(r["label"], r["target_pps"]): r for r in before}
+        old = rig_figures(before)
         label_path = os.path.join(d, "results-before.label")
         label = open(label_path).read().strip() if os.path.exists(label_path) else "an earlier run"
         L += ["### Effect of the optimisations", "",
@@ -204,19 +199,15 @@ def main() -> None:
               "the ratio to pmacctd of the same run is the fairer comparison.", "",
               "| N | offered pps (target) | us / sample before | after | pmacctd before | after "
               "| ratio before | after |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
-        for r in rows:
-            if not r["label"].startswith("hostsflow") or r["target_pps"] == "idle":
+        for (n, rate), (ours, peer, ratio) in found.items():
+            if (n, rate) not in old:
                 continue
-            n, rate = r["sampling"], r["target_pps"]
-            o = old.get((r["label"], rate))
-            po, pn = old.get((f"pmacctd-n{n}", rate)), found.get((n, rate), (None, None, None))[1]
-            if not o:
-                continue
-            rb = o["us_per_sample"] / po["us_per_sample"] if po and po.get("us_per_sample") else None
-            ra = found.get((n, rate), (None, None, None))[2]
-            L.append(f"| {n} | {'gen max' if rate == 0 else f'{rate:,}'} | {fmt(o.get('us_per_sample'))} "
-                     f"| {fmt(r.get('us_per_sample'))} | {fmt(po.get('us_per_sample') if po else None)} "
-                     f"| {fmt(pn.get('us_per_sample') if pn else None)} | {fmt(rb)} | {fmt(ra)} |")
+            o, po, rb = old[(n, rate)]
+            L.append(f"| {n} | {'gen max' if rate == 0 else f'{rate:,}'} "
+                     f"| {fmt(o.get('us_per_sample'))} | {fmt(ours.get('us_per_sample'))} "
+                     f"| {fmt(po.get('us_per_sample') if po else None)} "
+                     f"| {fmt(peer.get('us_per_sample') if peer else None)} | {fmt(rb)} "
+                     f"| {fmt(ratio)} |")
         L.append("")
 
     # ---------------------------------------------------------------- targets
