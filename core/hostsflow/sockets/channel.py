@@ -220,18 +220,6 @@ class DiagChannel:
         self.sock.send(request_for(key, seq, with_info=with_info))
         return seq, self._take(seq, limit)
 
-    def request_many(self, wanted: list[tuple[FlowKey, bool]], *, limit: int = 8
-                     ) -> list[tuple[int, Reply | None]]:
-        """Several exact lookups, ``(key, with_info)`` each, written in ONE ``send()`` (one
-        netlink message each; the kernel answers them in turn inside that call): ``(seq,
-        reply)`` for each, in the order asked, the replies read without blocking; None for a
-        reply not there (yet), which then comes through :meth:`read`.  Raises OSError as
-        :meth:`send` does."""
-        seqs = [self.next_seq() for _ in wanted]
-        self.sock.send(b"".join(request_for(key, seq, with_info=with_info)
-                                for seq, (key, with_info) in zip(seqs, wanted)))
-        return [(seq, self._take(seq, limit)) for seq in seqs]
-
     def _take(self, seq: int, limit: int) -> Reply | None:
         """The reply to ``seq`` from what is queued, reading at most ``limit`` datagrams;
         the replies to other requests read on the way are held for :meth:`read`."""

@@ -170,13 +170,15 @@ class LocalSockets:
             return
         sock = reply.sock
         if sock is not None and (sock.inode or sock.cgroup_id):
-            listening = sock.state == TCP_LISTEN
-            yield _new(Owner, (sock.cgroup_id or 0, sock.inode,
-                               VIA_LISTENER if listening else VIA_SOCKET))
-            if listening:
+            # the live socket (or, for a gone TCP connection, the port's listener): nothing
+            # further down knows better
+            if sock.state == TCP_LISTEN:
                 self.stats["listener"] += 1
-                yield NO_SOCKET
-                return
+                yield _new(Owner, (sock.cgroup_id or 0, sock.inode, VIA_LISTENER))
+            else:
+                yield _new(Owner, (sock.cgroup_id or 0, sock.inode, VIA_SOCKET))
+            yield NO_SOCKET
+            return
         if key.protocol == IPPROTO_TCP:
             # gone, or a TIME_WAIT/SYN_RECV mini-socket that names nobody: the listener of
             # that local port, if it has one, owned it (accepted sockets are the listener's)

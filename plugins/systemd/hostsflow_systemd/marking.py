@@ -33,6 +33,8 @@ CACHE_MAX = 65536
 UNMARKED = ("lookup_failed", "changed_hands", "socket_gone", "not_service", "not_local",
             "not_tcp_udp")
 _REASON = {LOOKUP_FAILED: "lookup_failed", CHANGED_HANDS: "changed_hands"}
+#: an end with one of these outcomes will not change while the connection lasts
+_SETTLED = frozenset(("", "not_service", "not_local"))
 
 
 class Marker:
@@ -42,8 +44,8 @@ class Marker:
         self.table = table
         self.sockets = sockets
         self.clock = clock
-        #: TCP packet 5-tuple -> (reuse until, table version, the record or None)
-        self._marks: dict[tuple[Any, ...], tuple[float, int, ExtendedEntities | None]] = {}
+        #: TCP packet 5-tuple -> (reuse until, table version, the record or None, its outcome)
+        self._marks: dict[tuple[Any, ...], tuple[float, int, ExtendedEntities | None, str]] = {}
         self._inode_map: dict[int, Service] = {}
         self._inode_map_at = -1e9
         self._inode_map_version = -1
@@ -70,7 +72,7 @@ class Marker:
         hit = self._marks.get(key)
         if hit is not None and hit[0] > now and hit[1] == version:
             self.stats["marks_reused"] += 1
-            self.outcomes["marked" if hit[2] is not None else "unmarked.not_service"] += 1
+            self.outcomes[hit[3]] += 1
             return hit[2]
         rec = self._entities(sample, key, now, version)
         return rec
@@ -83,18 +85,18 @@ class Marker:
             return None
         src, why_src = self._service(sample, SRC) if src_local else (None, "not_local")
         dst, why_dst = self._service(sample, DST) if dst_local else (None, "not_local")
+        rec = None
         if src is None and dst is None:
-            why = min(why_src, why_dst, key=UNMARKED.index)
-            self.outcomes[f"unmarked.{why}"] += 1
-            if key is not None and why == "not_service":
-                _put(self._marks, key, (now + MARK_TTL, version, None), now)
-            return None
-        self.outcomes["marked"] += 1
-        rec = ExtendedEntities(
-            src_class=DS_LOGICAL if src else 0, src_index=src.source.ds_index if src else 0,
-            dst_class=DS_LOGICAL if dst else 0, dst_index=dst.source.ds_index if dst else 0)
-        if key is not None and (src or not src_local) and (dst or not dst_local):
-            _put(self._marks, key, (now + MARK_TTL, version, rec), now)  # both ends settled
+            outcome = f"unmarked.{min(why_src, why_dst, key=UNMARKED.index)}"
+        else:
+            outcome = "marked"
+            rec = ExtendedEntities(
+                src_class=DS_LOGICAL if src else 0, src_index=src.source.ds_index if src else 0,
+                dst_class=DS_LOGICAL if dst else 0, dst_index=dst.source.ds_index if dst else 0)
+        self.outcomes[outcome] += 1
+        if key is not None and why_src in _SETTLED and why_dst in _SETTLED:
+            # every end's answer is final (a service, or an owner that is none): reuse it
+            _put(self._marks, key, (now + MARK_TTL, version, rec, outcome), now)
         return rec
 
     def _service(self, sample: FlowSample, side: int) -> tuple[Service | None, str]:
