@@ -239,3 +239,20 @@ def test_tcp_info_only_from_the_connection_itself(run):
     assert len(alive) >= 100, f"only {len(alive)} samples of long sessions"
     assert with_info >= 0.9 * len(alive), \
         f"extended_tcp_info on {with_info} of {len(alive)} samples of live connections"
+
+
+def test_status_counts_every_sample_by_outcome(run):
+    """``hostsflow status`` (the status file) says, per reason, how many samples were marked
+    and how many were not; the reasons add up to every sample marking saw."""
+    counters = run["health"]["counters"]
+    outcomes = {k.removeprefix("systemd.marking."): v for k, v in counters.items()
+                if k.startswith("systemd.marking.")}
+    print("\n  outcomes:", outcomes)
+    assert outcomes["marked"] > 0
+    assert set(outcomes) <= {"marked", *(f"unmarked.{r}" for r in (
+        "lookup_failed", "changed_hands", "socket_gone", "not_service", "not_local",
+        "not_tcp_udp"))}
+    # the status file is written every few seconds: it may trail the last samples a little
+    assert 0.9 * counters["flow_samples_taken"] <= sum(outcomes.values()) \
+        <= counters["flow_samples_taken"]
+    assert counters.get("sockets.log_found", 0) > 0, "the owner log named the short connections"

@@ -296,3 +296,38 @@ def test_nothing_stays_attached_when_the_log_closes_or_its_owner_is_killed(log, 
     while _attached(b) and time.monotonic() < deadline:
         time.sleep(0.05)  # the kernel releases a link once its last descriptor is closed
     assert _attached(b) == 0
+
+
+def test_more_new_owners_than_the_log_keeps_is_counted_and_logged_once(groups, capsys):
+    """A log of 16 entries, 40 new UDP owners in a second: entries may be evicted before their
+    samples are read; that is counted and logged once while it lasts."""
+    a, _ = groups
+    try:
+        small = OwnerLog(capacity=16)
+    except OSError as exc:
+        pytest.skip(f"bpf(2) not usable here: {exc}")
+    h = AgentHarness("sflow { collector { ip = 127.0.0.1 } }").start()
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.settimeout(5)
+    try:
+        sk = h.agent.sockets
+        sk._log = small
+        small.cover([str(a)])
+        for _ in range(2):
+            p = child(a, "udp", str(srv.getsockname()[1]), "40")
+            for _ in range(40):
+                p.stdout.readline()
+                data, peer = srv.recvfrom(100)
+                srv.sendto(b"a", peer)
+            p.wait(5)
+            h.tick()
+        assert sk.stats["log_overflow"] == 2 and sk.stats["log_writes"] == 80
+        out = capsys.readouterr()
+        assert (out.out + out.err).count("] owner_log_overflow") == 1
+        assert h.agent.health.snapshot()["sockets.log_overflow"] == 2
+    finally:
+        sk._log = None
+        small.close()
+        srv.close()
+        h.stop()
