@@ -151,7 +151,8 @@ def measure(um: Any, collector: Any, traffic: list[int], mark: bool, sampling: i
                     if k.startswith("systemd.marking.")},
         "sockets": {k.removeprefix("sockets."): v for k, v in counters.items()
                     if k.startswith("sockets.")},
-        "overflow_logged": log.count("] owner_log_overflow"),
+        "overflow_logged": sum('"owner_log_overflow"' in line or "] owner_log_overflow" in line
+                               for line in log.splitlines()),
     }
 
 

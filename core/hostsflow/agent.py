@@ -225,15 +225,19 @@ class Agent:
                       capabilities=keep, reasons=sorted(self.kept_capabilities))
 
     def stop(self) -> None:
-        """Final hooks, then flush the pending datagram and close the sockets."""
-        if self._sockets is not None:
-            self._sockets.stats.push(self.count)  # the last counts, for the final status
-        self.host.hook.sflow_final(agent=self)
-        if self._sockets is not None:
-            self._sockets.close()
+        """Release held samples (while every module still runs), send what is pending, then
+        the final hooks (the health figures they see, the status file's last, are the
+        whole run's), flush what they added and close the sockets."""
         for _, sample in list(self._held):
             sample._force_release()
         self._held.clear()
+        self.exporter.flush()
+        if self._sockets is not None:
+            self._sockets.stats.push(self.count)
+        self._update_health()
+        self.host.hook.sflow_final(agent=self)
+        if self._sockets is not None:
+            self._sockets.close()
         self.exporter.flush()
         for fd in list(self._readers):
             self.remove_reader(fd)
