@@ -270,6 +270,21 @@ class LocalSockets:
             self._log.close()
             self._log = None
 
+    def cgroup_traffic(self, cgroup_id: int) -> tuple[int, int, int, int] | None:
+        """(bytes in, packets in, bytes out, packets out) the sockets of cgroup ``cgroup_id``
+        received and sent (IP packets; since the owner log first saw that cgroup's traffic),
+        or None: no owner log, or the cgroup is not under the directories it covers, or it
+        has had no traffic."""
+        if self._log is None or not cgroup_id:
+            return None
+        try:
+            return self._log.traffic(cgroup_id)
+        except OSError as exc:
+            self.stats["log_errors"] += 1
+            self._agent.warn_once("sockets:owner_log_read", "owner_log_read_failed",
+                                  error=str(exc))
+            return None
+
     @property
     def recording(self) -> bool:
         """True while the owner log is loaded."""
