@@ -352,3 +352,24 @@ def test_each_cgroup_s_traffic_is_counted_both_ways(log, groups):
     srv.close()
     assert log.traffic(a.stat().st_ino) == (n * (28 + 6), n, n * (28 + 1), n)
     assert log.traffic(cgroup2_root().stat().st_ino) is None, "the root is not covered"
+
+
+REFUSED = """
+import os, sys
+from hostsflow.sockets import SRC
+from hostsflow.testing import AgentHarness
+h = AgentHarness("sflow { collector { ip = 127.0.0.1 } }").start()
+os.setgroups([]); os.setgid(65534); os.setuid(65534)   # no CAP_BPF, no CAP_SYS_ADMIN
+ok = h.agent.sockets.record_owners([sys.argv[1]])
+got = h.agent.sockets.owner(h.make_sample(tcp=("127.0.0.1", 40000, "127.0.0.1", 40001)), SRC)
+print(ok, got, h.agent.sockets.recording)
+"""
+
+
+def test_a_kernel_that_refuses_bpf_leaves_marking_on_live_sockets():
+    """Where bpf(2) is refused (a container's seccomp filter, no CAP_BPF), record_owners says
+    so once and returns False; owner() goes on without the log."""
+    r = subprocess.run([sys.executable, "-c", REFUSED, str(cgroup2_root())],
+                       capture_output=True, text=True, timeout=30)
+    assert r.stdout.split()[-3:] == ["False", "no_socket", "False"], r.stdout + r.stderr
+    assert r.stdout.count("owner_log_unavailable") == 1

@@ -252,6 +252,8 @@ class OwnerLog:
 
     def __init__(self, capacity: int = CAPACITY) -> None:
         self._fds: list[int] = []
+        #: cgroup2 directory -> its link descriptors (egress, ingress)
+        self.links: dict[str, tuple[int, ...]] = {}
         try:
             self.log_fd = self._keep(bpf.map_create(bpf.MAP_TYPE_LRU_HASH, KEY.size, VALUE.size,
                                                     capacity, "hsf_owners"))
@@ -272,8 +274,6 @@ class OwnerLog:
         self._reader = bpf.MapReader(self.log_fd, KEY.size, VALUE.size)
         self._count = bpf.MapReader(self.count_fd, 4, 8)
         self._traffic = bpf.MapReader(self.traffic_fd, 8, TRAFFIC.size)
-        #: cgroup2 directory -> its link descriptors (egress, ingress)
-        self.links: dict[str, tuple[int, ...]] = {}
 
     def _keep(self, fd: int) -> int:
         self._fds.append(fd)

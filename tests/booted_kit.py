@@ -1,0 +1,256 @@
+"""Booted Debian 12 containers for end-to-end tests: systemd as PID 1, the packaged unit.
+
+* :func:`rootfs` a Debian 12 (bookworm) tree made once with mmdebstrap (the machine's own apt
+  sources) and cached under /var/cache/hostsflow-tests, keyed by its package list; never
+  modified after (each container boots from an overlay on it);
+* :class:`Container` one booted machine: an overlayfs on the cached tree, files written into
+  it, hostsflow installed as a host installs it (``scripts/install-agent.sh``, run inside
+  before boot, with the host's network for pip), then ``systemd-nspawn --boot`` from a cgroup
+  of its own with a veth pair (``ve-NAME`` here, ``host0`` inside, addressed by a oneshot unit
+  written into it); commands run inside it through nsenter (``exec``, ``systemctl``).
+
+Facts this rests on (tested on this machine, kernel 6.18, systemd 252): nspawn needs
+``--register=no --keep-unit`` without a host systemd; pip inside needs the host's CA bundle;
+the container's cgroup2 is the subtree of the launcher's cgroup (hybrid mode here);
+bird2 does not start without a router id.  Everything is removed on :meth:`Container.stop`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path("/var/cache/hostsflow-tests")
+PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "nginx",
+            "openssh-server", "bird2", "libpcap0.8", "iproute2", "procps", "ca-certificates")
+CGROUP_ROOTS = ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified")
+
+
+def why_not() -> str | None:
+    """Why booted containers cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root"
+    for tool in ("mmdebstrap", "systemd-nspawn", "ip"):
+        if shutil.which(tool) is None:
+            return f"needs {tool} (apt-get install mmdebstrap systemd-container iproute2)"
+    if "overlay" not in Path("/proc/filesystems").read_text():
+        return "needs overlayfs"
+    return None
+
+
+def rootfs(packages: Iterable[str] = PACKAGES) -> Path:
+    """The cached Debian 12 tree with ``packages`` (built on first use: about 30 s)."""
+    pkgs = sorted(packages)
+    key = hashlib.sha256(" ".join(pkgs).encode()).hexdigest()[:12]
+    done = CACHE / f"bookworm-{key}"
+    if (done / "etc" / "os-release").exists():
+        return done
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="build-", dir=CACHE))
+    try:
+        subprocess.run(["mmdebstrap", "--variant=minbase", "--mode=root", "--quiet",
+                        f"--include={','.join(pkgs)}", "bookworm", str(tmp / "root")],
+                       check=True, timeout=900)
+        os.rename(tmp / "root", done)  # atomic: a half-built tree is never taken
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return done
+
+
+def sh(*args: str, check: bool = True, timeout: float = 60) -> str:
+    r = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip() or r.stdout.strip()}")
+    return r.stdout
+
+
+class Container:
+    """One booted Debian machine on an overlay of :func:`rootfs`.  Use :meth:`write` and
+    :meth:`install_hostsflow` before :meth:`boot`; :meth:`stop` removes everything."""
+
+    def __init__(self, name_prefix: str = "hsfb") -> None:
+        self.name = f"{name_prefix}{secrets.token_hex(3)}"  # ve-NAME fits in 15 characters
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"hostsflow-{self.name}-"))
+        os.chmod(self.tmp, 0o755)
+        self.root = self.tmp / "merged"
+        octet = 16 + secrets.randbelow(200)
+        self.subnet = f"10.{octet}.{secrets.randbelow(250) + 1}"
+        self.host_ip, self.ip = f"{self.subnet}.1", f"{self.subnet}.2"
+        self.host_dev = f"ve-{self.name}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.mounted = False
+        self.cgroup = f"hostsflow-booted-{self.name}"
+
+    # ------------------------------------------------------------ before boot
+
+    def prepare(self) -> "Container":
+        lower = rootfs()
+        for d in ("upper", "work", "merged"):
+            (self.tmp / d).mkdir()
+        sh("mount", "-t", "overlay", "overlay", "-o",
+           f"lowerdir={lower},upperdir={self.tmp}/upper,workdir={self.tmp}/work", str(self.root))
+        self.mounted = True
+        self.write("/etc/hostname", f"{self.name}\n")
+        self.write("/etc/systemd/system/host0-address.service", f"""[Unit]
+Description=the test network on host0
+Before=network-online.target
+Wants=network-online.target
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/sbin/ip link set host0 up
+ExecStart=/usr/sbin/ip addr add {self.ip}/24 dev host0
+[Install]
+WantedBy=multi-user.target
+""")
+        self.enable("host0-address.service")
+        return self
+
+    def write(self, path: str, text: str, mode: int = 0o644) -> None:
+        p = self.root / path.lstrip("/")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+        os.chmod(p, mode)
+
+    def enable(self, unit: str, target: str = "multi-user.target") -> None:
+        wants = self.root / "etc/systemd/system" / f"{target}.wants"
+        wants.mkdir(parents=True, exist_ok=True)
+        link = wants / unit
+        if not link.exists():
+            link.symlink_to(f"/etc/systemd/system/{unit}")
+
+    def run(self, *cmd: str, timeout: float = 600) -> str:
+        """Run ``cmd`` in the tree before boot (nspawn, the host's network, the host CA)."""
+        return sh("systemd-nspawn", "-q", "-D", str(self.root), "--register=no", "--keep-unit",
+                  "--pipe", "--bind-ro=/etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt",
+                  "--setenv=PIP_CERT=/run/host-ca.crt", "--setenv=PIP_DISABLE_PIP_VERSION_CHECK=1",
+                  *cmd, timeout=timeout)
+
+    def install_hostsflow(self) -> float:
+        """This checkout (its working tree, without .git and .venv) into the tree, installed
+        by scripts/install-agent.sh as on a host; returns the seconds it took."""
+        t0 = time.monotonic()
+        dest = self.root / "usr/src/hostsflow"
+        dest.mkdir(parents=True)
+        with tarfile.open(self.tmp / "src.tar", "w") as tar:
+            for item in ("pyproject.toml", "README.md", "core", "plugins", "packaging",
+                         "scripts"):
+                tar.add(REPO / item, arcname=item,
+                        filter=lambda t: None if "__pycache__" in t.name or
+                        t.name.endswith(".egg-info") else t)
+        with tarfile.open(self.tmp / "src.tar") as tar:
+            tar.extractall(dest)
+        self.run("bash", "/usr/src/hostsflow/scripts/install-agent.sh", "--no-apt")
+        return time.monotonic() - t0
+
+    # ------------------------------------------------------------ boot and stop
+
+    def boot(self, timeout: float = 60) -> float:
+        """Boot it (systemd as PID 1) with a veth to here; wait until the system is running;
+        returns the seconds it took."""
+        t0 = time.monotonic()
+        for h in CGROUP_ROOTS:
+            os.makedirs(f"{h}/{self.cgroup}", exist_ok=True)
+
+        def own_cgroup() -> None:
+            os.setsid()
+            for h in CGROUP_ROOTS:
+                with open(f"{h}/{self.cgroup}/cgroup.procs", "w") as f:
+                    f.write("0")
+
+        self.proc = subprocess.Popen(
+            ["systemd-nspawn", "-q", "-b", "-D", str(self.root), "-M", self.name,
+             "--register=no", "--keep-unit", "--network-veth", "--console=passive"],
+            stdout=open(self.tmp / "nspawn.log", "wb"), stderr=subprocess.STDOUT,
+            preexec_fn=own_cgroup)
+        deadline = time.monotonic() + timeout
+        while not Path(f"/sys/class/net/{self.host_dev}").exists():
+            self._alive_or_fail(deadline)
+            time.sleep(0.05)
+        sh("ip", "addr", "add", f"{self.host_ip}/24", "dev", self.host_dev)
+        sh("ip", "link", "set", self.host_dev, "up")
+        while self._leader() is None:
+            self._alive_or_fail(deadline)
+            time.sleep(0.05)
+        while self.systemctl("is-system-running", check=False).strip() not in (
+                "running", "degraded"):
+            self._alive_or_fail(deadline)
+            time.sleep(0.2)
+        return time.monotonic() - t0
+
+    def _alive_or_fail(self, deadline: float) -> None:
+        if self.proc is None or self.proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{self.name} did not boot: {self.log()[-3000:]}")
+
+    def exec(self, *cmd: str, check: bool = True, timeout: float = 30) -> str:
+        """Run ``cmd`` inside the booted container (all its namespaces, via nsenter)."""
+        leader = self._leader()
+        if leader is None:
+            raise RuntimeError(f"{self.name} is not running")
+        r = subprocess.run(["nsenter", "-t", str(leader), "-a", *cmd], capture_output=True,
+                           text=True, timeout=timeout)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip() or r.stdout.strip()}")
+        return r.stdout
+
+    def systemctl(self, *args: str, check: bool = True) -> str:
+        return self.exec("systemctl", "--no-pager", *args, check=check)
+
+    def journal(self, unit: str) -> str:
+        return self.exec("journalctl", "--no-pager", "-o", "cat", "-u", unit, check=False)
+
+    def log(self) -> str:
+        try:
+            return (self.tmp / "nspawn.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            leader = self._leader()
+            if leader:
+                os.kill(leader, signal.SIGRTMIN + 4)  # systemd: power off
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        sh("ip", "link", "del", self.host_dev, check=False)
+        for h in CGROUP_ROOTS:
+            base = f"{h}/{self.cgroup}"
+            for root, dirs, _ in os.walk(base, topdown=False):
+                for d in dirs:
+                    try:
+                        os.rmdir(os.path.join(root, d))
+                    except OSError:
+                        pass
+            try:
+                os.rmdir(base)
+            except OSError:
+                pass
+        if self.mounted:
+            sh("umount", "-l", str(self.root), check=False)
+            self.mounted = False
+        for leftover in (f"/run/systemd/nspawn/unix-export/{self.name}",):
+            shutil.rmtree(leftover, ignore_errors=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _leader(self) -> int | None:
+        """The container's PID 1 (nspawn's child)."""
+        assert self.proc is not None
+        try:
+            kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        except OSError:
+            return None
+        pids = [int(p) for p in kids.split()]
+        return pids[0] if pids else None
