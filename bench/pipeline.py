@@ -76,7 +76,7 @@ def main() -> None:
     plugins = {"noop": NoopEnricher()} if a.noop_hooks else {}
     loaded = load(f"sflow {{ collector {{ ip = 127.0.0.1 udpport = {port} }} }}", "<bench>",
                   plugins=plugins)
-    agent = Agent(loaded.config, loaded.host, registry=loaded.registry)
+    agent = Agent(loaded.config, loaded.host)
     tap = idle_tap()
     tap.rate = 1  # what the samples report; the filter still keeps nothing
     chunks = [ring_batch(a.batch)]

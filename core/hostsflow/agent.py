@@ -62,13 +62,11 @@ class Agent:
         sink: Sink | None = None,
         clock: Callable[[], float] = time.monotonic,
         scan: Callable[[], InterfaceTable] = scan_interfaces,
-        registry: Any = None,
         rng: random.Random | None = None,
         user: str | None = None,
     ) -> None:
         self.config = config
         self.host = host
-        self.registry = registry
         self.clock = clock
         self.scan = scan
         self.rng = rng or random.Random()
@@ -112,11 +110,7 @@ class Agent:
 
     def module_config(self, name: str) -> Any:
         """This module's config block: an instance, a list for repeatable blocks, or None."""
-        blocks = self.config.modules.get(name)
-        if blocks is None:
-            return None
-        spec = self.registry.spec(name) if self.registry is not None else None
-        return blocks if spec is None or spec.repeatable else blocks[0]
+        return self.config.modules.get(name)
 
     def logger(self, name: str) -> Any:
         """A structlog logger bound to ``module=name``."""

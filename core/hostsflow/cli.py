@@ -55,7 +55,7 @@ def agent_main(argv: Sequence[str] | None = None) -> int:
     if args.test:
         return _run_test(loaded.config, loaded.host, args.test_seconds, args.json)
 
-    agent = Agent(loaded.config, loaded.host, registry=loaded.registry,
+    agent = Agent(loaded.config, loaded.host,
                   user=None if args.keep_root else args.user)
     if args.status_file:
         _write_status_periodically(agent, args.status_file)
@@ -106,6 +106,9 @@ def _status(agent: Agent) -> dict[str, Any]:
 
 
 def _run_test(config: Any, host: PluginHost, seconds: float, as_json: bool) -> int:
+    """One polling round of every configured module, printed decoded, nothing sent.  Exit
+    status 1 when a module failed (disabled at configure, or a hook raised): its error is in
+    the log and its output is missing."""
     from .sflow.datagram import decode_datagram
     from .tools.render import datagram_json, datagram_text
 
@@ -123,6 +126,11 @@ def _run_test(config: Any, host: PluginHost, seconds: float, as_json: bool) -> i
     for raw in sink.datagrams:
         d = decode_datagram(raw)
         print(json.dumps(datagram_json(d)) if as_json else datagram_text(d))
+    failed = sorted(n for n, s in host.states.items() if s.errors)
+    if failed:
+        print(f"hostsflowd --test: module(s) failed: {', '.join(failed)} (see the log)",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -83,7 +83,7 @@ class AgentHarness:
         self.agent: Agent
         self.agent, self.sink = recording_agent(
             self.config, self.host, clock=self.clock, rng=random.Random(seed),
-            registry=self.registry, **kw,
+            **kw,
         )
         self.loop = asyncio.new_event_loop()
         self.started = False

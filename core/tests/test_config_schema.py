@@ -268,7 +268,7 @@ def test_module_blocks_validated_against_declared_classes() -> None:
     assert first == CaptureConfig(dev="eth0", promisc=True, sampling=1000)
     assert second.speed == SpeedRange(10**9, None) and second.pattern.pattern == "veth.*"
     assert second.ports == [PortConfig("swp1"), PortConfig("swp2")]
-    assert c.modules["tcp"] == [TcpConfig()]
+    assert c.modules["tcp"] == TcpConfig()  # not repeatable: the instance itself
     assert list(c.modules) == ["capture", "tcp"]
 
 
@@ -351,7 +351,7 @@ def test_rendered_sample_is_a_valid_config_with_the_defaults() -> None:
     c = parse_config_text(text, "sample.conf", reg)
     assert c == AgentConfig(collectors=[CollectorConfig("127.0.0.1")],
                             modules={"capture": [CaptureConfig(ports=[PortConfig("swp1")])],
-                                     "tcp": [TcpConfig()]})
+                                     "tcp": TcpConfig()})
     assert render_config(reg, ["tcp"]).count("{") == 3  # sflow, collector, tcp
     with pytest.raises(ValueError, match="no declared block named nope"):
         render_config(reg, ["nope"])
@@ -425,5 +425,7 @@ def test_installed_plugins_render_valid_samples() -> None:
     for name, spec in reg.specs.items():
         text = render_config(reg, [name])
         config = parse_config_text(text, f"{name}.conf", reg)
-        (instance,) = config.modules[name]
+        instance = config.modules[name]
+        if spec.repeatable:
+            (instance,) = instance
         assert isinstance(instance, spec.cls)

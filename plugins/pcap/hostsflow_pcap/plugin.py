@@ -95,10 +95,9 @@ class PcapPlugin:
     # ------------------------------------------------------------------ tap set
 
     def blocks(self) -> list[PcapConfig]:
-        cfg = self.agent.module_config(NAME) if self.agent is not None else None
-        if cfg is None:
+        if self.agent is None:
             return []
-        return list(cfg) if isinstance(cfg, (list, tuple)) else [cfg]
+        return list(self.agent.module_config(NAME) or ())  # repeatable: a list of blocks
 
     def wanted(self) -> dict[str, Want]:
         """The taps the config asks for among the devices present now (first block wins)."""
