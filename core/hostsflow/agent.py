@@ -86,7 +86,8 @@ class Agent:
         self.interfaces_version = 0
         self.hostname = identity.hostname()
         self.uuid = identity.host_uuid(getattr(config.uuid, "bytes", config.uuid))
-        self.address = self._elect_address()
+        # the core's election for now; the modules have their say once configured (start)
+        self.address = self._elect_address(ask_modules=False)
         self.sink = sink if sink is not None else self._udp_sender()
         self._sink_base = (0, 0, 0)  # (delivered, undelivered, datagrams) of replaced senders
         self.exporter = Exporter(
@@ -181,6 +182,7 @@ class Agent:
         self.loop = loop or asyncio.get_event_loop()
         self._watch_links()
         self.configure()
+        self._update_address()
         self.drop_privileges()
         self.host.hook.sflow_start(agent=self)
         self.log.info(
@@ -242,8 +244,8 @@ class Agent:
             # restarted agent to the collectors)
             for poller in self._pollers.values():
                 poller.countdown = self.rng.randint(1, max(1, new_config.polling))
-        self._update_address()
         self.host.hook.sflow_config_changed(agent=self, old=old, new=new_config)
+        self._update_address()
         self.log.info("config_reloaded")
 
     # ------------------------------------------------------------ the 1 Hz cycle
@@ -493,7 +495,10 @@ class Agent:
             [Collector(c.ip, c.udpport, c.dev) for c in self.config.collectors], self.clock
         )
 
-    def _elect_address(self) -> str:
+    def _elect_address(self, ask_modules: bool = True) -> str:
+        """The agent address: ``sflow_agent_address`` (first result, once modules are
+        configured), else the core's election (agentIP, agent, agent.cidr, hsflowd's
+        priorities), else 127.0.0.1."""
         cfg = self.config
         cidrs = [str(c) for c in cfg.agent_cidr]
         chosen = elect_agent_address(
@@ -502,10 +507,12 @@ class Agent:
         ranked = [c.address for c in candidates(self.interfaces, cfg.agent, cidrs)]
         if chosen and chosen not in ranked:
             ranked.insert(0, chosen)  # agentIP: used as given
-        hooked = self.host.hook.sflow_agent_address(agent=self, candidates=ranked)
+        hooked = (self.host.hook.sflow_agent_address(agent=self, candidates=ranked)
+                  if ask_modules else None)
         address = hooked or chosen
         if not address:
-            self.once.warn("agent_address", "no_agent_address", fallback="127.0.0.1")
+            if ask_modules:  # before configure a module may still give one
+                self.once.warn("agent_address", "no_agent_address", fallback="127.0.0.1")
             address = "127.0.0.1"
         return address
 

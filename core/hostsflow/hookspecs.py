@@ -216,7 +216,9 @@ def sflow_sampling_rate(agent: "Agent", interface: "Interface") -> "int | None":
 def sflow_agent_address(agent: "Agent", candidates: "list[Any]") -> "str | None":
     """Choose the agent address written into every datagram.
 
-    Called on: the poll path, at start-up and whenever interfaces change.
+    Called on: start-up, after ``sflow_configure`` ran on every plugin (so a plugin can answer
+    from its config); after a reload, once ``sflow_config_changed`` ran; and on the poll path
+    whenever the interfaces change.
 
     :param candidates: the local addresses, best first by the core's election (``agent``,
         ``agent.cidr``, then hsflowd's priorities).
