@@ -11,10 +11,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hostsflow import hookimpl
-from hostsflow.samples import DIRECTION_RECEIVED, DIRECTION_SENT, DataSource, PacketBatch
+from hostsflow.samples import (
+    DIRECTION_RECEIVED,
+    DIRECTION_SENT,
+    DataSource,
+    FlowSample,
+    PacketBatch,
+)
 from hostsflow.sflow.datagram import encode_flow_sample, encode_packet_batch
 from hostsflow.sflow.exporter import Exporter, RecordingSink
-from hostsflow.sflow.records import HEADER_ETHERNET, INTERNAL_IFINDEX
+from hostsflow.sflow.records import (
+    HEADER_ETHERNET,
+    INTERNAL_IFINDEX,
+    ExtendedTcpInfo,
+    SampledHeader,
+)
 from hostsflow.testing import AgentHarness, ethernet_frame
 
 CONF = "sflow { collector { ip = 127.0.0.1 } }"
@@ -64,6 +75,22 @@ def test_batch_encoding_equals_one_flow_sample_at_a_time(
     b = PacketBatch(DataSource(0, 5), rate, drops, stripped, packets)
     one_by_one = [encode_flow_sample(seq + i, s) for i, s in enumerate(b.flow_samples())]
     assert encode_packet_batch(seq, b) == one_by_one
+
+
+@settings(max_examples=200, deadline=None)
+@given(u32s, u32s, u32s, st.binary(max_size=300), st.booleans(), st.booleans())
+def test_the_sampled_header_encoder_writes_what_the_record_codec_writes(
+        protocol: int, frame_length: int, stripped: int, header: bytes, first: bool,
+        more: bool) -> None:
+    """The sampled_header of the sample encoder (first record, packed with the sample's head)
+    and the generic record codec (any other place) give the same record bytes."""
+    sh = SampledHeader(protocol, frame_length, stripped, header)
+    others = [ExtendedTcpInfo(dir=1, rtt=7)] if more else []
+    records = [sh, *others] if first else [*others, sh]
+    encoded = encode_flow_sample(1, FlowSample(DataSource(0, 3), 10, records))
+    body = b"".join(r.encode() for r in records)
+    assert encoded[-len(body):] == body
+    assert len(encoded) == 52 + len(body)  # tag, length and the 44 fixed bytes of the head
 
 
 def test_flow_samples_carry_every_field() -> None:
