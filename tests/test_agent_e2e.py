@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from hostsflow.samples import HOST_SOURCE
 from hostsflow.sflow import records as R
 from hostsflow.testing import AgentProcess, UdpCollector, write_pcap
 

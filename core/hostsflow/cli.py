@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from . import __version__
 from .agent import Agent, recording_agent
-from .bootstrap import load, load_file
+from .bootstrap import load_file
 from .config.parser import ConfigError
 from .health import StatusFile, read_status
 from .logsetup import configure_logging

@@ -216,8 +216,3 @@ def _parse_ipv6(data: bytes, pos: int) -> PacketInfo | None:
     else:
         return info  # too many extension headers: give up on the transport
     return _transport(info, data, pos)
-
-
-def format_mac(mac: bytes | None) -> str:
-    """``aa:bb:cc:dd:ee:ff`` (empty for None)."""
-    return mac.hex(":") if mac else ""

@@ -76,17 +76,6 @@ def set_capabilities(mask: int) -> None:
         raise PrivilegeError(err, f"capset: {os.strerror(err)}")
 
 
-def current_capabilities(pid: int | str = "self") -> dict[str, int]:
-    """CapPrm/CapEff/... of a process, from /proc/PID/status."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("Cap"):
-                key, value = line.split(":")
-                out[key] = int(value.strip(), 16)
-    return out
-
-
 def _can_enter(path: str, uid: int, gid: int) -> bool:
     """Whether ``uid``/``gid`` (no supplementary groups) may traverse every directory up to
     and including ``path``."""

@@ -1,4 +1,5 @@
-"""The objects that travel through the hooks: data sources, flow samples, counter samples.
+"""The objects that travel through the hooks: data sources and flow samples (one at a time, or a
+batch of one read).
 
 A capture plugin builds a :class:`FlowSample` per sampled packet and hands a batch to
 ``agent.take_samples``.  Enrichment plugins add records to it in ``sflow_flow_sample`` (and may
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import attrs
 
-from .sflow.records import INTERNAL_IFINDEX, Record, SampledHeader
+from .sflow.records import Record, SampledHeader
 
 if TYPE_CHECKING:
     from .packet import PacketInfo
@@ -183,15 +184,3 @@ class PacketBatch:
 #: the order of the fields of one packet tuple in :attr:`PacketBatch.packets`
 PACKET_FIELDS = ("sample_pool", "input", "output", "direction", "protocol", "frame_length",
                  "header", "timestamp")
-
-
-@attrs.define(slots=True)
-class CounterSample:
-    """The counter records of one data source at one polling time."""
-
-    source: DataSource
-    records: list[Record]
-
-
-def internal_ifindex() -> int:
-    return INTERNAL_IFINDEX

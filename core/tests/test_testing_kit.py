@@ -5,7 +5,6 @@ schedule, the tick/poll/tock/flush order and fd readers through the real asyncio
 
 from __future__ import annotations
 
-import os
 import socket
 from typing import Any
 

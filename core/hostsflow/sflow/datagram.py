@@ -19,7 +19,7 @@ import functools
 import ipaddress
 import socket
 import struct
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import attrs
 
@@ -404,10 +404,3 @@ def decode_datagram(data: bytes | bytearray | memoryview) -> Datagram:
     if pos != end:
         raise SflowDecodeError(f"{end - pos} bytes left after the {nsamples} samples")
     return Datagram(version, agent, sub_agent, seq, uptime, samples, end)
-
-
-def iter_records(datagram: Datagram) -> Iterable[Record | UnknownRecord]:
-    """Every record of every flow and counter sample, in order."""
-    for s in datagram.samples:
-        if not isinstance(s, UnknownSample):
-            yield from s.records

@@ -18,7 +18,6 @@ Attribute numbers and layouts are those of linux ``include/uapi/linux/netfilter/
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 
 import attrs
 
@@ -258,13 +257,3 @@ def packet_message(attributes: list[tuple[int, bytes]], family: int = NFPROTO_IP
                    group: int = 0, nlmsg_seq: int = 0) -> bytes:
     """A whole NFULNL_MSG_PACKET netlink message, laid out as the kernel builds it."""
     return nfnl_message(MSG_PACKET, 0, family, group, attributes, nlmsg_seq)
-
-
-def iter_attributes(msg: bytes) -> Iterator[tuple[int, bytes]]:
-    """(type, value) of each attribute of one packet message (for tests and debugging)."""
-    length = _NLMSGHDR.unpack_from(msg, 0)[0]
-    pos = 20
-    while pos + 4 <= length:
-        alen, atype = _NLA.unpack_from(msg, pos)
-        yield atype & NLA_TYPE_MASK, msg[pos + 4: pos + alen]
-        pos += (alen + 3) & ~3

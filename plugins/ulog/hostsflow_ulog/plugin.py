@@ -74,7 +74,6 @@ class UlogPlugin:
         self.reader: UlogReader | None = None
         self.log: Any = None
         self.registered_fd = -1
-        self.unsupported = False
 
     @hookimpl
     def sflow_declare_config(self, registry: Any) -> None:
@@ -95,7 +94,6 @@ class UlogPlugin:
         except OSError as exc:
             agent.count("ulog.open_failures")
             if exc.errno == errno.EPROTONOSUPPORT:
-                self.unsupported = True
                 self.log.error("ulog_unavailable", group=self.cfg.group,
                                reason=UNSUPPORTED.format(group=self.cfg.group,
                                                          probability=self.cfg.probability))
