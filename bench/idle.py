@@ -18,8 +18,13 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-from hostsflow.testing import AgentProcess, UdpCollector
+from hostsflow.testing import UdpCollector, load_file_module
+
+AgentProcess = load_file_module(  # the repository's end-to-end runner
+    "hostsflow_tests_agent_process",
+    Path(__file__).resolve().parent.parent / "tests" / "agent_process.py").AgentProcess
 
 CLK = os.sysconf("SC_CLK_TCK")
 

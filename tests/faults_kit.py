@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from hostsflow.sflow.datagram import decode_datagram  # noqa: F401 - tests use kit.decode_datagram
-from hostsflow.testing import AgentProcess, UdpCollector, load_file_module
+from hostsflow.testing import UdpCollector, load_file_module
 
 REPO = Path(__file__).resolve().parent.parent
+AgentProcess = load_file_module("hostsflow_tests_agent_process", Path(__file__).with_name("agent_process.py")).AgentProcess
 
 
 def why_not(*tools: str) -> str | None:

@@ -16,7 +16,12 @@ from pathlib import Path
 import pytest
 
 from hostsflow.sflow import records as R
-from hostsflow.testing import AgentProcess, UdpCollector, write_pcap
+from hostsflow.testing import UdpCollector, load_file_module
+
+AgentProcess = load_file_module("hostsflow_tests_agent_process",
+                                Path(__file__).with_name("agent_process.py")).AgentProcess
+write_pcap = load_file_module("hostsflow_tests_pcap_file",
+                              Path(__file__).with_name("pcap_file.py")).write_pcap
 
 POLLING = 2
 

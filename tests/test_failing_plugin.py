@@ -22,7 +22,10 @@ from pathlib import Path
 import pytest
 
 from hostsflow.plugins import QUARANTINE_AFTER
-from hostsflow.testing import AgentProcess, UdpCollector
+from hostsflow.testing import UdpCollector, load_file_module
+
+AgentProcess = load_file_module("hostsflow_tests_agent_process",
+                                Path(__file__).with_name("agent_process.py")).AgentProcess
 
 FAILING = '''
 import attrs

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from pathlib import Path
 
 import hostsflow
 import structlog
@@ -13,7 +14,10 @@ from hostsflow.agent import HEALTH_LOG_SECONDS
 from hostsflow.health import read_status
 from hostsflow.sflow.records import Record, flow_record
 from hostsflow.sflow.xdr import u32
-from hostsflow.testing import AgentHarness, AgentProcess, UdpCollector
+from hostsflow.testing import AgentHarness, UdpCollector, load_file_module
+
+AgentProcess = load_file_module("hostsflow_tests_agent_process",
+                                Path(__file__).with_name("agent_process.py")).AgentProcess
 
 
 @flow_record(9177, enterprise=4094)

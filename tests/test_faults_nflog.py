@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 from hostsflow.privileges import unreadable_python_paths
-from hostsflow.testing import AgentProcess, load_file_module
+from hostsflow.testing import load_file_module
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 GROUP = 23
 
 
 kit = load_file_module("hostsflow_tests_faults_kit", Path(__file__).with_name("faults_kit.py"))
+AgentProcess = load_file_module("hostsflow_tests_agent_process", Path(__file__).with_name("agent_process.py")).AgentProcess
 
 
 def test_group_taken_then_freed_is_bound_after_the_drop(tmp_path):

@@ -22,12 +22,13 @@ from typing import Any
 import pytest
 from hostsflow.privileges import unreadable_python_paths
 from hostsflow.sflow.records import ExtendedTcpInfo
-from hostsflow.testing import AgentProcess, load_file_module
+from hostsflow.testing import load_file_module
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
 kit = load_file_module("hostsflow_tests_faults_kit", Path(__file__).with_name("faults_kit.py"))
+AgentProcess = load_file_module("hostsflow_tests_agent_process", Path(__file__).with_name("agent_process.py")).AgentProcess
 
 
 @pytest.fixture

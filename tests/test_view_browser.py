@@ -31,7 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostsflow.testing import AgentProcess, load_file_module
+from hostsflow.testing import load_file_module
+
+AgentProcess = load_file_module("hostsflow_tests_agent_process",
+                                Path(__file__).with_name("agent_process.py")).AgentProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
