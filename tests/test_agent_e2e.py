@@ -177,8 +177,9 @@ def test_tshark_reads_agent_datagrams(running, tmp_path):
         assert layer["sflow_245.sysuptime"] == str(ours.uptime)
         assert layer["sflow_245.numsamples"] == str(len(ours.samples))
     # interface counter samples as tshark reads them (--no-duplicate-keys keeps them all).
-    # tshark 4.0 cannot read host records (2000-2010) and stops there (decoders.md, section 4);
-    # the agent puts interface samples first in a datagram, so those before it are checked.
+    # tshark 4.0 knows no host record (2000-2010) and does not skip unknown records, so it
+    # misreads the rest of a datagram from the first one; the agent puts interface samples
+    # first in a datagram, so those before it are checked.
     text = json.dumps(packets)
     checked = 0
     readable = []

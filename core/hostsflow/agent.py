@@ -159,7 +159,8 @@ class Agent:
         self.kept_capabilities.setdefault(reason, set()).update(capabilities)
 
     def sampling_rate(self, interface: Interface) -> int:
-        """1-in-N for an interface: a plugin's decision, else hsflowd's rule (section 2.6)."""
+        """1-in-N for an interface: a module's decision, else hsflowd's rule
+        (``lookupPacketSamplingRate``)."""
         n = self.host.hook.sflow_sampling_rate(agent=self, interface=interface)
         if n is not None:
             return int(n)

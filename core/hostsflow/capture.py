@@ -1,7 +1,7 @@
 """Helpers for capture plugins whose kernel already sampled (NFLOG, ULOG, and third-party ones):
 turning a logged packet into a :class:`~hostsflow.samples.FlowSample`.
 
-* :func:`reconcile_rate` -- hsflowd's rule (behaviour notes section 4.2) for the user-space
+* :func:`reconcile_rate` -- hsflowd's rule (``setSamplingRate``) for the user-space
   sub-sampling rate and the rate reported to collectors, when a rule samples 1 in K;
 * :class:`SubSampler` -- the random 1-in-``sub`` skip applied on top of the kernel's sampling;
 * :func:`build_sampled_header` -- the sampled_header record from an L3 payload and an optional

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 
 @pytest.mark.parametrize("sampling,probability,expected", [
-    (400, 0.0025, (400, 1, 400)),     # hsflowd section 4.2 examples
+    (400, 0.0025, (400, 1, 400)),     # hsflowd setSamplingRate's examples
     (1000, 0.0025, (400, 3, 1200)),
     (10, 0.0025, (400, 1, 400)),      # issue #38: cannot report finer than the rule
     (400, 1.0, (1, 400, 400)),        # no probability: the kernel logs everything

@@ -76,7 +76,8 @@ def sampling_name(name: str) -> str:
 
 
 def speed_name(bps: int) -> str:
-    """hsflowd's speed key for ``sampling.<speed>`` lookups (section 2.6): integer division by
+    """hsflowd's speed key for ``sampling.<speed>`` lookups (``lookupPacketSamplingRate``):
+    integer division by
     the unit chosen from the digit count (1000000000 -> ``1G``, 100000000 -> ``100M``)."""
     digits = len(str(bps))
     for over, suffix, unit in ((12, "T", 10**12), (9, "G", 10**9), (6, "M", 10**6),

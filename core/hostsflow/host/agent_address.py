@@ -1,4 +1,4 @@
-"""Agent address election, as hsflowd's ``selectAgentAddress`` (section 2.8).
+"""Agent address election, as hsflowd's ``selectAgentAddress`` and ``agentAddressPriority``.
 
 Order of precedence: an explicit ``agentIP`` wins outright; otherwise every address of every
 admin-up interface is a :class:`Candidate` with hsflowd's base priority (below), plus an

@@ -1,7 +1,6 @@
 """Host and interface counter records, each read from /proc and /sys when it is called.
 
-One function per record (hsflowd's sources, section 7 of the behaviour notes, with its quirks
-fixed):
+One function per record (the sources hsflowd reads for it, with its quirks fixed):
 
 ============  =========================================================================
 record        source

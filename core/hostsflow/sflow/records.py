@@ -6,7 +6,10 @@ Every record a plugin returns is an instance of a class made with :func:`flow_re
 that the decoder (``hostsflow decode``, the testing kit) can read it back.  Third-party plugins
 define their own records the same way (see docs/plugins.md).
 
-Layouts follow ../shared/reference/sflow-structures.md.
+Layouts are those of the public sFlow documents, field for field in wire order: "sFlow
+Version 5" (sflow_version_5.txt: datagram, samples, sampled_header), "sFlow Host Structures"
+(sflow_host.txt: 2000-2006, 2100-2104), "sFlow Host TCP/IP Counters" (sflow_host_ip.txt:
+2007-2010); extended_tcp_info (2209) and extended_entities (2210) as hsflowd sends them.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The sample pool: how many packets the tapped interface really carried.
 
 The kernel filter throws away the packets it does not sample, so the capture socket cannot
-count them (test-facilities.md gotcha 4).  The pool comes from the interface's own packet
+count them.  The pool comes from the interface's own packet
 counters (received + sent), read once per read batch and once per tick; the samples of a
 batch are spread over the packets counted since the previous reading by their rank.  The pool
 only grows: a counter that goes backwards (interface re-created, counters reset) restarts the
