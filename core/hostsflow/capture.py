@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import math
 import random
-import struct
 
 import attrs
+from hostsflow.packet import ip_length
 from hostsflow.samples import (
     DIRECTION_RECEIVED,
     DIRECTION_SENT,
@@ -96,24 +96,6 @@ class SubSampler:
 
 # ---------------------------------------------------------------- header record
 
-_BE16 = struct.Struct("!H")
-
-
-def ip_length(l3: bytes) -> tuple[int, int] | None:
-    """(sFlow header protocol, original IP packet length) of a packet starting at its IP
-    header, or None if it is not IPv4/IPv6 or too short to say.  A zero length field (IPv6
-    jumbogram, BIG TCP) or one shorter than what was captured falls back to the captured
-    length."""
-    if not l3:
-        return None
-    version = l3[0] >> 4
-    if version == 4 and len(l3) >= 20:
-        return HEADER_IPV4, max(_BE16.unpack_from(l3, 2)[0], len(l3))
-    if version == 6 and len(l3) >= 40:
-        plen = _BE16.unpack_from(l3, 4)[0]
-        return HEADER_IPV6, max(plen + 40 if plen else 0, len(l3))
-    return None
-
 
 def build_sampled_header(l3: bytes, mac_header: bytes | None,
                          header_bytes: int) -> SampledHeader | None:
@@ -126,18 +108,26 @@ def build_sampled_header(l3: bytes, mac_header: bytes | None,
     The original L3 length comes from the IP header (the kernel copied at most the snap
     length); a non-IP payload behind a MAC header counts as captured.  None: neither IP nor
     Ethernet, nothing sensible to report."""
-    ip = ip_length(l3)
+    version = l3[0] >> 4 if l3 else 0
+    if version == 4 and len(l3) >= 20:
+        protocol: int | None = HEADER_IPV4
+    elif version == 6 and len(l3) >= 40:
+        protocol = HEADER_IPV6
+    else:
+        protocol = None  # not IP, or too short to say
+    # a zero length field (IPv6 jumbogram, BIG TCP) or one shorter than what was captured
+    # falls back to the captured length
+    l3_len = max(ip_length(l3), len(l3)) if protocol is not None else len(l3)
     if mac_header:
-        l3_len = ip[1] if ip is not None else len(l3)
         return SampledHeader(
             protocol=HEADER_ETHERNET,
             frame_length=len(mac_header) + l3_len + FCS_BYTES,
             stripped=FCS_BYTES,
             header=(mac_header + l3[: max(0, header_bytes - len(mac_header))])[:header_bytes],
         )
-    if ip is None:
+    if protocol is None:
         return None
-    return SampledHeader(protocol=ip[0], frame_length=ip[1], stripped=0,
+    return SampledHeader(protocol=protocol, frame_length=l3_len, stripped=0,
                          header=l3[:header_bytes])
 
 

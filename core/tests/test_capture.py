@@ -100,9 +100,11 @@ def test_header_never_raises_and_respects_size(l3: bytes, mac, header_bytes: int
 
 def test_ip_length_from_header_not_capture() -> None:
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 1500, 0, 0, 64, 17, 0, b"\1" * 4, b"\2" * 4)
-    assert fwlog.ip_length(ip) == (11, 1500)
+    h = fwlog.build_sampled_header(ip, None, 128)
+    assert h is not None and (h.protocol, h.frame_length) == (11, 1500)
     ip6 = struct.pack("!IHBB16s16s", 6 << 28, 1000, 17, 64, b"\1" * 16, b"\2" * 16)
-    assert fwlog.ip_length(ip6) == (12, 1040)
+    h6 = fwlog.build_sampled_header(ip6, None, 128)
+    assert h6 is not None and (h6.protocol, h6.frame_length) == (12, 1040)
 
 
 @pytest.mark.parametrize("hook,indev,outdev,expected", [
