@@ -15,21 +15,15 @@ from typing import Any
 import attrs
 from hostsflow import hookimpl
 from hostsflow.config import integer, option, real, string
+from hostsflow.firewall_log import drain_log_socket, reconcile_rate, rule_probability
 
-from hostsflow.capture import reconcile_rate
 from .nlsocket import NflogSocket
-from .reader import NflogReader, ReadStats
+from .reader import NflogReader
 
 MODULE = "nflog"
 RETRY_FIRST, RETRY_MAX = 1.0, 60.0
-MAX_RECVS_PER_WAKEUP = 64
 DEFAULT_QTHRESHOLD = 100  # kernel NFULNL_QTHRESH_DEFAULT
 DEFAULT_TIMEOUT = 1.0  # kernel NFULNL_TIMEOUT_DEFAULT (100 x 1/100 s)
-
-
-def _positive(_inst: Any, _attr: Any, value: float) -> None:
-    if value <= 0.0:
-        raise ValueError("probability must be above 0 (the rule logs 1 in 1/probability)")
 
 
 @attrs.frozen
@@ -39,9 +33,8 @@ class NflogConfig:
     group: int = option(help="NFLOG group the firewall rule logs to (log group G / "
                              "--nflog-group G)", converter=integer(1, 65535, suffixes=""),
                         example="5")
-    probability: float = option(1.0, help="the rule's sampling probability (numgen random mod "
-                                          "N 0 -> 1/N; -m statistic --probability P)",
-                                converter=real(0.0, 1.0), validator=_positive)
+    probability: float = rule_probability("the rule's sampling probability (numgen random mod "
+                                          "N 0 -> 1/N; -m statistic --probability P)")
     snaplen: int | None = option(None, help="bytes copied per packet from the IP header on "
                                             "(default: headerBytes)",
                                  converter=integer(16, 65535, suffixes=""))
@@ -207,41 +200,5 @@ class NflogPlugin:
     def _on_readable(self, agent: Any) -> None:
         """Drain the socket (up to 64 kernel batches) and hand the samples over in one batch."""
         sock, reader = self.sock, self.reader
-        if sock is None or reader is None:
-            return
-        stats = ReadStats()
-        samples: list[Any] = []
-        overruns = 0
-        for _ in range(MAX_RECVS_PER_WAKEUP):
-            try:
-                data = sock.recv()
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    overruns += 1  # the loss itself shows up as a NFULA_SEQ gap
-                    continue
-                agent.warn_once("nflog.recv", "nflog_recv_failed", error=str(exc))
-                break
-            samples.extend(reader.process(data, stats))
-        if samples:
-            agent.take_samples(samples)
-        self._account(agent, stats, overruns)
-
-    def _account(self, agent: Any, st: ReadStats, overruns: int) -> None:
-        if st.messages:
-            agent.count("nflog.messages", st.messages)
-        if overruns:
-            agent.count("nflog.overruns", overruns)
-            agent.warn_once("nflog.enobufs", "nflog_socket_overrun",
-                            hint="the agent did not keep up; lost messages are reported "
-                                 "as drops")
-        if st.lost:
-            agent.count("nflog.lost", st.lost)
-        if st.malformed:
-            agent.count("nflog.malformed", st.malformed)
-            agent.warn_once("nflog.malformed", "nflog_malformed_message", example=st.first_error)
-        if st.no_source:
-            agent.count("nflog.no_interface", st.no_source)
-        if st.not_ip:
-            agent.count("nflog.not_ip", st.not_ip)
+        if sock is not None and reader is not None:
+            drain_log_socket(agent, MODULE, sock.recv, reader)

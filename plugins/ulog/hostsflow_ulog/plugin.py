@@ -15,26 +15,20 @@ from typing import Any
 
 import attrs
 from hostsflow import hookimpl
-from hostsflow.config import integer, option, real
+from hostsflow.config import integer, option
+from hostsflow.firewall_log import drain_log_socket, reconcile_rate, rule_probability
 
-from hostsflow.capture import reconcile_rate
 from .protocol import NETLINK_NFLOG
-from .reader import ReadStats, UlogReader
+from .reader import UlogReader
 
 MODULE = "ulog"
 RCVBUF_BYTES = 8_000_000  # hsflowd's receive buffer
 RECV_BYTES = 1 << 17
-MAX_RECVS_PER_WAKEUP = 64
 
 UNSUPPORTED = ("this kernel has no ULOG netlink protocol (NETLINK_NFLOG=5): the iptables ULOG "
                "target was removed in Linux 3.17. Use an NFLOG rule and "
                "'nflog {{ group = {group} probability = {probability} }}' instead "
                "(hostsflow-nflog); the ulog module stays idle")
-
-
-def _positive(_inst: Any, _attr: Any, value: float) -> None:
-    if value <= 0.0:
-        raise ValueError("probability must be above 0 (the rule logs 1 in 1/probability)")
 
 
 @attrs.frozen
@@ -43,9 +37,8 @@ class UlogConfig:
 
     group: int = option(help="ULOG netlink group of the rule (--ulog-nlgroup, 1..32)",
                         converter=integer(1, 32, suffixes=""), example="1")
-    probability: float = option(1.0, help="the rule's sampling probability "
-                                          "(-m statistic --probability P)",
-                                converter=real(0.0, 1.0), validator=_positive)
+    probability: float = rule_probability("the rule's sampling probability "
+                                          "(-m statistic --probability P)")
 
 
 def open_ulog_socket(group: int) -> socket.socket:
@@ -139,40 +132,10 @@ class UlogPlugin:
     def on_readable(self, agent: Any) -> None:
         """Drain the socket and hand the samples to the core in one batch."""
         sock, reader = self.sock, self.reader
-        if sock is None or reader is None:
-            return
-        stats = ReadStats()
-        samples: list[Any] = []
-        overruns = 0
-        for _ in range(MAX_RECVS_PER_WAKEUP):
-            try:
-                data = sock.recv(RECV_BYTES)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    overruns += 1
-                    continue
-                agent.warn_once("ulog.recv", "ulog_recv_failed", error=str(exc))
-                break
-            samples.extend(reader.process(data, stats))
-        if overruns:
+        if sock is not None and reader is not None:
             # ULOG has no sequence numbers: each overrun lost at least one batch
-            reader.lost(overruns)
-            agent.count("ulog.overruns", overruns)
-            agent.warn_once("ulog.enobufs", "ulog_socket_overrun")
-        if samples:
-            agent.take_samples(samples)
-        if stats.messages:
-            agent.count("ulog.messages", stats.messages)
-        if stats.malformed:
-            agent.count("ulog.malformed", stats.malformed)
-            agent.warn_once("ulog.malformed", "ulog_malformed_message",
-                            example=stats.first_error)
-        if stats.no_source:
-            agent.count("ulog.no_interface", stats.no_source)
-        if stats.not_ip:
-            agent.count("ulog.not_ip", stats.not_ip)
+            drain_log_socket(agent, MODULE, lambda: sock.recv(RECV_BYTES), reader,
+                             overruns_lose=True)
 
 
 def _ifindex(agent: Any, name: str) -> int:

@@ -27,7 +27,7 @@ from hostsflow.sflow.records import INTERNAL_IFINDEX
 from hostsflow.testing import AgentHarness, ethernet_frame
 from hostsflow_ulog import UlogPlugin
 from hostsflow_ulog import protocol as p
-from hostsflow.capture import reconcile_rate
+from hostsflow.firewall_log import reconcile_rate
 from hostsflow_ulog.reader import ReadStats, UlogReader
 from hypothesis import given, settings
 from hypothesis import strategies as st

@@ -1,6 +1,9 @@
-"""Helpers for capture plugins whose kernel already sampled (NFLOG, ULOG, and third-party ones):
-turning a logged packet into a :class:`~hostsflow.samples.FlowSample`.
+"""Helpers for the capture modules whose packets a firewall rule logs, already sampled by the
+kernel (NFLOG, ULOG, and third-party ones): from a readable log socket to the
+:class:`~hostsflow.samples.FlowSample` batch the core takes.
 
+* :func:`rule_probability` -- the ``probability`` option of such a module's block (the rule's
+  1-in-K, above 0);
 * :func:`reconcile_rate` -- hsflowd's rule (``setSamplingRate``) for the user-space
   sub-sampling rate and the rate reported to collectors, when a rule samples 1 in K;
 * :class:`SubSampler` -- the random 1-in-``sub`` skip applied on top of the kernel's sampling;
@@ -8,16 +11,23 @@ turning a logged packet into a :class:`~hostsflow.samples.FlowSample`.
   link-layer header (frame length rebuilt from the IP length);
 * :func:`placement` -- direction, input/output ifIndex and data source from a netfilter hook;
 * :class:`Samplers` -- per data source sample pool and drop totals, and the FlowSample itself;
+* :class:`ReadResult` -- what a module's parser found in one ``recv()`` buffer;
 * :class:`LoggedPacketReader` -- what a reader of logged packets does with each one (pool,
-  sub-sampling, header record, sample), so a module only parses its own messages.
+  sub-sampling, header record, sample), so a module only parses its own messages;
+* :func:`drain_log_socket` -- one wakeup of the log socket: read, hand the samples over in one
+  batch, count what happened under the module's name.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import random
+from collections.abc import Callable
+from typing import Any
 
 import attrs
+from hostsflow.config import option, real
 from hostsflow.packet import ip_length
 from hostsflow.samples import (
     DIRECTION_RECEIVED,
@@ -36,7 +46,21 @@ from hostsflow.sflow.records import (
 
 FCS_BYTES = 4
 
+#: ``recv()`` calls per wakeup at most, so one busy socket cannot hold the loop
+MAX_RECVS_PER_WAKEUP = 64
+
 # ---------------------------------------------------------------- sampling rate
+
+
+def _above_zero(_inst: Any, _attr: Any, value: float) -> None:
+    if value <= 0.0:
+        raise ValueError("probability must be above 0 (the rule logs 1 in 1/probability)")
+
+
+def rule_probability(help: str) -> Any:
+    """The ``probability`` option of a firewall-log module's block: the probability with
+    which the rule logs a packet, in (0, 1], default 1 (every packet)."""
+    return option(1.0, help=help, converter=real(0.0, 1.0), validator=_above_zero)
 
 
 @attrs.frozen
@@ -229,6 +253,24 @@ class Samplers:
 # ---------------------------------------------------------------- readers of logged packets
 
 
+@attrs.define(slots=True)
+class ReadResult:
+    """What a module's parser found in one ``recv()`` buffer: the logged packets (of the
+    module's own class), the malformed messages (how many, and why the first one was) and
+    the well-formed messages that are not packets (errors, done, config acks)."""
+
+    packets: list[Any] = attrs.Factory(list)
+    malformed: int = 0
+    first_error: str | None = None
+    other: int = 0
+
+    def bad(self, why: str) -> None:
+        """Count one malformed message (the reason of the first one is kept)."""
+        self.malformed += 1
+        if self.first_error is None:
+            self.first_error = why
+
+
 @attrs.define
 class ReadStats:
     """Counts for one processed buffer (the plugin adds them to the agent's health counters)."""
@@ -269,6 +311,11 @@ class LoggedPacketReader:
         """``n`` logged packets never reached us (socket overrun)."""
         self.samplers.lost(n)
 
+    def process(self, data: bytes, stats: ReadStats | None = None) -> list[FlowSample]:
+        """The flow samples taken from one ``recv()`` buffer: the module parses its messages,
+        then calls :meth:`begin` and :meth:`offer`."""
+        raise NotImplementedError
+
     @staticmethod
     def begin(stats: ReadStats | None, messages: int, malformed: int,
               first_error: str | None) -> ReadStats:
@@ -295,3 +342,51 @@ class LoggedPacketReader:
             return
         out.append(self.samplers.sample(where, self.rates.actual, header, netns=self.netns))
         st.taken += 1
+
+
+def drain_log_socket(agent: Any, module: str, recv: Callable[[], bytes],
+                     reader: LoggedPacketReader, *, overruns_lose: bool = False) -> None:
+    """One wakeup of a firewall-log socket: read up to :data:`MAX_RECVS_PER_WAKEUP` buffers
+    with ``recv`` (non-blocking), turn them into samples with ``reader.process(data,
+    stats)``, hand the samples to the core in one batch and count what happened as health
+    counters ``<module>.messages``, ``.overruns``, ``.lost``, ``.malformed``,
+    ``.no_interface`` and ``.not_ip`` (overruns, malformed messages and receive errors are
+    also logged once).
+
+    :param overruns_lose: the protocol has no sequence numbers (ULOG), so each ENOBUFS counts
+        as one lost message in the drops; with them (NFLOG) the loss shows up as a gap."""
+    stats = ReadStats()
+    samples: list[FlowSample] = []
+    overruns = 0
+    for _ in range(MAX_RECVS_PER_WAKEUP):
+        try:
+            data = recv()
+        except BlockingIOError:
+            break
+        except OSError as exc:
+            if exc.errno == errno.ENOBUFS:
+                overruns += 1
+                continue
+            agent.warn_once(f"{module}.recv", f"{module}_recv_failed", error=str(exc))
+            break
+        samples.extend(reader.process(data, stats))
+    if overruns and overruns_lose:
+        reader.lost(overruns)
+    if samples:
+        agent.take_samples(samples)
+    if stats.messages:
+        agent.count(f"{module}.messages", stats.messages)
+    if overruns:
+        agent.count(f"{module}.overruns", overruns)
+        agent.warn_once(f"{module}.enobufs", f"{module}_socket_overrun",
+                        hint="the agent did not keep up; lost messages are reported as drops")
+    if stats.lost:
+        agent.count(f"{module}.lost", stats.lost)
+    if stats.malformed:
+        agent.count(f"{module}.malformed", stats.malformed)
+        agent.warn_once(f"{module}.malformed", f"{module}_malformed_message",
+                        example=stats.first_error)
+    if stats.no_source:
+        agent.count(f"{module}.no_interface", stats.no_source)
+    if stats.not_ip:
+        agent.count(f"{module}.not_ip", stats.not_ip)

@@ -1,4 +1,4 @@
-"""Rate reconciliation, sub-sampling, header records and direction mapping (hostsflow.capture)."""
+"""Rate reconciliation, sub-sampling, header records and direction mapping (hostsflow.firewall_log)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hostsflow.packet import decode_sampled_header
 from hostsflow.samples import DIRECTION_RECEIVED, DIRECTION_SENT
 from hostsflow.sflow.records import INTERNAL_IFINDEX
 from hostsflow.testing import ethernet_frame
-from hostsflow import capture as fwlog
+from hostsflow import firewall_log as fwlog
 from hypothesis import given
 from hypothesis import strategies as st
 
