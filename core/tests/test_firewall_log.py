@@ -143,3 +143,29 @@ def test_samplers_pool_and_drops() -> None:
     assert (a.sample_pool, b.sample_pool) == (500, 100)
     assert (a.drops, b.drops, c.drops) == (7, 0, 7)  # lost messages go to the next sample
     assert (a.source.ds_index, a.input, a.output) == (2, 2, INTERNAL_IFINDEX)
+
+
+def test_rule_probability_is_above_zero_and_at_most_one() -> None:
+    import attrs
+
+    from hostsflow.config import ConfigError
+    from hostsflow.config.registry import ConfigRegistry
+    from hostsflow.config.schema import parse_config_text
+
+    @attrs.frozen
+    class RuleConfig:
+        probability: float = fwlog.rule_probability("the rule's probability")
+
+    reg = ConfigRegistry()
+    reg.block("rule", RuleConfig)
+
+    def probability(value: str) -> float:
+        text = f"sflow {{ collector {{ ip = 127.0.0.1 }} rule {{ probability = {value} }} }}"
+        return parse_config_text(text, "t.conf", reg).modules["rule"].probability
+
+    assert probability("0.25") == 0.25 and probability("1") == 1.0
+    assert parse_config_text("sflow { collector { ip = 127.0.0.1 } rule { } }", "t.conf",
+                             reg).modules["rule"].probability == 1.0
+    for bad in ("0", "1.5", "-0.1"):
+        with pytest.raises(ConfigError):
+            probability(bad)
