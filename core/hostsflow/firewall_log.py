@@ -14,6 +14,7 @@ kernel (NFLOG, ULOG, and third-party ones): from a readable log socket to the
 * :class:`ReadResult` -- what a module's parser found in one ``recv()`` buffer;
 * :class:`LoggedPacketReader` -- what a reader of logged packets does with each one (pool,
   sub-sampling, header record, sample), so a module only parses its own messages;
+* :class:`WatchedSocket` -- the log socket and its registration with the agent loop;
 * :func:`drain_log_socket` -- one wakeup of the log socket: read, hand the samples over in one
   batch, count what happened under the module's name.
 """
@@ -342,6 +343,30 @@ class LoggedPacketReader:
             return
         out.append(self.samplers.sample(where, self.rates.actual, header, netns=self.netns))
         st.taken += 1
+
+
+class WatchedSocket:
+    """A firewall-log module's socket and its registration with the agent loop."""
+
+    def __init__(self) -> None:
+        self.sock: Any = None
+        self.fd = -1
+
+    def watch(self, agent: Any, on_readable: Callable[[], None]) -> None:
+        """Have the loop call ``on_readable()`` when the socket is readable (once; nothing
+        while there is no socket)."""
+        if self.sock is not None and self.fd < 0:
+            self.fd = self.sock.fileno()
+            agent.add_reader(self.fd, on_readable)
+
+    def close(self, agent: Any) -> None:
+        """Stop watching the socket and close it (safe to call again)."""
+        if self.fd >= 0:
+            agent.remove_reader(self.fd)
+            self.fd = -1
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
 
 
 def drain_log_socket(agent: Any, module: str, recv: Callable[[], bytes],

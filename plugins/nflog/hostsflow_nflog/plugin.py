@@ -15,7 +15,12 @@ from typing import Any
 import attrs
 from hostsflow import hookimpl
 from hostsflow.config import integer, option, real, string
-from hostsflow.firewall_log import drain_log_socket, reconcile_rate, rule_probability
+from hostsflow.firewall_log import (
+    WatchedSocket,
+    drain_log_socket,
+    reconcile_rate,
+    rule_probability,
+)
 
 from .nlsocket import NflogSocket
 from .reader import NflogReader
@@ -59,13 +64,12 @@ class NflogPlugin:
 
     def __init__(self) -> None:
         self.cfg: NflogConfig | None = None
-        self.sock: NflogSocket | None = None
+        self.socket = WatchedSocket()  # its sock: the NflogSocket while bound
         self.reader: NflogReader | None = None
         self.log: Any = None
         self.started = False
         self.retry_at: float | None = None
         self.backoff = RETRY_FIRST
-        self.registered_fd = -1
         self.bind_failing = False
 
     # ------------------------------------------------------------ hooks
@@ -102,7 +106,7 @@ class NflogPlugin:
 
     @hookimpl
     def sflow_tick(self, agent: Any, now: float) -> None:
-        if self.cfg is None or self.sock is not None or self.retry_at is None:
+        if self.cfg is None or self.socket.sock is not None or self.retry_at is None:
             return
         if now >= self.retry_at and self._open(agent):
             self._register(agent)
@@ -111,7 +115,7 @@ class NflogPlugin:
     def sflow_config_changed(self, agent: Any, old: Any, new: Any) -> None:
         cfg = agent.module_config(MODULE)
         if cfg is None:
-            self._close(agent)
+            self.socket.close(agent)
             self.cfg = None
             return
         if self.log is None:
@@ -126,14 +130,14 @@ class NflogPlugin:
                           != self._socket_args(cfg, new))
         self.cfg = cfg
         if socket_changed:
-            self._close(agent)
+            self.socket.close(agent)
             self.reader.netns = _netns_path(cfg.netns)
             if self._open(agent):
                 self._register(agent)
 
     @hookimpl
     def sflow_final(self, agent: Any) -> None:
-        self._close(agent)
+        self.socket.close(agent)
         self.started = False
 
     # ------------------------------------------------------------ socket
@@ -154,7 +158,7 @@ class NflogPlugin:
         except Exception as exc:  # noqa: BLE001 - any failure: log, retry later
             self._failed(agent, exc)
             return False
-        self.sock = sock
+        self.socket.sock = sock
         self.reader.reset_sequence()
         self.retry_at = None
         self.backoff = RETRY_FIRST
@@ -183,22 +187,13 @@ class NflogPlugin:
         self.backoff = min(RETRY_MAX, self.backoff * 2)
 
     def _register(self, agent: Any) -> None:
-        if self.started and self.sock is not None and self.registered_fd < 0:
-            self.registered_fd = self.sock.fileno()
-            agent.add_reader(self.registered_fd, lambda: self._on_readable(agent))
-
-    def _close(self, agent: Any) -> None:
-        if self.registered_fd >= 0:
-            agent.remove_reader(self.registered_fd)
-            self.registered_fd = -1
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        if self.started:
+            self.socket.watch(agent, lambda: self._on_readable(agent))
 
     # ------------------------------------------------------------ packet path
 
     def _on_readable(self, agent: Any) -> None:
         """Drain the socket (up to 64 kernel batches) and hand the samples over in one batch."""
-        sock, reader = self.sock, self.reader
+        sock, reader = self.socket.sock, self.reader
         if sock is not None and reader is not None:
             drain_log_socket(agent, MODULE, sock.recv, reader)

@@ -16,7 +16,12 @@ from typing import Any
 import attrs
 from hostsflow import hookimpl
 from hostsflow.config import integer, option
-from hostsflow.firewall_log import drain_log_socket, reconcile_rate, rule_probability
+from hostsflow.firewall_log import (
+    WatchedSocket,
+    drain_log_socket,
+    reconcile_rate,
+    rule_probability,
+)
 
 from .protocol import NETLINK_NFLOG
 from .reader import UlogReader
@@ -63,10 +68,9 @@ class UlogPlugin:
 
     def __init__(self) -> None:
         self.cfg: UlogConfig | None = None
-        self.sock: Any = None
+        self.socket = WatchedSocket()
         self.reader: UlogReader | None = None
         self.log: Any = None
-        self.registered_fd = -1
 
     @hookimpl
     def sflow_declare_config(self, registry: Any) -> None:
@@ -83,7 +87,7 @@ class UlogPlugin:
         self.reader = UlogReader(rates, agent.config.header_bytes,
                                  lambda name: _ifindex(agent, name), rng=agent.rng)
         try:
-            self.sock = open_ulog_socket(self.cfg.group)
+            self.socket.sock = open_ulog_socket(self.cfg.group)
         except OSError as exc:
             agent.count("ulog.open_failures")
             if exc.errno == errno.EPROTONOSUPPORT:
@@ -98,8 +102,8 @@ class UlogPlugin:
 
     @hookimpl
     def sflow_start(self, agent: Any) -> None:
-        if self.sock is not None:
-            self.attach(agent, self.sock)
+        if self.socket.sock is not None:
+            self.attach(agent, self.socket.sock)
 
     @hookimpl
     def sflow_config_changed(self, agent: Any, old: Any, new: Any) -> None:
@@ -107,31 +111,25 @@ class UlogPlugin:
         if cfg is not None and self.reader is not None:
             self.reader.set_rates(reconcile_rate(new.sampling, cfg.probability),
                                   new.header_bytes)
-            if self.cfg is not None and cfg.group != self.cfg.group and self.sock is not None:
+            if self.cfg is not None and cfg.group != self.cfg.group and self.socket.sock is not None:
                 self.log.warning("ulog_group_change_needs_restart", old=self.cfg.group,
                                  new=cfg.group)
         self.cfg = cfg or self.cfg
 
     @hookimpl
     def sflow_final(self, agent: Any) -> None:
-        if self.registered_fd >= 0:
-            agent.remove_reader(self.registered_fd)
-            self.registered_fd = -1
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        self.socket.close(agent)
 
     # ------------------------------------------------------------ packet path
 
     def attach(self, agent: Any, sock: Any) -> None:
         """Read ULOG datagrams from ``sock`` (any non-blocking datagram socket) on the loop."""
-        self.sock = sock
-        self.registered_fd = sock.fileno()
-        agent.add_reader(self.registered_fd, lambda: self.on_readable(agent))
+        self.socket.sock = sock
+        self.socket.watch(agent, lambda: self.on_readable(agent))
 
     def on_readable(self, agent: Any) -> None:
         """Drain the socket and hand the samples to the core in one batch."""
-        sock, reader = self.sock, self.reader
+        sock, reader = self.socket.sock, self.reader
         if sock is not None and reader is not None:
             # ULOG has no sequence numbers: each overrun lost at least one batch
             drain_log_socket(agent, MODULE, lambda: sock.recv(RECV_BYTES), reader,
