@@ -1,6 +1,6 @@
 """Property tests for the one reader of outside input that had none: the systemd module's
 ListUnits reply reader (D-Bus).  The NFLOG and ULOG message readers, the sock_diag reply reader
-(hostsflow_tcp.diag, which the systemd module also uses), the config parser, the sFlow decoder
+(hostsflow.sockets.diag, in the core), the config parser, the sFlow decoder
 and the packet parser have theirs next to them.
 
 Whatever arrives, the reader returns or refuses in its documented way, never raises anything

@@ -102,6 +102,7 @@ class Agent:
         self._hold_timer: Any = None
         self.seconds = 0
         self._readers: set[int] = set()
+        self._sockets: Any = None  # LocalSockets, made when a module first asks
         self._phase1: tuple[Callable[..., Any], ...] = ()
         self._phase2: tuple[Callable[..., Any], ...] = ()
         host.on_change = self._resolve_fast_path
@@ -158,6 +159,16 @@ class Agent:
         capability_mask(capabilities)  # unknown names fail here, in the plugin's configure
         self.kept_capabilities.setdefault(reason, set()).update(capabilities)
 
+    @property
+    def sockets(self) -> Any:
+        """The local sockets at the ends of sampled packets, and who owns them
+        (:class:`hostsflow.sockets.LocalSockets`, shared by every module; made on first use)."""
+        if self._sockets is None:
+            from .sockets import LocalSockets
+
+            self._sockets = LocalSockets(self)
+        return self._sockets
+
     def sampling_rate(self, interface: Interface) -> int:
         """1-in-N for an interface: a module's decision, else hsflowd's rule
         (``lookupPacketSamplingRate``)."""
@@ -213,6 +224,8 @@ class Agent:
     def stop(self) -> None:
         """Final hooks, then flush the pending datagram and close the sockets."""
         self.host.hook.sflow_final(agent=self)
+        if self._sockets is not None:
+            self._sockets.close()
         for _, sample in list(self._held):
             sample._force_release()
         self._held.clear()
@@ -256,6 +269,8 @@ class Agent:
         now = self.clock()
         self.seconds += 1
         self.host.hook.sflow_tick(agent=self, now=now)
+        if self._sockets is not None:
+            self._sockets.tick(now)
         if self._links is not None or self.seconds % INTERFACE_SCAN_SECONDS == 0:
             self.refresh_interfaces()
         self.expire_holds(now)

@@ -48,6 +48,28 @@ class Health:
         }
 
 
+class Tally(dict[str, int]):
+    """Counts a module keeps on its packet path (a plain dict increment per event), pushed
+    into the agent's health counters as ``PREFIX.name`` once a second with :meth:`push`."""
+
+    def __init__(self, prefix: str, names: Any) -> None:
+        super().__init__((n, 0) for n in names)
+        self.prefix = prefix
+        self._pushed: dict[str, int] = {}
+
+    def push(self, count: Any) -> dict[str, int]:
+        """Call ``count(name, n)`` with what each counter grew since the last push; returns
+        those increases (only the counters that grew)."""
+        grown = {}
+        for name, value in self.items():
+            d = value - self._pushed.get(name, 0)
+            if d:
+                count(f"{self.prefix}.{name}", d)
+                self._pushed[name] = value
+                grown[name] = d
+        return grown
+
+
 class StatusFile:
     """The status file, opened once at start-up (while still root) and rewritten in place, so
     the agent can keep updating it after it dropped privileges."""

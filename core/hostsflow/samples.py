@@ -18,15 +18,6 @@ from .sflow.records import Record, SampledHeader
 if TYPE_CHECKING:
     from .packet import PacketInfo
 
-# Well-known stash keys, so producer and consumer plugins need not import each other.
-SOCKET_CGROUP_ID = "socket.cgroup_id"  #: int: cgroup v2 id of the local socket (sock_diag)
-SOCKET_INODE = "socket.inode"  #: int: inode of the local socket
-SOCKET_UID = "socket.uid"  #: int: uid owning the local socket
-SOCKET_LOOKED_UP = "socket.looked_up"  #: bool: a sock_diag lookup was done for this sample
-#: bool: which end of the packet the SOCKET_* keys describe: True when the local socket sent it
-#: (it is the packet's source), False when it received it (the destination)
-SOCKET_LOCAL_SRC = "socket.local_src"
-
 DIRECTION_UNKNOWN, DIRECTION_RECEIVED, DIRECTION_SENT = 0, 1, 2
 
 #: data source classes (sFlow source_id_type)

@@ -199,18 +199,20 @@ class AgentHarness:
         direction: int = 0,
         payload: bytes = b"",
         netns: str | None = None,
+        timestamp: float = 0.0,
     ) -> FlowSample:
         """A flow sample with a real Ethernet/IPv4 (or IPv6) TCP or UDP header.
 
         ``tcp``/``udp`` = (src ip, src port, dst ip, dst port); ``direction`` one of
         ``hostsflow.samples.DIRECTION_*``; ``netns`` as a capture plugin in another network
-        namespace would set it."""
+        namespace would set it; ``timestamp`` the capture time (wall clock; 0 unknown)."""
         header = ethernet_frame(tcp=tcp, udp=udp, payload=payload)
         return FlowSample(
             source=DataSource(0, ifindex),
             sampling_rate=rate,
             records=[SampledHeader(1, len(header) + 4, 4, header[:128])],
             direction=direction,
+            timestamp=timestamp,
             netns=netns,
         )
 

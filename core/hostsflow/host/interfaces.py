@@ -93,7 +93,7 @@ class InterfaceTable:
     ifIndex wins when several share a MAC (bridges, VLANs and bonds copy their ports' MACs).
     """
 
-    __slots__ = ("_by_index", "_by_mac", "_by_name")
+    __slots__ = ("_by_index", "_by_mac", "_by_name", "_local")
 
     def __init__(self, interfaces: list[Interface] | tuple[Interface, ...] = ()) -> None:
         ordered = sorted(interfaces, key=lambda i: i.ifindex)
@@ -103,6 +103,20 @@ class InterfaceTable:
         for i in ordered:
             if i.has_mac:
                 self._by_mac.setdefault(bytes(i.mac), i)
+        self._local = frozenset(filter(None, (canonical_address(a) for i in ordered
+                                              for a in i.addresses)))
+
+    def is_local(self, addr: str) -> bool:
+        """True when ``addr`` (text, as the packet decoder writes it) is this host's: an
+        address of one of its interfaces, anything in 127.0.0.0/8, ``::1``, or the IPv4-mapped
+        IPv6 form (``::ffff:a.b.c.d``) of one of those."""
+        if addr in self._local:
+            return True
+        if addr.startswith("::ffff:") and "." in addr:
+            addr = addr[7:]
+            if addr in self._local:
+                return True
+        return addr.startswith("127.") or addr == "::1"
 
     def by_name(self, name: str) -> Interface | None:
         """The interface called ``name``, or None."""
@@ -147,6 +161,18 @@ class InterfaceTable:
             removed=tuple(sorted(set(mine) - set(theirs))),
             changed=tuple(sorted(n for n in set(mine) & set(theirs) if mine[n] != theirs[n])),
         )
+
+
+def canonical_address(addr: str) -> str | None:
+    """An address in the text form inet_ntop gives (the packet decoder's), without a prefix
+    length or scope; None if it is not an IPv4 or IPv6 address."""
+    addr = addr.split("%", 1)[0].split("/", 1)[0]
+    for fam in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return socket.inet_ntop(fam, socket.inet_pton(fam, addr))
+        except OSError:
+            continue
+    return None
 
 
 # ---------------------------------------------------------------- driver name (ethtool ioctl)

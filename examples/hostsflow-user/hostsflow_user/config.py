@@ -15,7 +15,3 @@ class UserConfig:
         False, converter=on_off,
         help="send the numeric uid (as decimal text) instead of the user name",
     )
-    proc: bool = option(
-        True, converter=on_off,
-        help="find socket owners in /proc/net/{tcp,udp}{,6} when no other module (tcp) did",
-    )

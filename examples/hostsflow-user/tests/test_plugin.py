@@ -11,8 +11,6 @@ from typing import Any, Iterator
 
 import pytest
 
-import hostsflow
-from hostsflow.samples import DIRECTION_SENT, SOCKET_UID
 from hostsflow.testing import AgentHarness
 from hostsflow_user import ExtendedUser, UserPlugin
 
@@ -79,65 +77,22 @@ def test_a_socket_of_another_user(foreign_sockets: Any) -> None:
         udp.close()
 
 
-def test_packets_of_other_hosts_get_no_record() -> None:
+def test_packets_of_other_hosts_and_of_no_socket_get_no_record() -> None:
     s = socket.socket()
     s.bind(("0.0.0.0", 0))  # a local wildcard listener on the same port must not match
     s.listen()
     try:
         port = s.getsockname()[1]
         with AgentHarness(CONF.format(""), plugins={"user": UserPlugin}) as h:
-            h.feed(h.make_sample(tcp=("192.0.2.1", port, "192.0.2.2", 40000)),
-                   h.make_sample(tcp=("192.0.2.2", 40000, "192.0.2.1", port)))
-            h.feed(h.make_sample(tcp=("127.0.0.1", 40000, "127.0.0.1", port)))  # local: named
+            h.feed(h.make_sample(tcp=("198.51.100.1", port, "198.51.100.2", 40000)),
+                   h.make_sample(tcp=("198.51.100.2", 40000, "198.51.100.1", port)))
+            # local, but no such connection: the port's listener is not its socket
+            h.feed(h.make_sample(tcp=("127.0.0.1", 40000, "127.0.0.1", port)))
             h.tick()
             assert len(h.flow_samples()) == 3
-            assert users(h) == [("", ME)]
-            (rec,) = h.records(ExtendedUser)
-            assert rec.src_charset == 0  # unknown side: no charset
+            assert users(h) == []
     finally:
         s.close()
-
-
-class StashFiller:
-    """A phase-1 plugin like the tcp module: holds the sample, fills SOCKET_UID later."""
-
-    def __init__(self, uid: int) -> None:
-        self.uid = uid
-        self.holds: list[Any] = []
-
-    @hostsflow.hookimpl
-    def sflow_flow_sample(self, sample: Any) -> None:
-        self.holds.append((sample, sample.hold("stash")))
-
-    def answer(self) -> None:
-        for sample, hold in self.holds:
-            sample.stash[SOCKET_UID] = self.uid
-            hold.release()
-        self.holds.clear()
-
-
-def test_uses_the_stash_filled_in_phase_1_after_the_hold_is_released() -> None:
-    filler = StashFiller(uid=4242)  # no such user: sent as its number
-    with AgentHarness(CONF.format("proc = off"),
-                      plugins={"stash": filler, "user": UserPlugin}) as h:
-        sample = h.make_sample(tcp=("192.0.2.1", 5000, "192.0.2.2", 80), direction=DIRECTION_SENT)
-        h.feed(sample)
-        h.advance(0.3)  # less than agent.hold_timeout (0.4 s)
-        assert h.held() == [sample]
-        filler.answer()
-        assert h.held() == []
-        h.tick()
-        assert users(h) == [("4242", "")]
-
-
-def test_proc_off_and_no_stash_adds_nothing(
-    connection: tuple[socket.socket, socket.socket],
-) -> None:
-    cli, _ = connection
-    with AgentHarness(CONF.format("proc = off"), plugins={"user": UserPlugin}) as h:
-        h.feed(h.make_sample(tcp=four_tuple(cli)))
-        h.tick()
-        assert len(h.flow_samples()) == 1 and users(h) == []
 
 
 def test_config_mistakes_name_file_and_line() -> None:
@@ -149,14 +104,13 @@ def test_config_mistakes_name_file_and_line() -> None:
     assert str(err.value).startswith("t.conf:4:") and "on' or 'off" in str(err.value)
 
 
-def test_proc_table_is_read_at_most_once_per_agent_second(
+def test_one_lookup_per_socket_for_many_samples(
     connection: tuple[socket.socket, socket.socket],
 ) -> None:
+    """The core answers every sample of a socket from one lookup (for 100 ms)."""
     cli, _ = connection
-    plugin = UserPlugin()
-    with AgentHarness(CONF.format(""), plugins={"user": plugin}) as h:
-        for _ in range(3):
-            h.feed(*[h.make_sample(tcp=four_tuple(cli)) for _ in range(100)])
-            h.tick()
-        assert plugin.owners is not None and plugin.owners.reads == 3
-        assert len(h.records(ExtendedUser)) == 300
+    with AgentHarness(CONF.format(""), plugins={"user": UserPlugin}) as h:
+        h.feed(*[h.make_sample(tcp=four_tuple(cli)) for _ in range(100)])
+        h.tick()
+        assert len(h.records(ExtendedUser)) == 100
+        assert h.agent.sockets.stats["lookups"] == 2  # the two ends

@@ -103,6 +103,26 @@ class CgroupMounts:
         root = self.v1.get(controller)
         return f"{root}/{cgroup.strip('/')}" if root is not None else None
 
+    def find_dirs(self, names: Iterable[str], depth: int = 5) -> list[str]:
+        """The cgroup2 directories called one of ``names`` (slices such as ``system.slice``)
+        down to ``depth`` levels below the root; the walk does not enter a match."""
+        if self.v2 is None:
+            return []
+        wanted, found = set(names), []
+        level = [str(self.v2)]
+        for _ in range(depth):
+            below = []
+            for d in level:
+                try:
+                    entries = list(os.scandir(d))
+                except OSError:
+                    continue
+                for e in entries:
+                    if e.is_dir(follow_symlinks=False):
+                        (found if e.name in wanted else below).append(e.path)
+            level = below
+        return sorted(found)
+
     def cgroup_id(self, cgroup: str) -> int:
         """Inode of the cgroup2 directory (= INET_DIAG_CGROUP_ID of sockets its processes
         create); 0 without cgroup v2 or if the group is gone."""

@@ -1,9 +1,9 @@
 """The systemd plugin: running services as sFlow data sources (3:dsIndex) with their own
 counters, and (``markTraffic = on``) sampled packets marked with the services at each end.
 
-Hooks: configure (cgroup mounts, sock_diag socket), start (the D-Bus task on the agent loop),
-data_sources / poll_counters (poll path), flow_sample_released (packet path, phase 2),
-tick (cache expiry), final.
+Hooks: configure (cgroup mounts; with markTraffic the core's owner log for the slices),
+start (the D-Bus task on the agent loop), data_sources / poll_counters (poll path),
+flow_sample_released (packet path, phase 2), tick (cache expiry, counters), final.
 """
 
 from __future__ import annotations
@@ -13,9 +13,6 @@ from typing import Any
 from hostsflow import hookimpl
 from hostsflow.samples import HOST_SOURCE, DataSource, FlowSample
 from hostsflow.sflow.records import Record
-from hostsflow_tcp import companion
-from hostsflow_tcp.lookup import DiagChannel
-
 from .cgroups import CgroupMounts
 from .config import SystemdConfig
 from .dbus import UnitWatcher
@@ -33,12 +30,11 @@ class SystemdPlugin:
         self.table: ServiceTable | None = None
         self.marker: Marker | None = None
         self.watcher: UnitWatcher | None = None
-        self.diag: DiagChannel | None = None
         self.log: Any = None
         self.agent: Any = None
         self._reported_sources: dict[str, str] = {}
         self._down_logged = False
-        self._reported_marking: dict[str, int] = {}
+        self._covered: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -61,39 +57,44 @@ class SystemdPlugin:
         if not self.cfg.dropPriv:
             agent.retain_root("systemd: read /proc/PID/io of services' processes")
         if self.cfg.markTraffic:
-            try:
-                self.diag = DiagChannel()
-            except OSError as exc:
-                agent.warn_once("systemd:sockdiag", "systemd_marking_without_sock_diag",
-                                error=str(exc))
-            self.marker = Marker(self.table, agent.now, self.diag)
-            companion.register(agent, self.marker)  # the tcp module's lookups carry ours
+            self.marker = Marker(self.table, agent.sockets, agent.now)
             if mounts.v2 is None:
-                self.log.warning("no_cgroup2", detail="marking falls back to /proc/PID/fd")
+                self.log.warning("no_cgroup2", detail="marking falls back to /proc/PID/fd, "
+                                 "and only while a connection's socket lives")
+            else:
+                # the kernel logs the owner of each connection the slices' services send on
+                # (the core's owner log): loaded now, as root; slices found later are covered
+                # as their first service appears (root, or CAP_BPF and CAP_NET_ADMIN)
+                self._cover(mounts.find_dirs(self.cfg.slices()))
+                if self.cfg.dropPriv:
+                    agent.retain_capabilities("CAP_BPF", "CAP_NET_ADMIN",
+                                              reason="systemd: trace connections of new slices")
+
+    def _cover(self, directories: Any) -> None:
+        """Have the owner log cover these cgroup2 directories (the slices' own)."""
+        dirs = set(directories)
+        # a directory below another is covered by it already (the program would run twice)
+        wanted = frozenset(d for d in dirs
+                           if not any(d.startswith(o.rstrip("/") + "/") for o in dirs))
+        if wanted != self._covered:
+            self._covered = wanted
+            self.agent.sockets.record_owners(sorted(wanted))
 
     @hookimpl
     def sflow_start(self, agent: Any) -> None:
         assert self.cfg is not None
-        if self.diag is not None and self.marker is not None:
-            agent.add_reader(self.diag.fileno(), self.marker.on_readable)
         self.watcher = UnitWatcher(self.cfg.bus, float(self.cfg.refreshVMs), self._on_units,
                                    self._on_state, self._on_malformed)
         agent.loop.call_soon(self.watcher.start)
 
     @hookimpl
     def sflow_final(self, agent: Any) -> None:
-        if self.marker is not None:
-            companion.register(agent, None)
         if self.watcher is not None:
             loop = agent.loop
             if loop is not None and not loop.is_running() and not loop.is_closed():
                 loop.run_until_complete(self.watcher.stop())  # testing kit: loop is idle
             else:
                 self.watcher.cancel()
-        if self.diag is not None:
-            agent.remove_reader(self.diag.fileno())
-            self.diag.close()
-            self.diag = None
 
     # ------------------------------------------------------------ D-Bus callbacks
 
@@ -103,6 +104,8 @@ class SystemdPlugin:
         if added or removed:
             self.log.info("services_changed", added=_few(added), removed=_few(removed),
                           n_added=len(added), n_removed=len(removed), total=len(self.table))
+            if self.marker is not None and self.agent.sockets.recording:
+                self._cover(self._covered | self.table.slice_dirs())
 
     def _on_state(self, state: str, detail: str) -> None:
         if state == "up":
@@ -124,20 +127,9 @@ class SystemdPlugin:
     @hookimpl
     def sflow_tick(self, agent: Any, now: float) -> None:
         if self.marker is not None:
-            self.marker.local.update(agent.interfaces, agent.interfaces_version)
             if int(now) % 5 == 0:
                 self.marker.expire(now)
-            self._report_marking(agent)
-
-    def _report_marking(self, agent: Any) -> None:
-        """Push the marker's sock_diag trouble counters (once a second, not per sample)."""
-        assert self.marker is not None
-        for k in ("malformed", "errors"):
-            d = self.marker.stats[k] - self._reported_marking.get(k, 0)
-            if d:
-                agent.count(f"systemd.sock_diag_{k}", d)
-                agent.warn_once(f"systemd:sock_diag_{k}", f"systemd_sock_diag_{k}", count=d)
-                self._reported_marking[k] = self.marker.stats[k]
+            self.marker.outcomes.push(agent.count)  # once a second, not per sample
 
     @hookimpl
     def sflow_data_sources(self, agent: Any) -> list[DataSource] | None:
@@ -169,7 +161,6 @@ class SystemdPlugin:
 
     @hookimpl
     def sflow_flow_sample_released(self, agent: Any, sample: FlowSample) -> None:
-        # phase 2: the tcp module's lookup (phase 1) is in the stash by now
         if self.marker is None or not len(self.table or ()):
             return
         rec = self.marker.entities(sample)

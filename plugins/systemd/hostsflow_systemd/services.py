@@ -89,6 +89,15 @@ class ServiceTable:
     def by_source(self, source: DataSource) -> Service | None:
         return self.by_data_source.get(source)
 
+    def slice_dirs(self) -> frozenset[str]:
+        """The cgroup2 directories the services sit in (their slices'), for the owner log."""
+        out = set()
+        for svc in self.by_name.values():
+            path = self.mounts.v2_path(svc.control_group)
+            if path is not None:
+                out.add(os.path.dirname(path))
+        return frozenset(out)
+
     def mem_total(self) -> int:
         """Host MemTotal in bytes, read at most once per second of the agent clock (a polling
         round asks for it once per service)."""

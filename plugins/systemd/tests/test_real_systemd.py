@@ -17,7 +17,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from hostsflow.samples import SOCKET_CGROUP_ID, SOCKET_INODE, SOCKET_LOCAL_SRC, DataSource
+from hostsflow.samples import DataSource
+from hostsflow.sockets import DST, SRC, VIA_LOG
 from hostsflow.sflow.records import (
     ExtendedEntities, HostDescr, HostParent, VirtCpu, VirtDiskIo, VirtMemory, VirtNode,
 )
@@ -311,43 +312,21 @@ def test_traffic_to_a_process_in_no_service_is_not_marked(harness, world):
     ee = _entities(h, frames)
     assert len(ee) == len(frames)
     assert ee == [None] * len(frames)  # neither end is a service: no extended_entities
-    assert h.plugin.marker.stats["lookups"] > 0
+    assert h.agent.sockets.stats["lookups"] > 0
 
 
-def test_tcp_plugin_stash_is_used(harness, world):
-    """When the tcp plugin already found the local socket's cgroup id (for the end that
-    SOCKET_LOCAL_SRC names, here the destination), no lookup is made."""
-    h = harness
-    a = sources(h)["web-a.service"]
-    svc = h.plugin.table.by_name["web-a.service"]
-    s = h.make_sample(tcp=("10.99.0.1", 40000, "127.0.0.1", 1))
-    s.stash.update({SOCKET_CGROUP_ID: svc.cgroup_id, SOCKET_INODE: 12345, SOCKET_LOCAL_SRC: False})
-    before = h.plugin.marker.stats["lookups"]
-    ee = None
-    h.sink.datagrams.clear()
-    h.feed(s)
-    h.flush()
-    (fs,) = h.flow_samples()
-    (ee,) = [r for r in fs.records if isinstance(r, ExtendedEntities)]
-    assert (ee.dst_class, ee.dst_index, ee.src_class, ee.src_index) == (3, a.ds_index, 0, 0)
-    assert h.plugin.marker.stats["lookups"] == before
-
-
-def test_one_lookup_serves_tcp_and_systemd(world):
-    """tcp { } and markTraffic together on real frames (a client at 127.0.0.2 talking to
-    web-a at 127.0.0.1, which alone is the agent's address): the tcp module's lookup of the
-    service's socket (phase 1, in the stash) is the one marking uses; the client's end, which
-    the tcp module does not cover (127/8 is local to marking), is looked up in the same send()
-    as the tcp module's request (marking is its companion), so marking makes no lookup of its
-    own."""
-    from hostsflow.host.interfaces import Interface, InterfaceTable
+def test_marking_and_tcp_share_the_core_lookups(world):
+    """tcp { } and markTraffic together on real loopback frames (a client at 127.0.0.2,
+    web-a at 127.0.0.1): both modules ask the core, which looks each socket up once for them
+    both; the service's end is known from the owner log (the kernel wrote it when web-a
+    sent), the client's from its live socket; the tcp module adds nothing (both ends are
+    local, hsflowd's rule)."""
     from hostsflow.sflow.records import ExtendedTcpInfo
     from hostsflow_tcp.plugin import TcpPlugin
 
     tcp, sd = TcpPlugin(), SystemdPlugin()
     text = conf(world["um"]).replace("polling = 1", "polling = 1\n  tcp { }")
-    h = AgentHarness(text, plugins={"tcp": tcp, "systemd": sd},
-                     interfaces=InterfaceTable([Interface("lo", 1, addresses=["127.0.0.1"])]))
+    h = AgentHarness(text, plugins={"tcp": tcp, "systemd": sd})
     h.start()
     h.plugin = sd
     sn = LoopbackSniffer()
@@ -364,34 +343,27 @@ def test_one_lookup_serves_tcp_and_systemd(world):
         assert frames
         h.sink.datagrams.clear()
         fed = samples_from(frames)
+        for s in fed:
+            s.timestamp = time.time()  # captured just now (the owner log checks the time)
         h.feed(*fed)
         h.flush()
         out = h.flow_samples()
         assert len(out) == len(frames)
         for f, fs in zip(frames, out):
             (e,) = [r for r in fs.records if isinstance(r, ExtendedEntities)]
-            assert [r for r in fs.records if isinstance(r, ExtendedTcpInfo)]
+            assert not [r for r in fs.records if isinstance(r, ExtendedTcpInfo)]
             if ports_of(f)[1] == port:  # client -> web-a
                 assert (e.src_class, e.src_index, e.dst_class, e.dst_index) == (0, 0, 3, a)
             else:
                 assert (e.src_class, e.src_index, e.dst_class, e.dst_index) == (3, a, 0, 0)
-        m = sd.marker.stats
-        assert tcp.stats["requests"] == 1  # one connection: one lookup, then reused
-        # each direction's mark is worked out once, then reused: the service's end from the
-        # tcp module's answer, the client's end from the cache (looked up once, with the tcp
-        # module's request)
-        assert m["from_stash"] == m["cache_hits"] == 2
-        assert m["marks_reused"] == len(frames) - 2 and m["marked"] == len(frames)
-        assert m["with_tcp"] == 1 and m["lookups"] == 0
-        assert {k[1] for k in sd.marker._cache} == {"127.0.0.2"}
-        # past MARK_TTL the mark is worked out again (the owners still cached)
-        from hostsflow_systemd.marking import MARK_TTL
-
-        reused = m["marks_reused"]
-        h.clock.advance(MARK_TTL + 0.01)
-        h.feed(*samples_from(frames[:1]))
-        h.flush()
-        assert m["marks_reused"] == reused and m["cache_hits"] == 3
+        sk = h.agent.sockets
+        assert sk.recording and sk.stats["log_found"] >= 1
+        assert sk.owner(fed[0], DST if ports_of(frames[0])[1] == port else SRC).via == VIA_LOG
+        # the client's end: one sock_diag lookup, for every sample of both directions
+        assert sk.stats["lookups"] == 1 and tcp.stats["eligible"] == 0
+        m = sd.marker
+        assert m.outcomes["marked"] == len(frames)
+        assert m.stats["marks_reused"] == len(frames) - 2  # each direction worked out once
     finally:
         c.close()
         sn.close()
@@ -423,13 +395,15 @@ def test_lookup_cost_with_10000_sockets(harness, world):
         samples = [h.make_sample(tcp=t) for t in tuples]
         for s in samples:  # decode the header outside the timing (the core does it once)
             assert s.packet is not None
+        sk = h.agent.sockets
         uncached = []
         found = []
         for s in samples:
+            sk._answers.clear()  # each sample a new connection: nothing reused
             t0 = time.perf_counter_ns()
             marker.entities(s)  # phase 2: both ends looked up
             uncached.append(time.perf_counter_ns() - t0)
-            found += marker.owners(s)  # from the cache now
+            found += [sk.owner(s, SRC), sk.owner(s, DST)]  # answered from the reuse window
         again = [h.make_sample(tcp=t) for t in tuples]
         for s in again:
             assert s.packet is not None
@@ -439,7 +413,7 @@ def test_lookup_cost_with_10000_sockets(harness, world):
             marker.entities(s)
             cached.append(time.perf_counter_ns() - t0)
         # every socket was found (both ends local: two lookups per sample)
-        assert len(found) == 2 * len(samples) and all(x is not None and x.inode for x in found)
+        assert len(found) == 2 * len(samples) and all(x.inode for x in found)
         med_u, med_c = statistics.median(uncached) / 1000, statistics.median(cached) / 1000
         print(f"\nmarking cost per sample with {2 * len(conns) + 1} sockets open: "
               f"median {med_u:.1f} us uncached (2 sock_diag lookups), {med_c:.1f} us cached; "

@@ -19,7 +19,6 @@ from hostsflow_systemd.dbus import MalformedReply, parse_units, wanted
 from hostsflow_systemd.identity import DsIndexAllocator, hash_uuid, unit_uuid
 from hostsflow_systemd.plugin import SystemdPlugin
 from hostsflow_systemd.services import under_slice
-from hostsflow_tcp.lookup import DiagChannel
 
 HOST = bytes.fromhex("0123456789abcdef0123456789abcdef")
 
@@ -155,80 +154,72 @@ def test_parse_units_rejects_malformed():
     assert not wanted("a.service", "loaded", "activating")
 
 
-def test_marker_lookup_finds_cgroup_id_and_inode():
-    """The marker's lookups through the tcp distribution's DiagChannel (no tcp_info, answered
-    inside send()): TCP v4 both ends, UDP v6 (ends swapped), no such socket, and the answers
-    cached per 5-tuple."""
-    if os.geteuid() != 0:
-        pytest.skip("sock_diag of other users' sockets needs root")
-    from hostsflow_systemd.marking import Marker, Owner
+def _marker_world():
+    """A Marker on a real agent's sockets, with this test process's own cgroup2 group (the
+    root here) standing in for a service's."""
+    from hostsflow_systemd.marking import Marker
     from hostsflow_systemd.services import ServiceTable
 
-    ch = DiagChannel()
-    now = [100.0]
-    table = ServiceTable(CgroupMounts.read(), ["system.slice"], lambda: HOST, lambda: None)
-    marker = Marker(table, lambda: now[0], ch)
-    marker.local.update([], 1)  # 127/8 and ::1 are local
-    h = AgentHarness  # make_sample only
+    if os.geteuid() != 0:
+        pytest.skip("sock_diag of other users' sockets needs root")
+    mounts = CgroupMounts.read()
+    if mounts.v2 is None:
+        pytest.skip("needs cgroup v2")
+    mine = Path("/proc/self/cgroup").read_text().split("0::", 1)[1].split()[0]
+    h = AgentHarness("sflow { collector { ip = 127.0.0.1 } }").start()
+    table = ServiceTable(mounts, ["system.slice"], lambda: HOST, lambda: None)
+    return h, table, Marker(table, h.agent.sockets, h.agent.now), mine
+
+
+def test_marker_names_services_and_counts_why_not():
+    from hostsflow_systemd.marking import MARK_TTL
+
+    h, table, marker, mine = _marker_world()
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen()
     c = socket.create_connection(srv.getsockname())
     a, _ = srv.accept()
+    tup = ("127.0.0.1", c.getsockname()[1], "127.0.0.1", srv.getsockname()[1])
+    try:
+        assert marker.entities(h.make_sample(tcp=tup)) is None
+        assert marker.outcomes["unmarked.not_service"] == 1
+        svc = table._add("me.service", mine)  # now this process's group is a service
+        rec = marker.entities(h.make_sample(tcp=tup))
+        assert (rec.src_class, rec.src_index, rec.dst_class, rec.dst_index) == (
+            3, svc.source.ds_index, 3, svc.source.ds_index)
+        lookups = h.agent.sockets.stats["lookups"]
+        assert marker.entities(h.make_sample(tcp=tup)) == rec
+        assert marker.stats["marks_reused"] == 1 and h.agent.sockets.stats["lookups"] == lookups
+        h.clock.advance(MARK_TTL * 2)
+        assert marker.entities(h.make_sample(tcp=tup)) == rec and marker.stats["marks_reused"] == 1
+        assert marker.entities(h.make_sample(tcp=("10.9.9.9", 1, "10.9.9.8", 2))) is None
+        assert marker.outcomes["unmarked.not_local"] == 1
+        assert marker.entities(h.make_sample(tcp=("127.0.0.1", 1, "127.0.0.1", 2))) is None
+        assert marker.outcomes["unmarked.socket_gone"] == 1
+        assert marker.outcomes["marked"] == 3
+        marker.outcomes.push(h.agent.count)
+        assert h.agent.health.snapshot()["systemd.marking.marked"] == 3
+    finally:
+        h.stop()
+        for x in (a, c, srv):
+            x.close()
+
+
+def test_marker_never_reuses_a_udp_mark():
+    """A UDP port changes hands between fresh sockets quickly: each sample is worked out."""
+    h, table, marker, mine = _marker_world()
     u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     u.bind(("::1", 0))
     try:
-        s = h.make_sample(tcp=("127.0.0.1", c.getsockname()[1], "127.0.0.1", srv.getsockname()[1]))
-        src, dst = marker.owners(s)
-        assert not s.held and marker.stats["lookups"] == 2
-        assert src.inode == os.fstat(c.fileno()).st_ino and dst.inode == os.fstat(a.fileno()).st_ino
-        m = CgroupMounts.read()
-        if m.v2 is not None:
-            mine = Path("/proc/self/cgroup").read_text().split("0::", 1)[1].split()[0]
-            assert src.cgroup_id == dst.cgroup_id == m.cgroup_id(mine)
-        again = marker.owners(h.make_sample(tcp=("127.0.0.1", c.getsockname()[1],
-                                                 "127.0.0.1", srv.getsockname()[1])))
-        assert again == (src, dst)
-        assert marker.stats["lookups"] == 2 and marker.stats["cache_hits"] == 2
-        s = h.make_sample(udp=("::1", 9, "::1", u.getsockname()[1]))
-        assert marker.owners(s) == (None, Owner(os.fstat(u.fileno()).st_ino, src.cgroup_id))
-        s = h.make_sample(tcp=("127.0.0.1", 1, "127.0.0.2", 2))
-        assert marker.owners(s) == (None, None) and not s.held
-        assert marker.owners(h.make_sample(tcp=("10.9.9.9", 1, "10.9.9.8", 2))) == (None, None)
-        assert marker.stats["malformed"] == marker.stats["errors"] == marker.stats["late"] == 0
+        svc = table._add("me.service", mine)
+        for _ in range(3):
+            rec = marker.entities(h.make_sample(udp=("::1", 9, "::1", u.getsockname()[1])))
+            assert (rec.dst_class, rec.dst_index, rec.src_index) == (3, svc.source.ds_index, 0)
+        assert marker.stats["marks_reused"] == 0
     finally:
-        for x in (a, c, srv, u):
-            x.close()
-        ch.close()
-
-
-def test_marker_uses_the_stash_side_given_by_socket_local_src():
-    """A socket another module put in the stash is used for the end SOCKET_LOCAL_SRC names,
-    also when that module found no socket there (SOCKET_LOOKED_UP alone); the other local end
-    is still looked up (here: no diag channel, so nothing found)."""
-    from hostsflow.samples import SOCKET_CGROUP_ID, SOCKET_INODE, SOCKET_LOCAL_SRC, SOCKET_LOOKED_UP
-    from hostsflow_systemd.marking import Marker, Owner, from_stash
-    from hostsflow_systemd.services import ServiceTable
-
-    table = ServiceTable(CgroupMounts.parse(""), ["system.slice"], lambda: HOST, lambda: None)
-    marker = Marker(table, lambda: 0.0, None)
-    marker.local.update([], 1)
-    h = AgentHarness  # make_sample only
-    for local_src, want in ((True, (Owner(7, 9), None)), (False, (None, Owner(7, 9)))):
-        s = h.make_sample(tcp=("127.0.0.1", 1000, "127.0.0.1", 2000))
-        s.stash.update({SOCKET_INODE: 7, SOCKET_CGROUP_ID: 9, SOCKET_LOCAL_SRC: local_src})
-        assert marker.owners(s) == want
-    assert marker.stats["from_stash"] == 2
-    s = h.make_sample(tcp=("127.0.0.1", 1000, "127.0.0.1", 2000))
-    s.stash.update({SOCKET_INODE: 7, SOCKET_CGROUP_ID: 9})  # which end? unknown: not used
-    assert marker.owners(s) == (None, None) and marker.stats["from_stash"] == 2
-    # looked up, no socket: that end is settled; without SOCKET_LOOKED_UP it is not
-    assert from_stash({SOCKET_LOCAL_SRC: False, SOCKET_LOOKED_UP: True}) == (1, None)
-    assert from_stash({SOCKET_LOCAL_SRC: False}) is None
-    # a sample from another namespace: only the stash counts, nothing is looked up there
-    s = h.make_sample(tcp=("127.0.0.1", 1000, "127.0.0.1", 2000), netns="/var/run/netns/x")
-    s.stash.update({SOCKET_INODE: 7, SOCKET_CGROUP_ID: 9, SOCKET_LOCAL_SRC: True})
-    assert marker.owners(s) == (Owner(7, 9), None)
+        h.stop()
+        u.close()
 
 
 def _run_without_systemd(bus: str, seconds: float):
@@ -243,8 +234,8 @@ def _run_without_systemd(bus: str, seconds: float):
             h.tick(2)
             h.feed(h.make_sample(tcp=("127.0.0.1", 1, "127.0.0.1", 2)))
             h.flush()
-            # marking's sock_diag channel is hostsflow_tcp's, with no tcp { } block configured
-            assert isinstance(plugin.diag, DiagChannel) and "tcp" not in h.agent.host.states
+            # marking runs on the core's socket lookups, with no tcp { } block configured
+            assert plugin.marker is not None and "tcp" not in h.agent.host.states
             assert plugin.sflow_data_sources(h.agent) == []
             assert len(h.flow_samples()) == 1  # the packet path runs on
             assert h.counter_samples()  # the host's counters still go out

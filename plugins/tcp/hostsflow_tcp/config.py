@@ -13,6 +13,7 @@ class TcpConfig:
 
     udp: bool = option(
         False,
-        help="also look up UDP sockets (socket uid/inode/cgroup for other modules, no 2209 record)",
+        help="accepted for hsflowd configs; has no effect: UDP sockets have no tcp_info, and "
+             "marking by service covers UDP without it",
         converter=on_off,
     )

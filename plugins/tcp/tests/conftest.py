@@ -44,14 +44,14 @@ def sh(*cmd: str, check: bool = True) -> str:
 def in_netns(path: str, fn: Callable[[], Any]) -> Any:
     """Run ``fn`` in a helper thread that entered the namespace at ``path``; sockets it makes
     stay in that namespace."""
-    from pyroute2 import netns as p2netns
+    from hostsflow.sockets.channel import CLONE_NEWNET, setns
 
     out: list[Any] = []
     fd = os.open(path, os.O_RDONLY)
 
     def run() -> None:
         try:
-            p2netns.setns(fd, flags=0)
+            setns(fd, CLONE_NEWNET)
             out.append(("ok", fn()))
         except BaseException as exc:  # handed back to the caller
             out.append(("err", exc))

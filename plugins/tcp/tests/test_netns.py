@@ -2,8 +2,9 @@
 
 The agent runs in-process (testing kit); samples are real frames captured with an AF_PACKET
 socket on namespace ``a``'s veth, tagged ``netns=a`` and with the direction the kernel gave
-(PACKET_OUTGOING = sent), so the module looks the sockets up through a diag socket it opens in
-namespace ``a``.  Ground truth: ``ss -tin`` in that namespace and ``os.fstat`` of the sockets.
+(PACKET_OUTGOING = sent), so the core's ``agent.sockets`` looks the sockets up through a diag
+socket it opens in namespace ``a``.  Ground truth: ``ss -tin`` in that namespace and
+``os.fstat`` of the sockets.
 """
 
 from __future__ import annotations
@@ -13,57 +14,28 @@ import socket
 import struct
 import time
 
-import attrs
 import pytest
-from hostsflow.hookspecs import hookimpl
 from hostsflow.host.interfaces import InterfaceTable
-from hostsflow.samples import (
-    SOCKET_CGROUP_ID,
-    SOCKET_INODE,
-    SOCKET_LOOKED_UP,
-    SOCKET_UID,
-)
 from hostsflow.sflow.records import ExtendedTcpInfo
+from hostsflow.sockets import DST, SRC, lookup_socket
 from hostsflow.testing import AgentHarness
 from hostsflow_tcp.plugin import TcpPlugin
 
 pytestmark = pytest.mark.root
 
 
-@attrs.define
-class ProbeConfig:
-    pass
-
-
-class Probe:
-    """Records each sample's stash in phase 2 (what the systemd module would see)."""
-
-    def __init__(self) -> None:
-        self.stashes: list[dict] = []
-
-    @hookimpl
-    def sflow_declare_config(self, registry):
-        registry.block("probe", ProbeConfig, help="test probe")
-
-    @hookimpl
-    def sflow_flow_sample_released(self, sample):
-        self.stashes.append(dict(sample.stash))
-
-
-def harness(udp: bool = False) -> tuple[AgentHarness, TcpPlugin, Probe]:
-    tcp, probe = TcpPlugin(), Probe()
-    conf = "sflow { collector { ip = 127.0.0.1 } tcp { %s } probe { } }" % (
-        "udp = on" if udp else "")
-    h = AgentHarness(conf, plugins={"tcp": tcp, "probe": probe}, interfaces=InterfaceTable([]))
+def harness(udp: bool = False) -> tuple[AgentHarness, TcpPlugin]:
+    tcp = TcpPlugin()
+    conf = "sflow { collector { ip = 127.0.0.1 } tcp { %s } }" % ("udp = on" if udp else "")
+    h = AgentHarness(conf, plugins={"tcp": tcp}, interfaces=InterfaceTable([]))
     h.start()
-    return h, tcp, probe
+    return h, tcp
 
 
-def settle(h: AgentHarness, tcp: TcpPlugin, timeout: float = 1.0) -> None:
-    """Run the loop until every request was answered, then send what is pending."""
-    end = time.monotonic() + timeout
-    while tcp.pending and time.monotonic() < end:
-        h.run_loop(0.02)
+def feed(h: AgentHarness, samples: list) -> None:
+    """Hand the samples over and send them (the core answers inside the hook: no holds)."""
+    h.feed(*samples)
+    assert not any(s.held for s in samples)
     h.flush()
 
 
@@ -81,7 +53,7 @@ def test_values_agree_with_ss_and_direction(pair, kit, family):
     fam = socket.AF_INET6 if family == "ipv6" else socket.AF_INET
     cli, srv, lst = pair.connect(fam, mapped=family == "v4mapped")
     cap = kit.Capture(pair)
-    h, tcp, probe = harness()
+    h, tcp = harness()
     try:
         local, lport = cli.getsockname()[:2]
         remote, rport = cli.getpeername()[:2]
@@ -93,12 +65,13 @@ def test_values_agree_with_ss_and_direction(pair, kit, family):
         sent = [f for f in frames if f[1] == 4]
         recv = [f for f in frames if f[1] != 4]
         assert sent and recv, "captured both data (sent) and ACKs (received)"
-        h.feed(*[kit.to_sample(f, t, cap.ifindex, pair.pa) for f, t in frames])
-        settle(h, tcp)
+        samples = [kit.to_sample(f, t, cap.ifindex, pair.pa) for f, t in frames]
+        feed(h, samples)
         ss = kit.ss_info(pair, "a", local, lport, remote, rport)
         recs = tcp_records(h)
         assert len(recs) == len(frames) and all(len(r) == 1 for r in recs)
-        assert tcp.stats["requests"] >= 1 and tcp.stats["found"] == tcp.stats["requests"]
+        sk = h.agent.sockets
+        assert sk.stats["lookups"] >= 1 and sk.stats["found"] == sk.stats["lookups"]
         for (frame, ptype), (rec,) in zip(frames, recs):
             assert rec.dir == (2 if ptype == 4 else 1)
             assert rec.snd_mss == ss["mss"] and rec.rcv_mss == ss["rcvmss"]
@@ -109,10 +82,11 @@ def test_values_agree_with_ss_and_direction(pair, kit, family):
         last = recs[-1][0]
         assert rtt_agrees(last.rtt, last.rttvar, ss["rtt"], ss["rttvar"]), (last, ss)
         inode = os.fstat(cli.fileno()).st_ino
-        for stash in probe.stashes:
-            assert stash[SOCKET_LOOKED_UP] is True
-            assert stash[SOCKET_INODE] == inode and stash[SOCKET_UID] == os.geteuid()
-            assert stash[SOCKET_CGROUP_ID] >= 1
+        for s in samples:  # the core's answer, as any module sees it
+            side = SRC if s.direction == 2 else DST
+            sock = sk.connection(s, side)
+            assert sock.inode == inode and sock.uid == os.geteuid() and sock.cgroup_id >= 1
+            assert sk.owner(s, side).inode == inode
     finally:
         h.stop()
         cap.close()
@@ -127,7 +101,7 @@ def test_retransmissions_counted_with_random_drops(pair, kit):
               f"input priority 0; }}; add rule inet hsftcp in tcp dport {port} "
               f"numgen random mod 100 < 5 drop")
     cap = kit.Capture(pair)
-    h, tcp, _ = harness()
+    h, tcp = harness()
     try:
         lport = cli.getsockname()[1]
         pump = kit.Pump(cli, srv, total=4_000_000)
@@ -136,8 +110,7 @@ def test_retransmissions_counted_with_random_drops(pair, kit):
         frames = cap.frames(kit.flow_filter(lport), 5, timeout=2)
         pump.finish()
         assert frames
-        h.feed(*[kit.to_sample(f, t, cap.ifindex, pair.pa) for f, t in frames])
-        settle(h, tcp)
+        feed(h, [kit.to_sample(f, t, cap.ifindex, pair.pa) for f, t in frames])
         ss = kit.ss_info(pair, "a", pair.a4, lport, pair.b4, port)
         recs = [r for rs in tcp_records(h) for r in rs]
         assert recs
@@ -158,14 +131,13 @@ def _rtt_under_load(pair, kit, shaped: bool) -> list[int]:
         pair.exec("a", "tc", "qdisc", "add", "dev", pair.va, "root", "tbf", "rate", "4mbit",
                   "burst", "16kb", "latency", "300ms")
     cap = kit.Capture(pair)
-    h, tcp, _ = harness()
+    h, tcp = harness()
     try:
         lport = cli.getsockname()[1]
         pump = kit.Pump(cli, srv)
         time.sleep(1.5)  # let the queue build up
         frames = cap.frames(kit.flow_filter(lport), 20)
-        h.feed(*[kit.to_sample(f, t, cap.ifindex, pair.pa) for f, t in frames])
-        settle(h, tcp)
+        feed(h, [kit.to_sample(f, t, cap.ifindex, pair.pa) for f, t in frames])
         pump.finish()
         return [r.rtt for rs in tcp_records(h) for r in rs]
     finally:
@@ -191,7 +163,7 @@ def test_shaped_path_has_larger_rtt(pair, kit):
 def test_closed_socket_sample_goes_out_without_record(pair, kit, how):
     cli, srv, lst = pair.connect(socket.AF_INET)
     cap = kit.Capture(pair)
-    h, tcp, probe = harness()
+    h, tcp = harness()
     try:
         lport = cli.getsockname()[1]
         cli.sendall(b"hello" * 100)
@@ -208,16 +180,15 @@ def test_closed_socket_sample_goes_out_without_record(pair, kit, how):
             time.sleep(0.1)
             cli.close()
         time.sleep(0.05)
-        h.feed(*[kit.to_sample(f, t, cap.ifindex, pair.pa) for f, t in frames])
-        settle(h, tcp)
-        samples = h.flow_samples()
-        assert len(samples) == len(frames)
+        feed(h, [kit.to_sample(f, t, cap.ifindex, pair.pa) for f, t in frames])
+        assert len(h.flow_samples()) == len(frames)
         assert all(not rs for rs in tcp_records(h))
-        assert all(s[SOCKET_LOOKED_UP] and SOCKET_INODE not in s for s in probe.stashes)
-        if how == "reset":  # "no such socket" is not reused: one lookup per sample
-            assert tcp.stats["not_found"] == len(frames) and tcp.stats["found"] == 0
-        else:  # the TIME_WAIT socket is found once, then its answer reused
-            assert tcp.stats["found"] == 1 and tcp.stats["reused"] == len(frames) - 1
+        assert tcp.stats["no_connection"] == len(frames) and tcp.stats["records"] == 0
+        sk = h.agent.sockets
+        if how == "reset":
+            assert sk.stats["not_found"] == 1 and sk.stats["found"] == 0
+        else:  # the TIME_WAIT mini-socket is found once, and its answer serves the rest
+            assert sk.stats["found"] == 1 and sk.stats["lookups"] == 1
     finally:
         h.stop()
         cap.close()
@@ -225,8 +196,46 @@ def test_closed_socket_sample_goes_out_without_record(pair, kit, how):
             s.close()
 
 
+def test_a_listener_answering_for_a_gone_connection_gives_no_record(pair, kit):
+    """The server's side in namespace ``a``: once its connection is reset, the kernel's exact
+    lookup answers with the listening socket (state LISTEN, mss 0, rtt 0, pmtu 0).  That must
+    never become the connection's extended_tcp_info."""
+    def listen_a():
+        s = socket.socket()
+        s.bind((pair.a4, 0))
+        s.listen()
+        return s
+
+    lst = pair.run("a", listen_a)
+    port = lst.getsockname()[1]
+    cli = pair.run("b", lambda: socket.create_connection((pair.a4, port)))
+    srv, _ = lst.accept()
+    cap = kit.Capture(pair)
+    h, tcp = harness()
+    try:
+        cli.sendall(b"hello" * 100)
+        srv.recv(1000)
+        frames = cap.frames(kit.flow_filter(port), 2)
+        assert frames
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        srv.close()
+        time.sleep(0.05)
+        got = lookup_socket(6, pair.a4, port, pair.b4, cli.getsockname()[1], netns=pair.pa)
+        assert got is not None and got.state == 10, "the kernel answers with the listener"
+        feed(h, [kit.to_sample(f, t, cap.ifindex, pair.pa) for f, t in frames])
+        assert all(not rs for rs in tcp_records(h))
+        assert tcp.stats["no_connection"] == len(frames)
+    finally:
+        h.stop()
+        cap.close()
+        for s in (cli, lst):
+            s.close()
+
+
 @pytest.mark.parametrize("udp_on", [True, False])
-def test_udp_socket_identity_without_record(pair, kit, udp_on):
+def test_udp_socket_found_in_its_namespace_without_record(pair, kit, udp_on):
+    """UDP: never a 2209 record (``udp = on`` is accepted, as hsflowd's key); the core finds
+    the bound socket in namespace ``a`` for any module that asks."""
     def bind_a():
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind(("0.0.0.0", 0))
@@ -238,22 +247,19 @@ def test_udp_socket_identity_without_record(pair, kit, udp_on):
     ua = pair.run("a", bind_a)
     ub = pair.run("b", sender_b)
     cap = kit.Capture(pair)
-    h, tcp, probe = harness(udp=udp_on)
+    h, tcp = harness(udp=udp_on)
     try:
         port = ua.getsockname()[1]
         for _ in range(5):
             ub.sendto(b"ping", (pair.a4, port))
         frames = cap.frames(kit.flow_filter(port, kit.udp_ports), 5)
         assert len(frames) == 5 and all(t != 4 for _, t in frames)
-        h.feed(*[kit.to_sample(f, t, cap.ifindex, pair.pa) for f, t in frames])
-        settle(h, tcp)
+        samples = [kit.to_sample(f, t, cap.ifindex, pair.pa) for f, t in frames]
+        feed(h, samples)
         assert len(h.flow_samples()) == 5 and all(not rs for rs in tcp_records(h))
-        if udp_on:
-            inode = os.fstat(ua.fileno()).st_ino
-            assert [s.get(SOCKET_INODE) for s in probe.stashes] == [inode] * 5
-        else:
-            assert tcp.stats["requests"] == 0
-            assert all(SOCKET_LOOKED_UP not in s for s in probe.stashes)
+        assert tcp.stats["eligible"] == 0
+        inode = os.fstat(ua.fileno()).st_ino
+        assert [h.agent.sockets.connection(s, DST).inode for s in samples] == [inode] * 5
     finally:
         h.stop()
         cap.close()

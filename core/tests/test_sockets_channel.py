@@ -1,6 +1,6 @@
-"""DiagChannel.request_now: the synchronous exact lookup on the non-blocking channel (used by
-the systemd module's marking), replies to other requests kept for read(), and a reply that is
-not there yet; request_many: several lookups in one send().  Real kernel sockets; a socket pair stands in for the kernel where the test must
+"""DiagChannel.request_now: the synchronous exact lookup on the non-blocking channel (what
+``agent.sockets`` uses), replies to other requests kept for read(), and a reply that is not
+there yet.  Real kernel sockets; a socket pair stands in for the kernel where the test must
 choose what arrives."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import socket
 import sys
 
 import pytest
-from hostsflow_tcp import diag
-from hostsflow_tcp.lookup import IPPROTO_TCP, IPPROTO_UDP, DiagChannel, flow_key
+from hostsflow.sockets import diag
+from hostsflow.sockets.channel import IPPROTO_TCP, IPPROTO_UDP, DiagChannel, flow_key
 
 
 @pytest.fixture
@@ -113,49 +113,3 @@ def test_reply_not_there_yet_and_malformed_on_the_way(channel):
         far.close()
         for s in (c, a, lst):
             s.close()
-
-
-def test_request_many_both_ends_in_one_send(channel):
-    """Both ends of a loopback connection, the first with tcp_info, in one request_many: each
-    reply is the right socket, in the order asked, nothing is left over; and a missing socket
-    among them gets its ENOENT without disturbing the others."""
-    c, a, lst = _tcp_pair(socket.AF_INET, "127.0.0.1")
-    try:
-        lp, cp = lst.getsockname()[1], c.getsockname()[1]
-        client = flow_key(IPPROTO_TCP, "127.0.0.1", cp, "127.0.0.1", lp)
-        server = flow_key(IPPROTO_TCP, "127.0.0.1", lp, "127.0.0.1", cp)
-        missing = flow_key(IPPROTO_TCP, "127.0.0.1", 1, "127.0.0.1", 2)
-        (s1, r1), (s2, r2), (s3, r3) = channel.request_many(
-            [(client, True), (missing, False), (server, False)])
-        assert len({s1, s2, s3}) == 3 and (r1.seq, r2.seq, r3.seq) == (s1, s2, s3)
-        assert r1.sock.inode == os.fstat(c.fileno()).st_ino and r1.sock.tcp_info.snd_mss > 0
-        assert r2.sock is None and r2.errno == errno.ENOENT
-        assert r3.sock.inode == os.fstat(a.fileno()).st_ino and r3.sock.tcp_info is None
-        assert not channel.has_held and channel.read() == ([], 0)
-    finally:
-        for s in (c, a, lst):
-            s.close()
-
-
-def test_request_many_writes_one_datagram(channel):
-    """What request_many writes (a socket pair stands in for the kernel): ONE datagram holding
-    one 72-byte request per key, with their own seqs; no reply yet gives None for each."""
-    near, far = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    channel.sock.close()
-    channel.sock = near
-    near.setblocking(False)
-    try:
-        keys = [(flow_key(IPPROTO_TCP, "127.0.0.1", 1000 + i, "127.0.0.2", 80), i == 0)
-                for i in range(3)]
-        got = channel.request_many(keys)
-        assert [r for _, r in got] == [None, None, None]
-        data = far.recv(65536)
-        assert len(data) == 3 * 72
-        far.setblocking(False)
-        with pytest.raises(BlockingIOError):
-            far.recv(65536)  # nothing else was written
-        seqs = [int.from_bytes(data[i * 72 + 8:i * 72 + 12], sys.byteorder) for i in range(3)]
-        assert seqs == [s for s, _ in got]
-        assert [data[i * 72 + 18] for i in range(3)] == [diag.EXT_INFO, 0, 0]  # idiag_ext
-    finally:
-        far.close()

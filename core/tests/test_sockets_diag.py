@@ -8,8 +8,8 @@ import socket
 import struct
 
 import pytest
-from hostsflow_tcp import diag
-from hostsflow_tcp.lookup import read_buffer
+from hostsflow.sockets import diag
+from hostsflow.sockets.channel import read_buffer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyroute2.netlink.diag import inet_diag_msg, inet_diag_req

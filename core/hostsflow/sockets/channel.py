@@ -7,8 +7,8 @@ Two ways in:
   cgroup id, tcp_info); costs one netlink round trip (~100 µs) plus the socket set-up.
 * :class:`DiagChannel` – a long-lived non-blocking netlink socket for the packet path: ``send``
   returns a sequence number at once, ``read`` hands back the replies that have arrived;
-  ``request_now`` sends and takes the reply the kernel queued inside ``send()`` (the systemd
-  module's marking uses it, without tcp_info).
+  ``request_now`` sends and takes the reply the kernel queued inside ``send()``
+  (:class:`hostsflow.sockets.LocalSockets`, the agent's ``agent.sockets``, uses it).
 
 Orientation: the caller gives the *local* end and the *remote* end.  TCP requests put the local
 end in ``idiag_src``; for UDP the kernel's ``udp_dump_one`` looks the tuple up as an arriving
@@ -17,6 +17,7 @@ packet (source = remote), so the ends are swapped there (checked on 6.18, see th
 
 from __future__ import annotations
 
+import ctypes
 import errno as errno_mod
 import os
 import select
@@ -88,19 +89,17 @@ def open_diag_socket(netns: str | None = None) -> socket.socket:
     ``netns`` (``/var/run/netns/NAME``, ``/proc/PID/ns/net``).
 
     A netlink socket keeps the namespace it was created in, so for another namespace a
-    short-lived helper thread enters it (``setns``, via pyroute2) and creates the socket; the
-    calling thread never changes namespace.  Needs CAP_SYS_ADMIN for ``setns``; raises OSError
-    when it cannot be done."""
+    short-lived helper thread enters it (``setns(2)``) and creates the socket; the calling
+    thread never changes namespace.  Needs CAP_SYS_ADMIN for ``setns``; raises OSError when it
+    cannot be done."""
     if netns is None:
         return _open_raw()
-    from pyroute2 import netns as p2netns
-
     nsfd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
     result: list[socket.socket | Exception] = []
 
     def enter_and_open() -> None:
         try:
-            p2netns.setns(nsfd, flags=0)
+            setns(nsfd, CLONE_NEWNET)
             result.append(_open_raw())
         except Exception as exc:  # noqa: BLE001 - re-raised in the caller thread
             result.append(exc)
@@ -115,6 +114,28 @@ def open_diag_socket(netns: str | None = None) -> socket.socket:
     if isinstance(out, Exception):
         raise out
     return out
+
+
+CLONE_NEWNET = 0x40000000
+SO_NETNS_COOKIE = 71
+
+
+def setns(fd: int, nstype: int) -> None:
+    """setns(2) for the calling thread (Python 3.11 has no ``os.setns``; one libc call is not
+    worth importing pyroute2, which loads its whole package, for)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, nstype) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def netns_cookie(sock: socket.socket) -> int | None:
+    """The kernel's cookie of the network namespace ``sock`` lives in (SO_NETNS_COOKIE, Linux
+    5.14 and later), or None when the kernel cannot say."""
+    try:
+        return int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+    except OSError:
+        return None
 
 
 def netns_identity(path: str) -> tuple[int, int]:
@@ -138,6 +159,10 @@ class DiagChannel:
         self.netns = netns
         self.sock = open_diag_socket(netns)
         self.sock.setblocking(False)
+        #: what its owner files it under (LocalSockets: the namespace's identity)
+        self.ident: object = None
+        #: the namespace's cookie (the owner log's key), None on kernels before 5.14
+        self.netns_cookie = netns_cookie(self.sock)
         self._seq = 0x50C00  # hsflowd's starting value
         self.last_used = time.monotonic()
         #: times the kernel reported ENOBUFS (replies lost; their samples time out)
@@ -194,18 +219,6 @@ class DiagChannel:
         seq = self.next_seq()
         self.sock.send(request_for(key, seq, with_info=with_info))
         return seq, self._take(seq, limit)
-
-    def request_many(self, wanted: list[tuple[FlowKey, bool]], *, limit: int = 8
-                     ) -> list[tuple[int, Reply | None]]:
-        """Several exact lookups, ``(key, with_info)`` each, written in ONE ``send()`` (one
-        netlink message each; the kernel answers them in turn inside that call): ``(seq,
-        reply)`` for each, in the order asked, the replies read without blocking; None for a
-        reply not there (yet), which then comes through :meth:`read`.  Raises OSError as
-        :meth:`send` does."""
-        seqs = [self.next_seq() for _ in wanted]
-        self.sock.send(b"".join(request_for(key, seq, with_info=with_info)
-                                for seq, (key, with_info) in zip(seqs, wanted)))
-        return [(seq, self._take(seq, limit)) for seq in seqs]
 
     def _take(self, seq: int, limit: int) -> Reply | None:
         """The reply to ``seq`` from what is queued, reading at most ``limit`` datagrams;
