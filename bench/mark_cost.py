@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What the tcp plugin and systemd's markTraffic add per sampled TCP packet, with 10,000
+"""What the tcp module and systemd's markTraffic add per sampled TCP packet, with 10,000
 sockets open.
 
 Creates a network namespace (unique name, removed at the end) and re-runs itself inside it
@@ -7,10 +7,10 @@ Creates a network namespace (unique name, removed at the end) and re-runs itself
 There it moves itself into a fresh cgroup ``hfbench-PID.slice/bench.service`` (so its sockets
 carry that cgroup id, as a service's would), opens 5,000 loopback TCP connections (10,001
 sockets: 127.0.0.1 clients, a 127.0.0.2 listener), and feeds samples to three in-process
-agents: no plugins, ``tcp``, ``tcp`` + ``systemd { markTraffic = on }`` (its service table fed
+agents: no modules, ``tcp``, ``tcp`` + ``systemd { markTraffic = on }`` (its service table fed
 the unit as the D-Bus watcher would).  Each capture batch is driven to the end as the agent
-loop would: phase 1, what the plugins scheduled with call_soon, the sock_diag replies read by
-the plugins' reader callbacks, phase 2, encode.  CPU = thread time (the kernel's sock_diag work
+loop would: phase 1, what the modules scheduled with call_soon, the sock_diag replies read by
+the modules' reader callbacks, phase 2, encode.  CPU = thread time (the kernel's sock_diag work
 included, the wait for a late reply excluded), per batch divided by its size.
 
 Three cases:
@@ -297,12 +297,12 @@ def traffic() -> None:
         time.sleep(3600)
 
 
-def requests(plugins: dict[str, Any]) -> int:
-    """sock_diag requests the plugins have made so far (the systemd module's own, and those
+def requests(modules: dict[str, Any]) -> int:
+    """sock_diag requests the modules have made so far (the systemd module's own, and those
     it sent with the tcp module's)."""
-    n = plugins["tcp"].stats["requests"] if "tcp" in plugins else 0
-    if "systemd" in plugins:
-        st = plugins["systemd"].marker.stats
+    n = modules["tcp"].stats["requests"] if "tcp" in modules else 0
+    if "systemd" in modules:
+        st = modules["systemd"].marker.stats
         n += st["lookups"] + st.get("with_tcp", 0)
     return n
 
@@ -354,11 +354,11 @@ def inner(a: argparse.Namespace) -> None:
         sent: dict[str, int] = {}
         for _ in range(ROUNDS):
             for name, text, make in variants:
-                plugins = make()
-                h = AgentHarness(text, plugins=plugins, interfaces=table)
+                modules = make()
+                h = AgentHarness(text, modules=modules, interfaces=table)
                 harnesses.append(h)
                 h.start()
-                sd = plugins.get("systemd")
+                sd = modules.get("systemd")
                 if sd is not None:
                     sd._on_units({"bench.service": f"/{slice_}/bench.service"})
                     assert len(sd.table) == 1, "the bench service was not taken up"
@@ -371,12 +371,12 @@ def inner(a: argparse.Namespace) -> None:
                     "realistic": [[flow_sample(frame) for frame in b] for b in captured],
                 }
                 for case, batches in cases.items():
-                    before = requests(plugins)
+                    before = requests(modules)
                     cpu.setdefault((case, name), []).extend(
                         drive(h, batches, times if case == "realistic" else None))
                     done.setdefault((case, name), []).extend(s for b in batches for s in b)
                     if case == "realistic":
-                        sent[name] = sent.get(name, 0) + requests(plugins) - before
+                        sent[name] = sent.get(name, 0) + requests(modules) - before
                     h.flush()
                 h.stop()
                 harnesses.remove(h)

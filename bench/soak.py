@@ -8,7 +8,7 @@ Set-up (all real, all cleaned up):
   with ``pcap { dev = <veth> sampling = 4 }``, ``tcp { }`` and ``systemd { }``;
 * paced UDP (about 7,600 packets/s) and one TCP connection (200 writes/s, plus its ACKs) from
   ``A`` to ``B``, so about 2,000 packets/s are sampled;
-* a real ``systemd --user`` with a private D-Bus and three services (the systemd plugin's test
+* a real ``systemd --user`` with a private D-Bus and three services (the systemd module's test
   fixture), polled every ``polling`` seconds as ``3:N`` data sources;
 * a collector socket in ``B`` keeping every datagram.
 

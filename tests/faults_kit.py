@@ -4,7 +4,7 @@
   deleted and re-created (a new ifIndex), removed in ``close()``;
 * :class:`NsCollector`: a UDP collector socket inside a namespace (the agent runs there);
 * :class:`UdpStream` / :class:`TcpStream`: paced traffic from one namespace to the other;
-* :func:`user_manager_class`: the systemd plugin's real ``systemd --user`` fixture class.
+* :func:`user_manager_class`: the systemd module's real ``systemd --user`` fixture class.
 
 Traffic only flows between the two namespaces; nothing is sent anywhere else.
 """
@@ -224,10 +224,10 @@ def agent_cmd(conf: str, status: str, *args: str, netns: str | None = None) -> l
 
 
 def user_manager_class() -> Any:
-    """``UserManager`` from the systemd plugin's test fixtures: a real ``systemd --user`` with
+    """``UserManager`` from the systemd module's test fixtures: a real ``systemd --user`` with
     a private dbus-daemon, and ``_why_not()`` saying why it cannot run here (or None)."""
     return load_file_module("hostsflow_systemd_tests_conftest",
-                            REPO / "plugins" / "systemd" / "tests" / "conftest.py")
+                            REPO / "modules" / "systemd" / "tests" / "conftest.py")
 
 
 def proc_status(pid: int) -> dict[str, str]:

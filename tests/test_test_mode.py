@@ -23,11 +23,11 @@ from hostsflow.bootstrap import declare, load
 from hostsflow.cli import _run_test
 from hostsflow.config.registry import ConfigRegistry
 from hostsflow.config.schema import render_config
-from hostsflow.plugins import PluginHost, installed_modules
+from hostsflow.modules import ModuleHost, installed_modules
 
 SEED = ("sflow { collector { ip = 10.0.0.70 } pcap { dev = lo } systemd { markTraffic = on } "
         "tcp { } }\n")
-FAILURES = {"plugin_error", "module_disabled", "plugin_quarantined"}
+FAILURES = {"module_error", "module_disabled", "module_quarantined"}
 
 
 def run_test_mode(tmp_path: Path, text: str) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]]]:
@@ -120,7 +120,7 @@ def test_the_seed_config_runs_every_module(tmp_path: Path) -> None:
 def sample_configs() -> dict[str, str]:
     """Every installed module's sample config, as ``hostsflow config`` renders it."""
     mods = installed_modules()
-    host = PluginHost()
+    host = ModuleHost()
     registry = ConfigRegistry({n: i.distribution for n, i in mods.items()})
     for info in mods.values():
         host.load(info)
@@ -173,8 +173,8 @@ class Broken:
 
 def test_a_failing_module_makes_the_exit_status_non_zero(capsys: Any) -> None:
     conf = "sflow { collector { ip = 127.0.0.1 } polling = 0 }"
-    loaded = load(conf, "<t>", plugins={"broken": Broken()}, host_poller=False)
+    loaded = load(conf, "<t>", modules={"broken": Broken()}, host_poller=False)
     assert _run_test(loaded.config, loaded.host, 0.0, False) == 1
     assert "broken" in capsys.readouterr().err
-    fine = load(conf, "<t>", plugins={}, host_poller=False)
+    fine = load(conf, "<t>", modules={}, host_poller=False)
     assert _run_test(fine.config, fine.host, 0.0, False) == 0

@@ -1,7 +1,7 @@
 """``hostsflow view`` in a real browser: the real agent marks real services' traffic, and the
 page shows each service's rate.
 
-* a real ``systemd --user`` (the systemd plugin's test fixture, imported, not copied) runs two
+* a real ``systemd --user`` (the systemd module's test fixture, imported, not copied) runs two
   services: ``httpd`` (a TCP sink) and ``bird`` (a UDP sink);
 * the real ``hostsflowd`` runs with ``pcap { dev = lo sampling = 5 }``, ``tcp { }`` and
   ``systemd { markTraffic = on }``, sending to a real ``hostsflow view`` process;
@@ -47,9 +47,9 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
-# the systemd plugin's test fixtures (a real ``systemd --user`` with a private bus)
+# the systemd module's test fixtures (a real ``systemd --user`` with a private bus)
 _sd = load_file_module("hostsflow_systemd_tests_conftest",
-                       REPO / "plugins" / "systemd" / "tests" / "conftest.py")
+                       REPO / "modules" / "systemd" / "tests" / "conftest.py")
 user_manager = _sd.user_manager  # the fixture, reused as is
 free_port, wait_listening = _sd.free_port, _sd.wait_listening
 

@@ -1,8 +1,8 @@
-"""hostsflow: a host sFlow agent with plugins.
+"""hostsflow: a host sFlow agent with modules.
 
-The public API for plugin authors:
+The public API for module authors:
 
-- :data:`hookimpl`: decorate your plugin's hook methods with it.
+- :data:`hookimpl`: decorate your module's hook methods with it.
 - :mod:`hostsflow.hookspecs`: the hooks, with when each is called and how results combine.
 - :mod:`hostsflow.samples`: ``FlowSample``, ``DataSource`` and the well-known stash keys.
 - :mod:`hostsflow.sflow.records`: the record classes, and ``flow_record``/``counter_record``

@@ -1,7 +1,7 @@
 """The agent: one asyncio loop, the 1 Hz tick/poll/tock/flush cycle, and the flow-sample
 pipeline (phase 1, holds, phase 2, encode).
 
-Everything a plugin may use is a public method or attribute of :class:`Agent`; see
+Everything a module may use is a public method or attribute of :class:`Agent`; see
 docs/plugins.md for the author's view.
 """
 
@@ -27,7 +27,7 @@ from .host.sampling import sampling_rate_for
 from .host.interfaces import Interface, InterfaceTable, interfaces_fingerprint, scan_interfaces
 from .host.link_watch import LinkWatch
 from .logsetup import OnceLog
-from .plugins import PluginHost
+from .modules import ModuleHost
 from .privileges import PrivilegeError, capability_mask, drop_privileges
 from .samples import DS_IFINDEX, HOST_SOURCE, DataSource, FlowSample, PacketBatch
 from .sflow.datagram import encode_counter_sample, encode_flow_sample, encode_packet_batch
@@ -51,13 +51,13 @@ class Poller:
 class Agent:
     """A running hostsflow agent.
 
-    Build it with a validated config and a :class:`PluginHost` holding the enabled plugins
+    Build it with a validated config and a :class:`ModuleHost` holding the enabled modules
     (the CLI does this from the config file; the testing kit from an explicit list)."""
 
     def __init__(
         self,
         config: Any,
-        host: PluginHost,
+        host: ModuleHost,
         *,
         sink: Sink | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -108,7 +108,7 @@ class Agent:
         host.on_change = self._resolve_fast_path
         self._resolve_fast_path()
 
-    # ------------------------------------------------------------ plugin-facing helpers
+    # ------------------------------------------------------------ module-facing helpers
 
     def module_config(self, name: str) -> Any:
         """This module's config block: an instance, a list for repeatable blocks, or None."""
@@ -156,7 +156,7 @@ class Agent:
     def retain_capabilities(self, *capabilities: str, reason: str) -> None:
         """Ask to keep these Linux capabilities (``"CAP_NET_RAW"``...) when the agent drops
         root after ``sflow_configure``; logged with the reason."""
-        capability_mask(capabilities)  # unknown names fail here, in the plugin's configure
+        capability_mask(capabilities)  # unknown names fail here, in the module's configure
         self.kept_capabilities.setdefault(reason, set()).update(capabilities)
 
     @property
@@ -180,7 +180,7 @@ class Agent:
     # ------------------------------------------------------------ lifecycle
 
     def configure(self) -> None:
-        """Run ``sflow_configure``; a plugin that raises there is disabled, the rest go on."""
+        """Run ``sflow_configure``; a module that raises there is disabled, the rest go on."""
         before = {n: s.errors for n, s in self.host.states.items()}
         self.host.hook.sflow_configure(agent=self)
         for name, state in list(self.host.states.items()):
@@ -190,7 +190,7 @@ class Agent:
                 self.host.unregister(name)
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        """Configure plugins, then start them inside ``loop``."""
+        """Configure modules, then start them inside ``loop``."""
         self.loop = loop or asyncio.get_event_loop()
         self._watch_links()
         self.configure()
@@ -203,8 +203,8 @@ class Agent:
         )
 
     def drop_privileges(self) -> None:
-        """After configure: become ``self.user`` keeping the capabilities plugins asked for,
-        unless ``dropPriv = off``, a plugin asked to keep root, or no user was given (the
+        """After configure: become ``self.user`` keeping the capabilities modules asked for,
+        unless ``dropPriv = off``, a module asked to keep root, or no user was given (the
         testing kit).  A failure is logged and the agent carries on as it is."""
         if self.user is None or not self.config.drop_priv or os.geteuid() != 0:
             return
@@ -326,7 +326,7 @@ class Agent:
                 self.poll_source(poller)
 
     def _update_pollers(self, results: tuple[tuple[DataSource, ...], ...], interval: int) -> None:
-        """Reconcile the pollers with the data sources the plugins name (only when the
+        """Reconcile the pollers with the data sources the modules name (only when the
         answer changed): new sources get a random phase, gone ones are dropped, and the
         polling order is worked out once."""
         wanted: dict[DataSource, None] = {}
@@ -359,7 +359,7 @@ class Agent:
             return
         try:
             encoded = encode_counter_sample(poller.sequence + 1, poller.source, records)
-        except Exception as exc:  # noqa: BLE001 - a plugin's bad record loses one sample only
+        except Exception as exc:  # noqa: BLE001 - a module's bad record loses one sample only
             self.health.count("dropped.unencodable")
             self.once.warn("encode_counters", "counter_sample_unencodable", error=repr(exc),
                            source=str(poller.source))
@@ -371,7 +371,7 @@ class Agent:
     # ------------------------------------------------------------ the packet path
 
     def take_samples(self, samples: Iterable[FlowSample]) -> None:
-        """Hand the core a batch of sampled packets (called by capture plugins per read batch)."""
+        """Hand the core a batch of sampled packets (called by capture modules per read batch)."""
         phase1, released = self._phase1, self._released
         if not phase1 and not self._phase2:
             n = self._encode_all(samples)
@@ -410,7 +410,7 @@ class Agent:
         self.health.count("flow_samples_taken", len(encoded))
 
     def _encode_all(self, samples: Iterable[FlowSample]) -> int:
-        """The packet path when no plugin implements a per-sample hook: number, encode and
+        """The packet path when no module implements a per-sample hook: number, encode and
         queue every sample in one loop (no call per sample besides the encoder and the
         exporter, one sequence-number lookup per run of samples from one data source).
         Returns the number of samples."""
@@ -441,7 +441,7 @@ class Agent:
         seq = self._flow_seq[s.source] + 1
         try:
             encoded = encode_flow_sample(seq, s)
-        except Exception as exc:  # noqa: BLE001 - a plugin's bad record loses one sample only
+        except Exception as exc:  # noqa: BLE001 - a module's bad record loses one sample only
             self._unencodable(s, exc)
             return
         self._flow_seq[s.source] = seq
@@ -453,7 +453,7 @@ class Agent:
                        records=[type(r).__name__ for r in s.records])
 
     def expire_holds(self, now: float | None = None) -> None:
-        """Release held samples whose deadline passed (the core's guarantee to capture plugins)."""
+        """Release held samples whose deadline passed (the core's guarantee to capture modules)."""
         now = self.clock() if now is None else now
         held = self._held
         while held and (held[0][0] <= now or not held[0][1]._holds):
@@ -477,7 +477,7 @@ class Agent:
 
     def _update_health(self) -> None:
         """Refresh the derived health figures (once a second, cheap): flow samples sent,
-        datagrams and their copies delivered or not, plugin errors."""
+        datagrams and their copies delivered or not, module errors."""
         h = self.health
         h.set("flow_samples_sent", sum(self._flow_seq.values()))
         h.set("datagrams", self.exporter.datagrams)
@@ -490,7 +490,7 @@ class Agent:
         else:
             sent = len(getattr(sink, "datagrams", ())) or getattr(sink, "sent", 0)
         h.set("datagrams_delivered", delivered0 + sent)
-        h.set("plugin_errors", sum(st.errors for st in self.host.states.values()))
+        h.set("module_errors", sum(st.errors for st in self.host.states.values()))
 
     def _resolve_fast_path(self) -> None:
         self._phase1 = self.host.bound_impls("sflow_flow_sample", agent=self)
@@ -596,7 +596,7 @@ class Agent:
 
 
 def settle_gc() -> None:
-    """Once start-up is over: hide every object alive now (modules, config, plugins, tables)
+    """Once start-up is over: hide every object alive now (modules, config, modules, tables)
     from the cyclic garbage collector, and let it run less often.
 
     The packet path makes a few short-lived container objects per sample (FlowSample, its
@@ -620,7 +620,7 @@ def _collector_list(config: Any) -> list[tuple[Any, ...]]:
     return [(c.ip, c.udpport, c.dev) for c in config.collectors]
 
 
-def recording_agent(config: Any, host: PluginHost, **kw: Any) -> tuple[Agent, RecordingSink]:
+def recording_agent(config: Any, host: ModuleHost, **kw: Any) -> tuple[Agent, RecordingSink]:
     """An agent whose datagrams are kept in memory instead of sent (``--test``, testing kit)."""
     sink = RecordingSink()
     return Agent(config, host, sink=sink, **kw), sink

@@ -18,7 +18,7 @@ from .bootstrap import load_file
 from .config.parser import ConfigError
 from .health import StatusFile, read_status
 from .logsetup import configure_logging
-from .plugins import PluginHost, PluginLoadError, installed_modules
+from .modules import ModuleHost, ModuleLoadError, installed_modules
 
 DEFAULT_CONFIG = "/etc/hsflowd.conf"
 DEFAULT_STATUS = "/run/hostsflow/status.json"
@@ -105,7 +105,7 @@ def _status(agent: Agent) -> dict[str, Any]:
     }
 
 
-def _run_test(config: Any, host: PluginHost, seconds: float, as_json: bool) -> int:
+def _run_test(config: Any, host: ModuleHost, seconds: float, as_json: bool) -> int:
     """One polling round of every configured module, printed decoded, nothing sent.  Exit
     status 1 when a module failed (disabled at configure, or a hook raised): its error is in
     the log and its output is missing."""
@@ -230,7 +230,7 @@ def _enabled_in(path: str) -> set[str]:
 def _modules(config_path: str = DEFAULT_CONFIG, verbose: bool = False) -> int:
     """List every installed module (in-repo or third-party): distribution, version, whether
     the config enables it, and whether it loads.  Exit status 1 if any module fails to load."""
-    from .plugins import implemented_hooks
+    from .modules import implemented_hooks
 
     enabled = _enabled_in(config_path)
     mods = installed_modules()
@@ -240,9 +240,9 @@ def _modules(config_path: str = DEFAULT_CONFIG, verbose: bool = False) -> int:
         info = mods[name]
         hooks: list[str] = []
         try:
-            hooks = implemented_hooks(PluginHost().load(info))
+            hooks = implemented_hooks(ModuleHost().load(info))
             state = "ok"
-        except PluginLoadError as exc:
+        except ModuleLoadError as exc:
             state = f"ERROR: {exc}"
             failed += 1
         flag = "yes" if name in enabled else "no"
@@ -268,7 +268,7 @@ def _config(only: str | None) -> int:
         print(f"unknown module '{only}' (installed: {', '.join(sorted(mods)) or 'none'})",
               file=sys.stderr)
         return EXIT_CONFIG
-    host = PluginHost()
+    host = ModuleHost()
     registry = ConfigRegistry({n: i.distribution for n, i in mods.items()})
     failed: list[str] = []
     for name, info in sorted(mods.items()):
@@ -276,7 +276,7 @@ def _config(only: str | None) -> int:
             continue
         try:
             host.load(info)
-        except PluginLoadError as exc:
+        except ModuleLoadError as exc:
             print(f"# {name}: not loaded: {exc}")
             failed.append(name)
     host.hook.sflow_declare_config(registry=registry)

@@ -274,7 +274,7 @@ class ReadResult:
 
 @attrs.define
 class ReadStats:
-    """Counts for one processed buffer (the plugin adds them to the agent's health counters)."""
+    """Counts for one processed buffer (the module adds them to the agent's health counters)."""
 
     messages: int = 0
     malformed: int = 0

@@ -1,4 +1,4 @@
-"""The hook specifications: the whole contract between the core and its plugins.
+"""The hook specifications: the whole contract between the core and its modules.
 
 Read top to bottom, this module is the agent's timeline:
 
@@ -8,7 +8,7 @@ Read top to bottom, this module is the agent's timeline:
 4. **Every second** – ``sflow_tick``, then counter polling (``sflow_data_sources`` and
    ``sflow_poll_counters`` for each data source that is due), then ``sflow_tock``, then the
    core flushes the datagram.
-5. **Per sampled packet** (never per captured packet) – a capture plugin hands the core a batch
+5. **Per sampled packet** (never per captured packet) – a capture module hands the core a batch
    of :class:`~hostsflow.samples.FlowSample`; for each, ``sflow_flow_sample`` (may hold the
    sample), then once every hold is released or timed out ``sflow_flow_sample_released``, then
    the core encodes it.
@@ -16,11 +16,11 @@ Read top to bottom, this module is the agent's timeline:
 7. **Stop** – ``sflow_final``.
 
 Decisions (``sflow_sampling_rate``, ``sflow_agent_address``) are first-result hooks: the first
-plugin that returns something other than None decides, and the core's own rule is the fallback.
+module that returns something other than None decides, and the core's own rule is the fallback.
 
 Every implementation is called by the core with keyword arguments and may accept any subset of
 them.  An implementation that raises is logged once (rate limited), counted, and after repeated
-failures its plugin is quarantined; the other plugins keep running.
+failures its module is quarantined; the other modules keep running.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def sflow_declare_config(registry: "ConfigRegistry") -> None:
     :param registry: call ``registry.block(name, cls, repeatable=False, help="...")`` with an
         attrs class whose fields have defaults and ``metadata={"help": ...}``
         (use :func:`hostsflow.config.option`).  ``name`` must be the module's entry-point name.
-    :returns: nothing; results are ignored.  Every plugin's declarations are kept.
+    :returns: nothing; results are ignored.  Every module's declarations are kept.
     """
 
 
@@ -66,7 +66,7 @@ def sflow_configure(agent: "Agent") -> None:
     Called on: start-up, once, after the config is valid and interfaces are discovered; the
     agent is still root.  Open privileged sockets (pcap, netlink, D-Bus) here.  Read your block
     with ``agent.module_config("name")`` (a list for repeatable blocks).  Raising here disables
-    this plugin only; the agent starts without it.
+    this module only; the agent starts without it.
 
     :param agent: the running :class:`~hostsflow.agent.Agent`.
     :returns: nothing; results are ignored.
@@ -77,7 +77,7 @@ def sflow_configure(agent: "Agent") -> None:
 def sflow_start(agent: "Agent") -> None:
     """Start work: register file descriptors, timers and asyncio tasks.
 
-    Called on: start-up, once, after ``sflow_configure`` on every plugin and after privileges
+    Called on: start-up, once, after ``sflow_configure`` on every module and after privileges
     were dropped, inside the agent's asyncio loop.  Use ``agent.add_reader(fd, callback)`` for
     sockets the core should watch.
 
@@ -128,7 +128,7 @@ def sflow_tock(agent: "Agent", now: float) -> None:
 def sflow_final(agent: "Agent") -> None:
     """Release resources: close sockets, unbind netlink groups, stop tasks.
 
-    Called on: shutdown (SIGTERM), once, even if earlier hooks of this plugin failed; the core
+    Called on: shutdown (SIGTERM), once, even if earlier hooks of this module failed; the core
     flushes the last datagram after it.
 
     :returns: nothing; results are ignored.
@@ -140,15 +140,15 @@ def sflow_final(agent: "Agent") -> None:
 
 @hookspec
 def sflow_data_sources(agent: "Agent") -> "list[DataSource] | None":
-    """Name the data sources this plugin wants polled for counters.
+    """Name the data sources this module wants polled for counters.
 
     Called on: the poll path, once per second before polling.  The core keeps one poller per
     data source, polls it every ``polling`` seconds with a random phase (as hsflowd does), and
-    forgets a source as soon as no plugin names it any more.  The core's host poller returns
+    forgets a source as soon as no module names it any more.  The core's host poller returns
     ``2:1`` (the host) and ``0:ifIndex`` for sampled interfaces.
 
     :returns: a list of :class:`~hostsflow.samples.DataSource`, or None.  The lists of all
-        plugins are concatenated and de-duplicated by ``ds_class:ds_index``.
+        modules are concatenated and de-duplicated by ``ds_class:ds_index``.
     """
 
 
@@ -156,13 +156,13 @@ def sflow_data_sources(agent: "Agent") -> "list[DataSource] | None":
 def sflow_poll_counters(agent: "Agent", source: "DataSource") -> "list[Record] | None":
     """Return counter records for one data source that is due for polling.
 
-    Called on: the poll path, for every due data source, with every plugin: return records only
-    for sources you know (e.g. the systemd plugin adds ``virt_node`` 2100 to ``2:1`` and all the
+    Called on: the poll path, for every due data source, with every module: return records only
+    for sources you know (e.g. the systemd module adds ``virt_node`` 2100 to ``2:1`` and all the
     records of its own ``3:*`` sources).
 
     :param source: the data source being polled.
-    :returns: a list of counter records, or None.  The lists of all plugins are concatenated
-        into one counter sample; when two plugins return the same record format for the same
+    :returns: a list of counter records, or None.  The lists of all modules are concatenated
+        into one counter sample; when two modules return the same record format for the same
         source the first is kept and the second is dropped with a warning.
     """
 
@@ -174,13 +174,13 @@ def sflow_poll_counters(agent: "Agent", source: "DataSource") -> "list[Record] |
 def sflow_flow_sample(agent: "Agent", sample: "FlowSample") -> None:
     """Enrich a sampled packet (phase 1).
 
-    Called on: the packet path, once per *sampled* packet, in the order the capture plugin
+    Called on: the packet path, once per *sampled* packet, in the order the capture module
     handed the batch over.  Must not block.  You may ``sample.add(record)``, put values in
     ``sample.stash`` (well-known keys in :mod:`hostsflow.samples`), or take
     ``hold = sample.hold("name")`` for an asynchronous lookup and call ``hold.release()`` when it
     is done; the core releases it anyway after ``agent.hold_timeout`` seconds (default 0.4).
 
-    :returns: nothing; results are ignored.  Every plugin sees every sample.
+    :returns: nothing; results are ignored.  Every module sees every sample.
     """
 
 
@@ -190,7 +190,7 @@ def sflow_flow_sample_released(agent: "Agent", sample: "FlowSample") -> None:
 
     Called on: the packet path, once per sampled packet, after every hold on it was released or
     timed out, just before the core encodes it.  Must not block and cannot hold.  Example: the
-    systemd plugin reads the socket cgroup id that the tcp plugin put in the stash.
+    systemd module reads the socket cgroup id that the tcp module put in the stash.
 
     :returns: nothing; results are ignored.
     """
@@ -203,10 +203,10 @@ def sflow_flow_sample_released(agent: "Agent", sample: "FlowSample") -> None:
 def sflow_sampling_rate(agent: "Agent", interface: "Interface") -> "int | None":
     """Decide the 1-in-N sampling rate for an interface.
 
-    Called on: the poll path, when a capture plugin asks ``agent.sampling_rate(interface)`` (at
+    Called on: the poll path, when a capture module asks ``agent.sampling_rate(interface)`` (at
     tap open and whenever the interface's speed changes).
 
-    :returns: N (0 = do not sample), or None to leave the decision to the next plugin and finally
+    :returns: N (0 = do not sample), or None to leave the decision to the next module and finally
         to the core's hsflowd rule (``sampling.<speed>``, ``sampling.bps_ratio``, speed/1e6 with a
         floor of 100, then ``sampling``).  First non-None result wins.
     """
@@ -216,7 +216,7 @@ def sflow_sampling_rate(agent: "Agent", interface: "Interface") -> "int | None":
 def sflow_agent_address(agent: "Agent", candidates: "list[Any]") -> "str | None":
     """Choose the agent address written into every datagram.
 
-    Called on: start-up, after ``sflow_configure`` ran on every plugin (so a plugin can answer
+    Called on: start-up, after ``sflow_configure`` ran on every module (so a module can answer
     from its config); after a reload, once ``sflow_config_changed`` ran; and on the poll path
     whenever the interfaces change.
 

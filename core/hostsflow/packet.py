@@ -1,6 +1,6 @@
 """Decode the first bytes of a sampled packet into addresses, ports and protocol.
 
-Called on: the packet path, at most once per flow sample and only when an enrichment plugin
+Called on: the packet path, at most once per flow sample and only when an enrichment module
 asks (``FlowSample.packet``).  :func:`decode_sampled_header` picks the parser from the
 sampled_header's protocol (1 Ethernet, 11 IPv4, 12 IPv6); :func:`parse_ethernet` handles
 802.1Q/802.1ad tags, :func:`parse_ip` IPv4 and IPv6 (with enough of the IPv6 extension headers

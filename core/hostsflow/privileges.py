@@ -101,7 +101,7 @@ def _can_enter(path: str, uid: int, gid: int) -> bool:
 
 def unreadable_python_paths(user: str) -> list[str]:
     """The interpreter's and sys.path's directories that ``user`` could not reach: after a drop
-    to that user, Python's lazy imports (codecs, plugin modules) would fail there."""
+    to that user, Python's lazy imports (codecs, module modules) would fail there."""
     pw = pwd.getpwnam(user)
     paths = {sys.prefix, sys.base_prefix, *(p for p in sys.path if p and os.path.isdir(p))}
     return sorted(p for p in paths if not _can_enter(p, pw.pw_uid, pw.pw_gid))

@@ -1,13 +1,13 @@
-"""The testing kit: run an agent in-process with an explicit list of plugins, drive its clock,
+"""The testing kit: run an agent in-process with an explicit list of modules, drive its clock,
 feed it flow samples, and read back what it would have sent, decoded.
 
 No root, no entry-point scan, no sockets to collectors::
 
     from hostsflow.testing import AgentHarness
 
-    def test_my_plugin():
+    def test_my_module():
         with AgentHarness("sflow { collector { ip = 127.0.0.1 } user { } }",
-                          plugins={"user": UserPlugin()}) as h:
+                          modules={"user": UserModule()}) as h:
             h.feed(h.make_sample(tcp=("10.0.0.1", 40000, "10.0.0.2", 80)))
             h.tick()
             (sample,) = h.flow_samples()
@@ -15,7 +15,7 @@ No root, no entry-point scan, no sockets to collectors::
 
 ``tick()`` advances the agent clock by one second and runs one agent second: tick hooks,
 counter polling, tock hooks, flush.  ``run_loop(seconds)`` runs the real asyncio loop (for
-plugins that register file descriptors) while the clock follows real time.
+modules that register file descriptors) while the clock follows real time.
 """
 
 from __future__ import annotations
@@ -51,11 +51,11 @@ class ManualClock:
 
 
 class AgentHarness:
-    """An in-process agent for plugin tests.
+    """An in-process agent for module tests.
 
-    :param config_text: hsflowd.conf text; the blocks of ``plugins`` must appear in it to be
+    :param config_text: hsflowd.conf text; the blocks of ``modules`` must appear in it to be
         configured, as in real life.
-    :param plugins: module name -> plugin object (or class).  Only these are registered.
+    :param modules: module name -> module object (or class).  Only these are registered.
     :param host_poller: also register the core's host and interface poller.
     :param interfaces: an interface table to use instead of scanning this machine.
     :param seed: seed for the random polling phase, so tests are repeatable.
@@ -64,14 +64,17 @@ class AgentHarness:
     def __init__(
         self,
         config_text: str = DEFAULT_CONFIG,
-        plugins: dict[str, Any] | None = None,
+        modules: dict[str, Any] | None = None,
         *,
         host_poller: bool = False,
         interfaces: InterfaceTable | None = None,
         seed: int = 0,
         filename: str = "<test>",
+        plugins: dict[str, Any] | None = None,
     ) -> None:
-        loaded = load(config_text, filename, plugins=plugins or {}, host_poller=host_poller)
+        if plugins is not None:  # the old name, still used by the tcp and systemd tests
+            modules = {**(modules or {}), **plugins}
+        loaded = load(config_text, filename, modules=modules or {}, host_poller=host_poller)
         self.config = loaded.config
         self.host = loaded.host
         self.registry = loaded.registry
@@ -123,7 +126,7 @@ class AgentHarness:
         self.agent.exporter.flush()
 
     def feed(self, *samples: FlowSample) -> None:
-        """Hand flow samples to the agent as a capture plugin would (one batch)."""
+        """Hand flow samples to the agent as a capture module would (one batch)."""
         self.start()
         self.agent.take_samples(samples)
 
@@ -204,7 +207,7 @@ class AgentHarness:
         """A flow sample with a real Ethernet/IPv4 (or IPv6) TCP or UDP header.
 
         ``tcp``/``udp`` = (src ip, src port, dst ip, dst port); ``direction`` one of
-        ``hostsflow.samples.DIRECTION_*``; ``netns`` as a capture plugin in another network
+        ``hostsflow.samples.DIRECTION_*``; ``netns`` as a capture module in another network
         namespace would set it; ``timestamp`` the capture time (wall clock; 0 unknown)."""
         header = ethernet_frame(tcp=tcp, udp=udp, payload=payload)
         return FlowSample(
@@ -335,7 +338,7 @@ class UdpCollector:
 def load_file_module(name: str, path: Any) -> Any:
     """Import the Python file at ``path`` as module ``name`` (once; later calls return the same
     module).  For sharing helpers and fixtures between test folders, which pytest's importlib
-    mode does not put on ``sys.path`` (e.g. another plugin's ``tests/conftest.py``)."""
+    mode does not put on ``sys.path`` (e.g. another module's ``tests/conftest.py``)."""
     import importlib.util
     import sys
 

@@ -59,7 +59,7 @@ class Pinned:
 
 def test_the_address_is_elected_after_configure_and_the_module_answer_is_used() -> None:
     pinned = Pinned()
-    with AgentHarness(CONF % "192.0.2.9", plugins={"pinned": pinned}) as h:
+    with AgentHarness(CONF % "192.0.2.9", modules={"pinned": pinned}) as h:
         assert pinned.calls[:2] == ["configure", "agent_address"]
         assert h.agent.address == "192.0.2.9"
         h.poll_now()
@@ -68,7 +68,7 @@ def test_the_address_is_elected_after_configure_and_the_module_answer_is_used() 
 
 def test_a_reload_elects_again_after_the_modules_saw_the_new_config() -> None:
     pinned = Pinned()
-    with AgentHarness(CONF % "192.0.2.9", plugins={"pinned": pinned}) as h:
+    with AgentHarness(CONF % "192.0.2.9", modules={"pinned": pinned}) as h:
         h.poll_now()
         pinned.calls.clear()
         h.agent.reload(parse_config_text(CONF % "198.51.100.7", "<t>", h.registry))

@@ -1,7 +1,7 @@
 """The packet path without per-sample hooks (Agent._encode_all) numbers and encodes exactly as
 the general path does: per-source sequence numbers without gaps across interleaved sources and
 batches, an unencodable sample dropped without using a number, and the same bytes as with a
-no-op plugin in the way."""
+no-op module in the way."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_unencodable_sample_is_dropped_without_a_gap() -> None:
 
 
 def test_same_bytes_as_the_general_path() -> None:
-    fast, general = AgentHarness(CONF), AgentHarness(CONF, plugins={"noop": Noop()})
+    fast, general = AgentHarness(CONF), AgentHarness(CONF, modules={"noop": Noop()})
     for h in (fast, general):
         with h:
             h.feed(*_batch(h, [2, 3, 2, 2]))

@@ -33,7 +33,7 @@ from hostsflow.config import (
 from hostsflow.config.options import device
 
 
-# A module's config classes, declared the way a plugin does it.
+# A module's config classes, declared the way a module does it.
 @attrs.frozen
 class PortConfig:
     dev: str = option(help="switch port", converter=device, example="swp1")
@@ -318,7 +318,7 @@ def test_not_loaded_reason_and_empty_install_list() -> None:
                                "install hostsflow-foo)")
 
 
-def test_registry_status_and_plugin_mistakes() -> None:
+def test_registry_status_and_module_mistakes() -> None:
     reg = registry()
     assert [reg.status(n) for n in ("TCP", "nflog", "foo")] == ["declared", "installed",
                                                                   "unknown"]
@@ -410,7 +410,7 @@ def test_load_config_from_files(tmp_path: Any) -> None:
         load_config(str(tmp_path))
 
 
-def test_installed_plugins_render_valid_samples() -> None:
+def test_installed_modules_render_valid_samples() -> None:
     """Every installed module's declared block renders to a sample that validates back to its
     defaults (``hostsflow config`` output is usable as it stands)."""
     from importlib.metadata import entry_points

@@ -1,6 +1,6 @@
 """PacketBatch, the compact form the pcap tap hands the core: encoded in one pass when no
-plugin has a per-sample hook, to the same bytes as FlowSamples through the general path;
-turned into FlowSamples when a plugin does; a bad packet loses only itself; and
+module has a per-sample hook, to the same bytes as FlowSamples through the general path;
+turned into FlowSamples when a module does; a bad packet loses only itself; and
 ``Exporter.add_all`` cuts datagrams exactly where one ``add`` per sample would."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ SRC = DataSource(0, 7, "eth7")
 
 
 class Enricher:
-    """A plugin with a per-sample hook: batches must become FlowSamples for it."""
+    """A module with a per-sample hook: batches must become FlowSamples for it."""
 
     def __init__(self) -> None:
         self.seen = 0
@@ -106,7 +106,7 @@ def test_flow_samples_carry_every_field() -> None:
 
 def test_fast_path_and_hook_path_send_the_same_samples() -> None:
     enricher = Enricher()
-    fast, general = AgentHarness(CONF), AgentHarness(CONF, plugins={"e": enricher})
+    fast, general = AgentHarness(CONF), AgentHarness(CONF, modules={"e": enricher})
     for h in (fast, general):
         with h:
             h.agent.take_batch(batch(20))

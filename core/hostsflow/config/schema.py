@@ -332,7 +332,7 @@ def build(block: Block, cls: type, notes: list[ConfigNote], *,
                              for name, blocks in modules.items()}
     try:
         return cls(**kwargs)
-    except (ValueError, TypeError) as exc:  # a plugin's cross-field validator
+    except (ValueError, TypeError) as exc:  # a module's cross-field validator
         raise ConfigError(file, block.line, f"'{block.name}' block: {exc}") from None
 
 
@@ -364,7 +364,7 @@ def _the_sflow_block(root: Block) -> Block:
 
 def module_blocks(text: str, filename: str) -> dict[str, int]:
     """The module block names in the ``sflow { }`` block (lower-case -> first line), for the
-    plugin loader to decide what to load before validating.  Raises :class:`ConfigError` on
+    module loader to decide what to load before validating.  Raises :class:`ConfigError` on
     syntax errors."""
     core = {"collector"}
     found: dict[str, int] = {}

@@ -96,7 +96,7 @@ def encode_flow_sample(seq: int, sample: "FlowSample") -> bytes:
 def encode_packet_batch(first_seq: int, batch: "PacketBatch") -> list[bytes]:
     """One whole ``flow_sample_expanded`` per packet of ``batch``, numbered from ``first_seq``.
 
-    Called on: the packet path when no plugin implements a per-sample hook, once per capture
+    Called on: the packet path when no module implements a per-sample hook, once per capture
     read.  Each is what :func:`encode_flow_sample` makes for a FlowSample holding the same
     single sampled_header (the same encoder; a test checks both agree); the fields common to
     the batch are looked up once.  Raises ``struct.error`` for a value out of range (the

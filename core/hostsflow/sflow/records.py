@@ -1,9 +1,9 @@
 """sFlow v5 record classes, one attrs class per (enterprise, format), and their registry.
 
-Every record a plugin returns is an instance of a class made with :func:`flow_record` or
+Every record a module returns is an instance of a class made with :func:`flow_record` or
 :func:`counter_record`.  The class declares its fields with the XDR helpers from
 :mod:`hostsflow.sflow.xdr`; the decorator compiles the codec once and registers the class so
-that the decoder (``hostsflow decode``, the testing kit) can read it back.  Third-party plugins
+that the decoder (``hostsflow decode``, the testing kit) can read it back.  Third-party modules
 define their own records the same way (see docs/plugins.md).
 
 Layouts are those of the public sFlow documents, field for field in wire order: "sFlow

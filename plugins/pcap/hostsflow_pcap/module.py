@@ -1,6 +1,6 @@
 """The pcap module's hooks: keep one sampling tap per selected device, feed the agent.
 
-Every second (``sflow_tick``) the plugin compares the taps it has with what the ``pcap { }``
+Every second (``sflow_tick``) the module compares the taps it has with what the ``pcap { }``
 blocks select among ``agent.interfaces``: it opens taps on devices that appeared (or came
 back), closes taps whose device went away or was re-created under a new ifIndex, and re-attaches
 the kernel filter when a device's sampling rate changed (its speed changed, or a reload).  Each
@@ -37,7 +37,7 @@ class Want:
     loopback: bool = False
 
 
-class PcapPlugin:
+class PcapModule:
     """hsflowd's mod_pcap: ``pcap { dev = eth0 }`` samples eth0 one packet in N, in the kernel."""
 
     def __init__(self) -> None:

@@ -59,8 +59,8 @@ def _netns_path(netns: str | None) -> str | None:
     return netns if "/" in netns else f"/var/run/netns/{netns}"
 
 
-class NflogPlugin:
-    """hostsflow module ``nflog`` (entry point ``hostsflow_nflog.plugin:NflogPlugin``)."""
+class NflogModule:
+    """hostsflow module ``nflog`` (entry point ``hostsflow_nflog.module:NflogModule``)."""
 
     def __init__(self) -> None:
         self.cfg: NflogConfig | None = None

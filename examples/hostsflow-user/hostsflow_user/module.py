@@ -24,7 +24,7 @@ NAME = "user"  #: the entry-point name, which is also the config block name
 _NAME_CACHE_MAX = 4096
 
 
-class UserPlugin:
+class UserModule:
     """hostsflow module ``user``: one instance per agent, made by the core with no arguments."""
 
     def __init__(self) -> None:

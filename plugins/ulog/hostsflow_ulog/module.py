@@ -63,8 +63,8 @@ def open_ulog_socket(group: int) -> socket.socket:
     return sock
 
 
-class UlogPlugin:
-    """hostsflow module ``ulog`` (entry point ``hostsflow_ulog.plugin:UlogPlugin``)."""
+class UlogModule:
+    """hostsflow module ``ulog`` (entry point ``hostsflow_ulog.module:UlogModule``)."""
 
     def __init__(self) -> None:
         self.cfg: UlogConfig | None = None
