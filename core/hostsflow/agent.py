@@ -223,6 +223,8 @@ class Agent:
 
     def stop(self) -> None:
         """Final hooks, then flush the pending datagram and close the sockets."""
+        if self._sockets is not None:
+            self._sockets.stats.push(self.count)  # the last counts, for the final status
         self.host.hook.sflow_final(agent=self)
         if self._sockets is not None:
             self._sockets.close()

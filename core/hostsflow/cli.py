@@ -81,7 +81,7 @@ def _write_status_periodically(agent: Agent, path: str) -> None:
             if agent.seconds % STATUS_EVERY == 0:
                 status_file.write(_status(agent))
 
-        @hookimpl
+        @hookimpl(trylast=True)  # after every module's own final counts
         def sflow_final(self, agent: Agent) -> None:
             status_file.write(_status(agent))
             status_file.close()

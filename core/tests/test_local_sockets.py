@@ -19,7 +19,7 @@ from hostsflow.sockets import (
     DST, LOOKUP_FAILED, NO_SOCKET, SRC, VIA_LISTENER, VIA_SOCKET, lookup_socket,
 )
 from hostsflow.sockets import diag
-from hostsflow.sockets.local import ANSWER_SECONDS
+from hostsflow.sockets.local import ANSWER_SECONDS, ephemeral_ports
 from hostsflow.testing import AgentHarness
 
 #: the connections run between 127.0.0.2 (the client) and 127.0.0.1 (the server): both local
@@ -32,8 +32,16 @@ def harness(interfaces: InterfaceTable = LOCAL) -> AgentHarness:
 
 
 def listener(addr: str = "127.0.0.1") -> socket.socket:
+    """A listening socket on a port below the ephemeral range, as servers have them (a
+    connection gone from an ephemeral port was a client's: its listener is not asked)."""
     lst = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
-    lst.bind((addr, 0))
+    low = ephemeral_ports()[0]
+    for port in range(low - 2000, low):
+        try:
+            lst.bind((addr, port))
+            break
+        except OSError:
+            continue
     lst.listen()
     return lst
 
@@ -129,6 +137,22 @@ def test_time_wait_is_named_by_its_listener():
         # the client's side is gone: without the owner log nobody knows it
         client = h.make_sample(tcp=("127.0.0.2", cport, "127.0.0.1", lport))
         assert sk.owner(client, SRC) == NO_SOCKET
+    finally:
+        h.stop()
+        lst.close()
+
+
+def test_a_gone_connection_on_an_ephemeral_port_was_a_client_s():
+    """The kernel never gives a connecting socket a port a listener holds: a connection gone
+    from an ephemeral port is not blamed on a listener that took that port since."""
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))  # an ephemeral port
+    lst.listen()
+    h = harness()
+    try:
+        sk = h.agent.sockets
+        s = h.make_sample(tcp=("127.0.0.1", lst.getsockname()[1], "127.0.0.2", 40000))
+        assert sk.owner(s, SRC) == NO_SOCKET and sk.stats["lookups"] == 1
     finally:
         h.stop()
         lst.close()

@@ -73,26 +73,31 @@ def map_create(map_type: int, key_size: int, value_size: int, max_entries: int,
 
 class MapReader:
     """Lookups in one map by key, with the attr, key and value buffers made once (this is
-    the per-sample path: one syscall per lookup, nothing allocated but the result)."""
+    the per-sample path: one syscall per lookup, nothing allocated for it).  Fill ``key``
+    (a ctypes buffer: ``struct.pack_into(..., reader.key, 0, ...)``), call :meth:`lookup`,
+    read ``value``."""
 
     def __init__(self, fd: int, key_size: int, value_size: int) -> None:
         self.fd = fd
-        self._key = ctypes.create_string_buffer(key_size)
-        self._value = ctypes.create_string_buffer(value_size)
-        self._value_size = value_size
-        self._attr = _attr(struct.pack("=IIQQQ", fd, 0, ctypes.addressof(self._key),
-                                       ctypes.addressof(self._value), 0))
+        self.key = ctypes.create_string_buffer(key_size)
+        self.value = ctypes.create_string_buffer(value_size)
+        self._attr = _attr(struct.pack("=IIQQQ", fd, 0, ctypes.addressof(self.key),
+                                       ctypes.addressof(self.value), 0))
         self._nr = _nr()
+
+    def lookup(self) -> bool:
+        """True when the map holds ``key`` (its value is then in ``value``)."""
+        if _syscall(self._nr, MAP_LOOKUP_ELEM, self._attr, _ATTR_SIZE) >= 0:
+            return True
+        e = ctypes.get_errno()
+        if e == errno_mod.ENOENT:
+            return False
+        raise OSError(e, os.strerror(e))
 
     def get(self, key: bytes) -> bytes | None:
         """The value stored under ``key``, or None when there is none."""
-        ctypes.memmove(self._key, key, len(key))
-        if _syscall(self._nr, MAP_LOOKUP_ELEM, self._attr, _ATTR_SIZE) < 0:
-            e = ctypes.get_errno()
-            if e == errno_mod.ENOENT:
-                return None
-            raise OSError(e, os.strerror(e))
-        return self._value.raw[:self._value_size]
+        ctypes.memmove(self.key, key, len(key))
+        return self.value.raw if self.lookup() else None
 
 
 def prog_load(prog_type: int, insns: bytes, name: str, expected_attach_type: int = 0,

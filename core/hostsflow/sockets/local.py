@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import errno as errno_mod
 import socket
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from ..health import Tally
@@ -86,8 +86,13 @@ class LocalSockets:
         #: (namespace identity, seq) -> (key, with_info, sent at): replies not there at once
         self._late: dict[tuple[Any, int], tuple[FlowKey, bool, float]] = {}
         self._log: Any = None  #: the owner log, once a module asked for it
+        #: namespace path -> its identity, worked out again each second (a path such as
+        #: /var/run/netns/NAME may name a new namespace once the old one is gone)
+        self._idents: dict[str, Any] = {}
         self._wall_offset = 0.0
         self._log_writes = 0
+        #: the ephemeral port range (ip_local_port_range), read again every minute
+        self._low, self._high = ephemeral_ports()
         self.stats = Tally("sockets", (
             "lookups", "found", "not_found", "listener", "late", "errors", "malformed",
             "overruns", "netns_failed", "log_found", "log_missed", "log_changed_hands",
@@ -144,67 +149,69 @@ class LocalSockets:
         log's entry, the live socket and the local port's listener that ``accept`` takes
         (default: the first there is).  When ``accept`` takes none, the first found; when
         there is none, why (:data:`NO_SOCKET`, :data:`LOOKUP_FAILED`,
-        :data:`CHANGED_HANDS`)."""
+        :data:`CHANGED_HANDS`).
+
+        The live socket, when there is one, is the last word (nothing further down knows its
+        connection better).  The listener is asked only for a TCP connection that is gone or
+        left a TIME_WAIT/SYN_RECV mini-socket (which names nobody), and only for a local port
+        outside the ephemeral range (``ip_local_port_range``): the kernel never gives a
+        connecting socket a port that a listener holds, so a gone connection on an ephemeral
+        port was a client's, and a listener there now is not its owner."""
         key = self.end_key(sample, side)
         if key is None:
             return NO_SOCKET
+        netns = sample.netns
         first: Owner | None = None
-        for found in self._owners(sample.netns, sample.timestamp, key):
-            if isinstance(found, str):
-                return first or found
-            if accept is None or accept(found):
-                return found
-            first = first or found
-        return first or NO_SOCKET
-
-    def _owners(self, netns: str | None, timestamp: float, key: FlowKey
-                ) -> Iterator[Owner | str]:
-        """The owners known for ``key``, most direct first, then why there is no more."""
         if self._log is not None:
-            logged = self._logged(netns, timestamp, key)
+            logged = self._logged(netns, sample.timestamp, key)
             if logged is not None:
-                yield logged  # an Owner, or CHANGED_HANDS: then the live socket is not it
+                if logged.__class__ is str:
+                    return logged  # CHANGED_HANDS: the live socket is not the sample's either
+                if accept is None or accept(logged):
+                    return logged
+                first = logged
         reply = self._lookup(netns, key, False)
         if reply is None:
-            yield LOOKUP_FAILED
-            return
+            return first or LOOKUP_FAILED
         sock = reply.sock
+        server_port = not self._low <= key.lport <= self._high
         if sock is not None and (sock.inode or sock.cgroup_id):
-            # the live socket (or, for a gone TCP connection, the port's listener): nothing
-            # further down knows better
-            if sock.state == TCP_LISTEN:
+            if sock.state != TCP_LISTEN:
+                found = _new(Owner, (sock.cgroup_id or 0, sock.inode, VIA_SOCKET))
+            elif server_port:  # a gone TCP connection: the kernel answered with its listener
                 self.stats["listener"] += 1
-                yield _new(Owner, (sock.cgroup_id or 0, sock.inode, VIA_LISTENER))
+                found = _new(Owner, (sock.cgroup_id or 0, sock.inode, VIA_LISTENER))
             else:
-                yield _new(Owner, (sock.cgroup_id or 0, sock.inode, VIA_SOCKET))
-            yield NO_SOCKET
-            return
-        if key.protocol == IPPROTO_TCP:
-            # gone, or a TIME_WAIT/SYN_RECV mini-socket that names nobody: the listener of
-            # that local port, if it has one, owned it (accepted sockets are the listener's)
+                return first or NO_SOCKET
+            return found if accept is None or accept(found) else (first or found)
+        if key.protocol == IPPROTO_TCP and server_port:
             lst = self._lookup(netns, _new(FlowKey, (key.protocol, key.local, key.lport,
                                                      _ANY[key.family], 0)), False)
             lsock = lst.sock if lst is not None else None
             if lsock is not None and lsock.state == TCP_LISTEN and (lsock.inode or lsock.cgroup_id):
                 self.stats["listener"] += 1
-                yield _new(Owner, (lsock.cgroup_id or 0, lsock.inode, VIA_LISTENER))
-        yield NO_SOCKET
+                found = _new(Owner, (lsock.cgroup_id or 0, lsock.inode, VIA_LISTENER))
+                if accept is None or accept(found):
+                    return found
+                first = first or found
+        return first or NO_SOCKET
 
-    def record_owners(self, directories: Iterable[str]) -> bool:
+    def record_owners(self, directories: Iterable[str], capacity: int | None = None) -> bool:
         """Log the owner of every connection that sockets created in these cgroup2
         directories (or below) send on, so :meth:`owner` knows it after the socket is gone.
 
         Call with the full current set whenever it changes: new directories are covered,
         dropped ones released.  The first call loads the kernel program, which needs root (or
         CAP_BPF and CAP_NET_ADMIN): make it from ``sflow_configure``; covering directories
-        later needs CAP_BPF and CAP_NET_ADMIN still.  Returns False (and logs it once) when
+        later needs CAP_BPF and CAP_NET_ADMIN still.  ``capacity``: how many connections the
+        log keeps (at the first call; default 65,536).  Returns False (and logs it once) when
         it cannot be done; :meth:`owner` then works from live sockets alone."""
         agent = self._agent
         if self._log is None:
-            from .owner_log import OwnerLog, monotonic_to_wall
+            from .owner_log import CAPACITY, OwnerLog, monotonic_to_wall
 
             try:
-                self._log = OwnerLog()
+                self._log = OwnerLog(capacity or CAPACITY)
             except OSError as exc:
                 agent.warn_once("sockets:owner_log", "owner_log_unavailable", error=str(exc),
                                 effect="closed sockets are not traced to their owner")
@@ -221,6 +228,9 @@ class LocalSockets:
 
     def tick(self, now: float) -> None:
         """Once a second: expire answers, close idle namespace sockets, push counters."""
+        self._idents.clear()
+        if int(now) % 60 == 0:
+            self._low, self._high = ephemeral_ports()
         if self._answers:
             self._answers = {k: v for k, v in self._answers.items() if v[0] > now}
         if self._late:
@@ -273,14 +283,19 @@ class LocalSockets:
         """The owner log's entry for ``key``: an Owner, CHANGED_HANDS when it was written
         after the packet was captured, or None (nothing logged, or no log for this
         namespace)."""
-        ch = self._channel(netns)
+        ch = self._channels.get(None) if netns is None else self._channel(netns)
+        if ch is None:
+            ch = self._channel(netns)
         cookie = ch.netns_cookie if ch is not None else None
         if cookie is None:
             return None
-        fam = key.family
+        local, remote = key.local, key.remote
+        fam = _AF_INET6 if ":" in local else _AF_INET
+        packed = _PACKED[fam]
+        plocal, premote = packed.get(local), packed.get(remote)
         try:
-            hit = self._log.owner(cookie, key.protocol, fam, _packed(fam, key.local), key.lport,
-                                  _packed(fam, key.remote), key.rport)
+            hit = self._log.owner(cookie, key.protocol, fam, plocal or _packed(fam, local),
+                                  key.lport, premote or _packed(fam, remote), key.rport)
         except OSError as exc:
             self.stats["log_errors"] += 1
             self._agent.warn_once("sockets:owner_log_read", "owner_log_read_failed",
@@ -363,8 +378,10 @@ class LocalSockets:
         made on first use."""
         ident: Any = None
         if netns is not None:
+            ident = self._idents.get(netns)
+        if netns is not None and ident is None:
             try:
-                ident = netns_identity(netns)
+                ident = self._idents[netns] = netns_identity(netns)
             except OSError as exc:
                 self.stats["netns_failed"] += 1
                 self._agent.warn_once(f"sockets:netns:{netns}", "netns_unavailable", netns=netns,
@@ -395,6 +412,17 @@ class LocalSockets:
         ch.close()
 
 
+def ephemeral_ports(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> tuple[int, int]:
+    """The range connecting sockets get their ports from (the kernel's default when it
+    cannot be read)."""
+    try:
+        with open(path) as f:
+            low, high = (int(x) for x in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def _is_connection(sock: SockInfo, key: FlowKey) -> bool:
     """True when the kernel's answer is the sampled connection's own socket: for TCP not a
     listener (the kernel answers with the port's listener when the connection is gone) and
@@ -405,14 +433,17 @@ def _is_connection(sock: SockInfo, key: FlowKey) -> bool:
     return sock.state != TCP_LISTEN and sock.dport == key.rport and sock.sport == key.lport
 
 
-_PACKED: dict[tuple[int, str], bytes] = {}
+#: family -> address text -> packed (flows repeat addresses; packing costs more than a lookup)
+_PACKED: dict[int, dict[str, bytes]] = {socket.AF_INET: {}, socket.AF_INET6: {}}
+_AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
 
 
 def _packed(family: int, addr: str) -> bytes:
-    p = _PACKED.get((family, addr))
+    cache = _PACKED[family]
+    p = cache.get(addr)
     if p is None:
         p = socket.inet_pton(family, addr)
-        if len(_PACKED) >= 8192:
-            _PACKED.clear()
-        _PACKED[(family, addr)] = p
+        if len(cache) >= 8192:
+            cache.clear()
+        cache[addr] = p
     return p

@@ -41,6 +41,8 @@ CAPACITY = 65536
 KEY = struct.Struct("=QBBHHH16s16s")  # netns cookie, family, protocol, ports, pad, addresses
 VALUE = struct.Struct("=QQ")  # cgroup id, since (CLOCK_MONOTONIC ns)
 assert KEY.size == 48 and VALUE.size == 16
+_KEY_INTO, _VALUE_FROM = KEY.pack_into, VALUE.unpack_from
+_AF_INET, _htons = socket.AF_INET, socket.htons
 
 # helper functions (enum bpf_func_id)
 _MAP_LOOKUP, _MAP_UPDATE, _KTIME_GET_NS, _SKB_LOAD_BYTES = 1, 2, 5, 26
@@ -237,10 +239,10 @@ class OwnerLog:
               remote: bytes, rport: int) -> tuple[int, int] | None:
         """``(cgroup id, since)`` logged for the connection seen from its local end (packed
         addresses: 4 bytes for IPv4, 16 for IPv6), or None."""
-        key = KEY.pack(netns_cookie, 4 if family == socket.AF_INET else 6, protocol,
-                       socket.htons(lport), socket.htons(rport), 0, local, remote)
-        value = self._reader.get(key)
-        return VALUE.unpack(value) if value is not None else None
+        r = self._reader
+        _KEY_INTO(r.key, 0, netns_cookie, 4 if family == _AF_INET else 6, protocol,
+                  _htons(lport), _htons(rport), 0, local, remote)
+        return _VALUE_FROM(r.value) if r.lookup() else None
 
     def writes(self) -> int:
         """How many entries the program has written (new owners), since it was loaded."""

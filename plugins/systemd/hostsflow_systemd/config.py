@@ -22,6 +22,10 @@ class SystemdConfig:
     bus: str | None = option(
         None, converter=string(r"\S+", "D-Bus address"),
         help="D-Bus address of systemd (default: the system bus, DBUS_SYSTEM_BUS_ADDRESS honoured)")
+    markTrafficHistory: int = option(
+        65536, converter=integer(1024, 1 << 24),
+        help="connections the kernel's owner log keeps for markTraffic (the oldest go first): "
+             "keep it above two seconds' worth of new connections")
     dropPriv: bool = option(
         False, converter=on_off,
         help="allow the agent to drop root (per-process /proc/PID/io fallback is then skipped)")

@@ -64,9 +64,9 @@ class Marker:
         if pkt is None or (pkt.protocol != IPPROTO_TCP and pkt.protocol != IPPROTO_UDP):
             self.outcomes["unmarked.not_tcp_udp"] += 1
             return None
-        if pkt.protocol != IPPROTO_TCP or sample.netns is not None:
+        if pkt.protocol != IPPROTO_TCP:
             return self._entities(sample)
-        key = (pkt.src_ip, pkt.src_port, pkt.dst_ip, pkt.dst_port)
+        key = (sample.netns, pkt.src_ip, pkt.src_port, pkt.dst_ip, pkt.dst_port)
         now = self.clock()
         version = self.table.version
         hit = self._marks.get(key)

@@ -78,7 +78,8 @@ class SystemdPlugin:
                            if not any(d.startswith(o.rstrip("/") + "/") for o in dirs))
         if wanted != self._covered:
             self._covered = wanted
-            self.agent.sockets.record_owners(sorted(wanted))
+            self.agent.sockets.record_owners(sorted(wanted),
+                                             capacity=self.cfg.markTrafficHistory)
 
     @hookimpl
     def sflow_start(self, agent: Any) -> None:
@@ -89,6 +90,8 @@ class SystemdPlugin:
 
     @hookimpl
     def sflow_final(self, agent: Any) -> None:
+        if self.marker is not None:
+            self.marker.outcomes.push(agent.count)
         if self.watcher is not None:
             loop = agent.loop
             if loop is not None and not loop.is_running() and not loop.is_closed():
@@ -161,7 +164,10 @@ class SystemdPlugin:
 
     @hookimpl
     def sflow_flow_sample_released(self, agent: Any, sample: FlowSample) -> None:
-        if self.marker is None or not len(self.table or ()):
+        if self.marker is None:
+            return
+        if not len(self.table or ()):
+            self.marker.outcomes["unmarked.not_service"] += 1  # no service known (yet)
             return
         rec = self.marker.entities(sample)
         if rec is not None:

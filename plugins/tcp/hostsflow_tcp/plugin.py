@@ -42,6 +42,10 @@ class TcpPlugin:
         self.stats.push(agent.count)  # health counters once a second, not per sample
 
     @hookimpl
+    def sflow_final(self, agent: Any) -> None:
+        self.stats.push(agent.count)
+
+    @hookimpl
     def sflow_flow_sample(self, agent: Any, sample: FlowSample) -> None:
         pkt = sample.packet
         if pkt is None or pkt.protocol != IPPROTO_TCP:

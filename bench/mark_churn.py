@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""What markTraffic costs with 2,000 new short connections a second, against the same traffic
+without it, in the same run.
+
+In its own network namespace (unique name, removed at the end; loopback only) it starts a real
+``systemd --user`` with a private bus (plugins/systemd/tests/conftest.py) and four copies of
+bench/churn.c (built here): a service acting as a server (``churn-server.service``, closes
+first) and a plain client calling it; a service acting as a client (``churn-client.service``)
+and a plain server it calls; each client at RATE connections a second.  Then, in interleaved
+rounds, a real hostsflowd (``pcap { dev = lo }`` at 1 in SAMPLING, ``systemd { }`` on the same
+bus) with ``markTraffic = off`` and ``on``, each measured over WINDOW seconds after a warm-up:
+
+* the agent's CPU (utime + stime from /proc/PID/stat), as % of one core;
+* the traffic processes' CPU (their system time holds what the owner log's kernel program
+  costs per packet they send), and the whole machine's busy time (/proc/stat);
+* the samples taken and sent, and markTraffic's outcomes by reason (status file).
+
+A last run with ``markTrafficHistory = 1024`` (far below two seconds of new connections)
+shows the owner log overflowing: counted, logged once, and no sample lost.
+
+Prints JSON (and writes it to ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from result_file import emit  # bench/, the script's own folder
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+RATE = 1000  #: new connections a second per client (two clients: 2,000 a second)
+SAMPLING = 10
+WARMUP, WINDOW = 4.0, 15.0
+ROUNDS = 3
+SMALL_HISTORY = 1024
+
+
+def kit() -> Any:
+    spec = importlib.util.spec_from_file_location("faults_kit", REPO / "tests" / "faults_kit.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["faults_kit"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def outer(a: argparse.Namespace) -> None:
+    ns = f"hfchurn{os.getpid()}{random.randint(100, 999)}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        # nsenter, not `ip netns exec`: that remounts /sys, and the cgroup mounts with it
+        r = subprocess.run(["nsenter", f"--net=/var/run/netns/{ns}", sys.executable, __file__,
+                            "--inner", "--out", a.out, "--rate", str(a.rate),
+                            "--sampling", str(a.sampling)], check=False)
+        sys.exit(r.returncode)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (and its waited-for children), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+
+
+def system_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[12]) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_seconds() -> float:
+    """Seconds the whole machine's CPUs were busy (all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        vals = [int(x) for x in f.readline().split()[1:]]
+    return (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def config(um: Any, port: int, mark: bool, sampling: int, history: int | None) -> str:
+    extra = f"\n    markTrafficHistory = {history}" if history else ""
+    return f"""
+sflow {{
+  collector {{ ip = 127.0.0.1 udpport = {port} }}
+  sampling = {sampling}
+  polling = 5
+  pcap {{ dev = lo sampling = {sampling} }}
+  systemd {{
+    slice = app.slice
+    bus = "{um.address}"
+    markTraffic = {"on" if mark else "off"}{extra}
+  }}
+}}
+"""
+
+
+def measure(um: Any, collector: Any, traffic: list[int], mark: bool, sampling: int,
+            history: int | None = None) -> dict[str, Any]:
+    from hostsflow.testing import AgentProcess
+
+    work = Path(tempfile.mkdtemp(prefix="hfchurn-"))
+    os.chmod(work, 0o755)
+    agent = AgentProcess(config(um, collector.port, mark, sampling, history), work)
+    try:
+        time.sleep(WARMUP)
+        if agent.proc.poll() is not None:
+            raise SystemExit(f"agent exited: {agent.log()[-2000:]}")
+        a0, b0, t0 = cpu_seconds(agent.pid), busy_seconds(), time.monotonic()
+        s0 = [system_seconds(p) for p in traffic]
+        c0 = [cpu_seconds(p) for p in traffic]
+        time.sleep(WINDOW)
+        a1, b1, t1 = cpu_seconds(agent.pid), busy_seconds(), time.monotonic()
+        s1 = [system_seconds(p) for p in traffic]
+        c1 = [cpu_seconds(p) for p in traffic]
+    finally:
+        code = agent.stop()
+        log = agent.log()
+    status = json.loads(Path(agent.status_path).read_text())
+    counters = status["counters"]
+    wall = t1 - t0
+    return {
+        "exit": code,
+        "agent_cpu_pct": round(100 * (a1 - a0) / wall, 2),
+        "traffic_cpu_pct": round(100 * (sum(c1) - sum(c0)) / wall, 2),
+        "traffic_sys_pct": round(100 * (sum(s1) - sum(s0)) / wall, 2),
+        "machine_busy_pct": round(100 * (b1 - b0) / wall, 2),
+        "flow_samples_taken": counters.get("flow_samples_taken", 0),
+        "flow_samples_sent": counters.get("flow_samples_sent", 0),
+        "marking": {k.removeprefix("systemd.marking."): v for k, v in counters.items()
+                    if k.startswith("systemd.marking.")},
+        "sockets": {k.removeprefix("sockets."): v for k, v in counters.items()
+                    if k.startswith("sockets.")},
+        "overflow_logged": log.count("] owner_log_overflow"),
+    }
+
+
+def inner(a: argparse.Namespace) -> None:
+    from hostsflow.testing import UdpCollector
+
+    fk = kit()
+    fixtures = fk.user_manager_class()
+    why = fixtures._why_not()
+    if why:
+        raise SystemExit(f"mark_churn.py: {why}")
+    build = Path(tempfile.mkdtemp(prefix="hfchurn-build-"))
+    os.chmod(build, 0o755)
+    churn = build / "churn"
+    subprocess.run(["cc", "-O2", "-Wall", "-o", str(churn), str(BENCH / "churn.c")], check=True)
+    um = fixtures.UserManager()
+    plain: list[subprocess.Popen[str]] = []
+    result: dict[str, Any] = {"rate_per_client": a.rate, "clients": 2, "sampling": a.sampling,
+                              "window_s": WINDOW, "rounds": ROUNDS}
+    try:
+        um.start()
+        svc_port, plain_port = 23080, 23081
+        um.add_service("churn-server", [str(churn), "server", "127.0.0.1", str(svc_port)])
+        plain.append(subprocess.Popen([str(churn), "server", "127.0.0.1", str(plain_port)],
+                                      stdout=subprocess.PIPE, text=True))
+        assert plain[0].stdout is not None and plain[0].stdout.readline().strip() == "ready"
+        fixtures.wait_listening(svc_port)
+        um.add_service("churn-client", [str(churn), "client", "127.0.0.1", str(plain_port),
+                                        str(a.rate)])
+        plain.append(subprocess.Popen([str(churn), "client", "127.0.0.1", str(svc_port),
+                                       str(a.rate)], stdout=subprocess.PIPE, text=True))
+        traffic = [p.pid for p in plain] + um.pids("churn-server") + um.pids("churn-client")
+        with UdpCollector() as collector:
+            runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+            for _ in range(ROUNDS):
+                for name in ("off", "on"):
+                    runs[name].append(measure(um, collector, traffic, name == "on", a.sampling))
+            small = measure(um, collector, traffic, True, a.sampling, SMALL_HISTORY)
+        for name, rs in runs.items():
+            result[name] = {"runs": rs, **{k: round(statistics.median(r[k] for r in rs), 2) for k in (
+                "agent_cpu_pct", "traffic_cpu_pct", "traffic_sys_pct", "machine_busy_pct")}}
+        for k in ("agent_cpu_pct", "traffic_sys_pct", "machine_busy_pct"):
+            result[f"added_{k}"] = round(result["on"][k] - result["off"][k], 2)
+        result["small_history"] = {"markTrafficHistory": SMALL_HISTORY, **small}
+        # the connections the clients really made (each prints "done failed" every second)
+        for p in plain[1:]:
+            p.terminate()
+        result["plain_client_last_report"] = (plain[1].communicate(timeout=5)[0].splitlines()
+                                              or ["?"])[-1]
+    finally:
+        for p in plain:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(5)
+        um.stop()
+        subprocess.run(["rm", "-rf", str(build)], check=False)
+    emit(result, a.out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="")
+    ap.add_argument("--rate", type=int, default=RATE)
+    ap.add_argument("--sampling", type=int, default=SAMPLING)
+    ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("mark_churn.py: needs root (a network namespace, cgroups, systemd --user)")
+    inner(a) if a.inner else outer(a)
+
+
+if __name__ == "__main__":
+    main()
