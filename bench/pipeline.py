@@ -23,7 +23,8 @@ import time
 from typing import Any
 
 from hostsflow import hookimpl
-from hostsflow.agent import Agent, settle_gc
+from hostsflow.agent import Agent
+from hostsflow.run_loop import settle_gc
 from hostsflow.bootstrap import load
 from hostsflow.testing import ethernet_frame
 from hostsflow_pcap.tap import Tap

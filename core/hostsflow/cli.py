@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from . import __version__
 from .agent import Agent, recording_agent
+from .run_loop import run_agent
 from .bootstrap import load_file
 from .config.parser import ConfigError
 from .health import StatusFile, read_status
@@ -66,7 +67,7 @@ def agent_main(argv: Sequence[str] | None = None) -> int:
             agent.log.warning("reload_new_module_needs_restart", module=name)
         return new.config
 
-    asyncio.run(agent.run(reload=reload))
+    asyncio.run(run_agent(agent, reload=reload))
     return 0
 
 

@@ -25,21 +25,115 @@ failures its module is quarantined; the other modules keep running.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import random
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
 import pluggy
 
 if TYPE_CHECKING:
-    from .agent import Agent
     from .config.registry import ConfigRegistry
     from .config.schema import AgentConfig
-    from .host.interfaces import Interface
-    from .samples import DataSource, FlowSample
+    from .host.interfaces import Interface, InterfaceTable
+    from .samples import DataSource, FlowSample, PacketBatch
     from .sflow.records import Record
+    from .sockets import LocalSockets
 
 PROJECT = "hostsflow"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# ---------------------------------------------------------------- the agent, as modules see it
+
+
+class AgentAPI(Protocol):
+    """What a module may use of the agent it gets as ``agent`` in every hook (the running
+    :class:`hostsflow.agent.Agent` has more: its lifecycle, its second, its parts, which are
+    the core's).  docs/plugins.md, "The Agent API", describes each member; a test keeps the
+    two in step."""
+
+    @property
+    def config(self) -> "AgentConfig":
+        """The validated config now in force."""
+
+    def module_config(self, name: str) -> Any:
+        """The module's block: an instance of its attrs class, a list for a repeatable block,
+        or None when the file has none."""
+
+    def logger(self, name: str) -> Any:
+        """A structlog logger bound to ``module=name``."""
+
+    def warn_once(self, key: str, event: str, **kw: Any) -> None:
+        """Log ``event`` the first time ``key`` goes wrong, count every time."""
+
+    def clear_warning(self, key: str) -> None:
+        """The condition ``key`` is over."""
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Bump a health counter."""
+
+    @property
+    def rng(self) -> random.Random:
+        """The agent's random generator (seeded by the testing kit)."""
+
+    def now(self) -> float:
+        """The agent clock, monotonic seconds."""
+
+    def add_reader(self, fd: int, callback: Callable[[], Any]) -> None:
+        """Call ``callback()`` whenever ``fd`` is readable (from ``sflow_start`` on)."""
+
+    def remove_reader(self, fd: int) -> None:
+        """Stop watching ``fd``."""
+
+    def call_later(self, delay: float, callback: Callable[[], Any]) -> Any:
+        """A one-shot timer on the agent loop."""
+
+    @property
+    def interfaces(self) -> "InterfaceTable":
+        """The interface table now (a new object whenever it changes)."""
+
+    @property
+    def interfaces_version(self) -> int:
+        """Bumped whenever ``interfaces`` changes."""
+
+    @property
+    def sockets(self) -> "LocalSockets":
+        """The local socket at each end of a sampled packet, and who owns it."""
+
+    def sampling_rate(self, interface: "Interface") -> int:
+        """1-in-N for an interface: a module's decision, else hsflowd's rule."""
+
+    def take_samples(self, samples: Iterable["FlowSample"]) -> None:
+        """Hand the core a batch of sampled packets (capture modules)."""
+
+    def take_batch(self, batch: "PacketBatch") -> None:
+        """Hand the core the sampled packets of one read on one data source."""
+
+    @property
+    def hold_timeout(self) -> float:
+        """Seconds a held sample may wait before the core releases it."""
+
+    def retain_capabilities(self, *capabilities: str, reason: str) -> None:
+        """Keep these capabilities when the agent drops root (from ``sflow_configure``)."""
+
+    def retain_root(self, reason: str) -> None:
+        """Keep root after start-up (from ``sflow_configure``)."""
+
+    @property
+    def seconds(self) -> int:
+        """Agent seconds run so far."""
+
+    @property
+    def hostname(self) -> str:
+        """The host's name."""
+
+    @property
+    def uuid(self) -> bytes:
+        """The host's 16-byte UUID."""
+
+    @property
+    def address(self) -> str:
+        """The agent address written into every datagram."""
 
 
 # ---------------------------------------------------------------- declare and configure
@@ -60,7 +154,7 @@ def sflow_declare_config(registry: "ConfigRegistry") -> None:
 
 
 @hookspec
-def sflow_configure(agent: "Agent") -> None:
+def sflow_configure(agent: AgentAPI) -> None:
     """Set up with the validated config, before privileges are dropped.
 
     Called on: start-up, once, after the config is valid and interfaces are discovered; the
@@ -68,13 +162,13 @@ def sflow_configure(agent: "Agent") -> None:
     with ``agent.module_config("name")`` (a list for repeatable blocks).  Raising here disables
     this module only; the agent starts without it.
 
-    :param agent: the running :class:`~hostsflow.agent.Agent`.
+    :param agent: the running agent, as :class:`AgentAPI` describes it.
     :returns: nothing; results are ignored.
     """
 
 
 @hookspec
-def sflow_start(agent: "Agent") -> None:
+def sflow_start(agent: AgentAPI) -> None:
     """Start work: register file descriptors, timers and asyncio tasks.
 
     Called on: start-up, once, after ``sflow_configure`` on every module and after privileges
@@ -86,7 +180,7 @@ def sflow_start(agent: "Agent") -> None:
 
 
 @hookspec
-def sflow_config_changed(agent: "Agent", old: "AgentConfig", new: "AgentConfig") -> None:
+def sflow_config_changed(agent: AgentAPI, old: "AgentConfig", new: "AgentConfig") -> None:
     """React to a reloaded config (SIGHUP).
 
     Called on: the poll path, after a new config file was read and validated and installed as
@@ -103,7 +197,7 @@ def sflow_config_changed(agent: "Agent", old: "AgentConfig", new: "AgentConfig")
 
 
 @hookspec
-def sflow_tick(agent: "Agent", now: float) -> None:
+def sflow_tick(agent: AgentAPI, now: float) -> None:
     """Do once-a-second work: refresh state, expire caches, read drop counters.
 
     Called on: the poll path, once per second, before counter polling.  Must not block.
@@ -114,7 +208,7 @@ def sflow_tick(agent: "Agent", now: float) -> None:
 
 
 @hookspec
-def sflow_tock(agent: "Agent", now: float) -> None:
+def sflow_tock(agent: AgentAPI, now: float) -> None:
     """Finish the second: called after every tick handler and after this second's counter
     polling, just before the core flushes the pending datagram.
 
@@ -125,7 +219,7 @@ def sflow_tock(agent: "Agent", now: float) -> None:
 
 
 @hookspec
-def sflow_final(agent: "Agent") -> None:
+def sflow_final(agent: AgentAPI) -> None:
     """Release resources: close sockets, unbind netlink groups, stop tasks.
 
     Called on: shutdown (SIGTERM), once, even if earlier hooks of this module failed; the core
@@ -139,7 +233,7 @@ def sflow_final(agent: "Agent") -> None:
 
 
 @hookspec
-def sflow_data_sources(agent: "Agent") -> "list[DataSource] | None":
+def sflow_data_sources(agent: AgentAPI) -> "list[DataSource] | None":
     """Name the data sources this module wants polled for counters.
 
     Called on: the poll path, once per second before polling.  The core keeps one poller per
@@ -153,7 +247,7 @@ def sflow_data_sources(agent: "Agent") -> "list[DataSource] | None":
 
 
 @hookspec
-def sflow_poll_counters(agent: "Agent", source: "DataSource") -> "list[Record] | None":
+def sflow_poll_counters(agent: AgentAPI, source: "DataSource") -> "list[Record] | None":
     """Return counter records for one data source that is due for polling.
 
     Called on: the poll path, for every due data source, with every module: return records only
@@ -171,7 +265,7 @@ def sflow_poll_counters(agent: "Agent", source: "DataSource") -> "list[Record] |
 
 
 @hookspec
-def sflow_flow_sample(agent: "Agent", sample: "FlowSample") -> None:
+def sflow_flow_sample(agent: AgentAPI, sample: "FlowSample") -> None:
     """Enrich a sampled packet (phase 1).
 
     Called on: the packet path, once per *sampled* packet, in the order the capture module
@@ -185,7 +279,7 @@ def sflow_flow_sample(agent: "Agent", sample: "FlowSample") -> None:
 
 
 @hookspec
-def sflow_flow_sample_released(agent: "Agent", sample: "FlowSample") -> None:
+def sflow_flow_sample_released(agent: AgentAPI, sample: "FlowSample") -> None:
     """Add records that depend on phase-1 results (phase 2).
 
     Called on: the packet path, once per sampled packet, after every hold on it was released or
@@ -200,7 +294,7 @@ def sflow_flow_sample_released(agent: "Agent", sample: "FlowSample") -> None:
 
 
 @hookspec(firstresult=True)
-def sflow_sampling_rate(agent: "Agent", interface: "Interface") -> "int | None":
+def sflow_sampling_rate(agent: AgentAPI, interface: "Interface") -> "int | None":
     """Decide the 1-in-N sampling rate for an interface.
 
     Called on: the poll path, when a capture module asks ``agent.sampling_rate(interface)`` (at
@@ -213,7 +307,7 @@ def sflow_sampling_rate(agent: "Agent", interface: "Interface") -> "int | None":
 
 
 @hookspec(firstresult=True)
-def sflow_agent_address(agent: "Agent", candidates: "list[Any]") -> "str | None":
+def sflow_agent_address(agent: AgentAPI, candidates: "list[Any]") -> "str | None":
     """Choose the agent address written into every datagram.
 
     Called on: start-up, after ``sflow_configure`` ran on every module (so a module can answer

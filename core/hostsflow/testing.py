@@ -113,11 +113,11 @@ class AgentHarness:
         timer does.  Samples released here are encoded but only sent at the next ``tick``."""
         self.start()
         self.clock.advance(seconds)
-        self.agent.expire_holds()
+        self.agent.pipeline.expire_holds()
 
     def held(self) -> list[FlowSample]:
         """The samples still waiting for a hold to be released, oldest first."""
-        return [s for _, s in self.agent._held if s.held]
+        return [s for _, s in self.agent.pipeline.held if s.held]
 
     def poll_now(self) -> None:
         """Poll every data source now (whatever its phase) and flush."""
@@ -132,7 +132,7 @@ class AgentHarness:
 
     def flush(self) -> None:
         """Release every hold now (as if the deadline passed) and send what is pending."""
-        self.agent.expire_holds(float("inf"))
+        self.agent.pipeline.expire_holds(float("inf"))
         self.agent.exporter.flush()
 
     def run_loop(self, seconds: float) -> None:
@@ -149,7 +149,7 @@ class AgentHarness:
                 now = time.monotonic()
                 self.clock.advance(now - last)
                 last = now
-                self.agent.expire_holds()
+                self.agent.pipeline.expire_holds()
 
         self.loop.run_until_complete(spin())
 

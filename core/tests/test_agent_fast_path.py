@@ -27,7 +27,7 @@ def _batch(h: AgentHarness, ifindexes: list[int]) -> list[Any]:
 
 def test_sequence_numbers_per_source_across_batches() -> None:
     with AgentHarness(CONF) as h:
-        assert not h.agent._phase1 and not h.agent._phase2
+        assert not h.agent.pipeline.phase1 and not h.agent.pipeline.phase2
         h.feed(*_batch(h, [2, 2, 3, 2, 3, 3]))
         h.feed(*_batch(h, [3, 2]))
         h.flush()
@@ -52,6 +52,6 @@ def test_same_bytes_as_the_general_path() -> None:
         with h:
             h.feed(*_batch(h, [2, 3, 2, 2]))
             h.flush()
-    assert general.agent._phase1 and not fast.agent._phase1
+    assert general.agent.pipeline.phase1 and not fast.agent.pipeline.phase1
     assert [s for d in fast.datagrams for s in d.samples] == \
         [s for d in general.datagrams for s in d.samples]

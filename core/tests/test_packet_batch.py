@@ -112,7 +112,7 @@ def test_fast_path_and_hook_path_send_the_same_samples() -> None:
             h.agent.take_batch(batch(20))
             h.agent.take_batch(batch(5, first_pool=400))
             h.flush()
-    assert enricher.seen == 25 and not fast.agent._phase1
+    assert enricher.seen == 25 and not fast.agent.pipeline.phase1
     got = [s for d in fast.datagrams for s in d.samples]
     assert got == [s for d in general.datagrams for s in d.samples]
     assert [s.sequence for s in got] == list(range(1, 26))

@@ -13,7 +13,7 @@ import errno
 from typing import Any
 
 import attrs
-from hostsflow import hookimpl
+from hostsflow import AgentAPI, hookimpl
 from hostsflow.config import integer, option, real, string
 from hostsflow.firewall_log import (
     WatchedSocket,
@@ -80,7 +80,7 @@ class NflogModule:
                        help="sample packets that an nftables/iptables rule logs to NFLOG")
 
     @hookimpl
-    def sflow_configure(self, agent: Any) -> None:
+    def sflow_configure(self, agent: AgentAPI) -> None:
         self.cfg = agent.module_config(MODULE)
         if self.cfg is None:
             return
@@ -100,19 +100,19 @@ class NflogModule:
         self._open(agent)
 
     @hookimpl
-    def sflow_start(self, agent: Any) -> None:
+    def sflow_start(self, agent: AgentAPI) -> None:
         self.started = True
         self._register(agent)
 
     @hookimpl
-    def sflow_tick(self, agent: Any, now: float) -> None:
+    def sflow_tick(self, agent: AgentAPI, now: float) -> None:
         if self.cfg is None or self.socket.sock is not None or self.retry_at is None:
             return
         if now >= self.retry_at and self._open(agent):
             self._register(agent)
 
     @hookimpl
-    def sflow_config_changed(self, agent: Any, old: Any, new: Any) -> None:
+    def sflow_config_changed(self, agent: AgentAPI, old: Any, new: Any) -> None:
         cfg = agent.module_config(MODULE)
         if cfg is None:
             self.socket.close(agent)
@@ -136,7 +136,7 @@ class NflogModule:
                 self._register(agent)
 
     @hookimpl
-    def sflow_final(self, agent: Any) -> None:
+    def sflow_final(self, agent: AgentAPI) -> None:
         self.socket.close(agent)
         self.started = False
 
@@ -147,7 +147,7 @@ class NflogModule:
         return (cfg.group, cfg.snaplen or config.header_bytes, cfg.qthreshold, cfg.timeout,
                 cfg.netns)
 
-    def _open(self, agent: Any) -> bool:
+    def _open(self, agent: AgentAPI) -> bool:
         """Open and bind; on failure log once (naming the group), schedule a retry, False."""
         cfg = self.cfg
         assert cfg is not None and self.reader is not None
@@ -167,7 +167,7 @@ class NflogModule:
                       copy_range=sock.copy_range, qthreshold=cfg.qthreshold)
         return True
 
-    def _failed(self, agent: Any, exc: Exception) -> None:
+    def _failed(self, agent: AgentAPI, exc: Exception) -> None:
         cfg = self.cfg
         assert cfg is not None
         agent.count("nflog.bind_failures")
@@ -186,13 +186,13 @@ class NflogModule:
         self.retry_at = agent.now() + self.backoff
         self.backoff = min(RETRY_MAX, self.backoff * 2)
 
-    def _register(self, agent: Any) -> None:
+    def _register(self, agent: AgentAPI) -> None:
         if self.started:
             self.socket.watch(agent, lambda: self._on_readable(agent))
 
     # ------------------------------------------------------------ packet path
 
-    def _on_readable(self, agent: Any) -> None:
+    def _on_readable(self, agent: AgentAPI) -> None:
         """Drain the socket (up to 64 kernel batches) and hand the samples over in one batch."""
         sock, reader = self.socket.sock, self.reader
         if sock is not None and reader is not None:

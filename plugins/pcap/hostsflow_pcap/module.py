@@ -14,7 +14,7 @@ import socket
 from typing import Any
 
 import attrs
-from hostsflow import hookimpl
+from hostsflow import AgentAPI, hookimpl
 
 from .config import PcapConfig
 from .tap import DEFAULT_TIMEOUT_MS, Tap, TapError
@@ -41,7 +41,7 @@ class PcapModule:
     """hsflowd's mod_pcap: ``pcap { dev = eth0 }`` samples eth0 one packet in N, in the kernel."""
 
     def __init__(self) -> None:
-        self.agent: Any = None
+        self.agent: Any = None  # the AgentAPI, from sflow_configure on
         self.log: Any = None
         self.taps: dict[str, Tap] = {}
         self.started = False
@@ -57,7 +57,7 @@ class PcapModule:
         )
 
     @hookimpl
-    def sflow_configure(self, agent: Any) -> None:
+    def sflow_configure(self, agent: AgentAPI) -> None:
         self.agent = agent
         self.log = agent.logger(NAME)
         # Capture sockets need CAP_NET_RAW, also for devices that appear after start-up (as
@@ -67,28 +67,28 @@ class PcapModule:
         self.sync()
 
     @hookimpl
-    def sflow_start(self, agent: Any) -> None:
+    def sflow_start(self, agent: AgentAPI) -> None:
         self.started = True
         for tap in self.taps.values():
             self._watch(tap)
 
     @hookimpl
-    def sflow_tick(self, agent: Any, now: float) -> None:
+    def sflow_tick(self, agent: AgentAPI, now: float) -> None:
         self.sync()
         for tap in self.taps.values():
             tap.tick()
 
     @hookimpl
-    def sflow_config_changed(self, agent: Any, old: Any, new: Any) -> None:
+    def sflow_config_changed(self, agent: AgentAPI, old: Any, new: Any) -> None:
         self.sync()
 
     @hookimpl
-    def sflow_data_sources(self, agent: Any) -> list[Any]:
+    def sflow_data_sources(self, agent: AgentAPI) -> list[Any]:
         # hsflowd forces an interface counter poller for every tapped device
         return [tap.source for tap in self.taps.values()]
 
     @hookimpl
-    def sflow_final(self, agent: Any) -> None:
+    def sflow_final(self, agent: AgentAPI) -> None:
         for name in list(self.taps):
             self._close(name, "stopping")
 

@@ -174,10 +174,10 @@ def test_speed_change_re_rates_the_open_tap() -> None:
         tap = plugin.taps["lo"]
         assert tap.rate == 50
         # what the agent's rescan installs when it sees the new speed
-        h.agent.interfaces = table(10 * 10**9)
+        h.agent.refresh.table = table(10 * 10**9)
         h.tick()
         assert plugin.taps["lo"] is tap and tap.rate == 500
-        h.agent.interfaces = InterfaceTable([Interface("lo", LO, speed=10**9, up=False,
+        h.agent.refresh.table = InterfaceTable([Interface("lo", LO, speed=10**9, up=False,
                                                        loopback=True, kind="loopback")])
         h.tick()
         assert tap.rate == 0  # down: the filter keeps nothing

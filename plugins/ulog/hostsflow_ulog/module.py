@@ -14,7 +14,7 @@ import socket
 from typing import Any
 
 import attrs
-from hostsflow import hookimpl
+from hostsflow import AgentAPI, hookimpl
 from hostsflow.config import integer, option
 from hostsflow.firewall_log import (
     WatchedSocket,
@@ -78,7 +78,7 @@ class UlogModule:
                        help="sample packets the legacy iptables ULOG target logs (Linux < 3.17)")
 
     @hookimpl
-    def sflow_configure(self, agent: Any) -> None:
+    def sflow_configure(self, agent: AgentAPI) -> None:
         self.cfg = agent.module_config(MODULE)
         if self.cfg is None:
             return
@@ -101,12 +101,12 @@ class UlogModule:
                       sub_sampling=rates.sub, reported_rate=rates.actual)
 
     @hookimpl
-    def sflow_start(self, agent: Any) -> None:
+    def sflow_start(self, agent: AgentAPI) -> None:
         if self.socket.sock is not None:
             self.attach(agent, self.socket.sock)
 
     @hookimpl
-    def sflow_config_changed(self, agent: Any, old: Any, new: Any) -> None:
+    def sflow_config_changed(self, agent: AgentAPI, old: Any, new: Any) -> None:
         cfg = agent.module_config(MODULE)
         if cfg is not None and self.reader is not None:
             self.reader.set_rates(reconcile_rate(new.sampling, cfg.probability),
@@ -117,17 +117,17 @@ class UlogModule:
         self.cfg = cfg or self.cfg
 
     @hookimpl
-    def sflow_final(self, agent: Any) -> None:
+    def sflow_final(self, agent: AgentAPI) -> None:
         self.socket.close(agent)
 
     # ------------------------------------------------------------ packet path
 
-    def attach(self, agent: Any, sock: Any) -> None:
+    def attach(self, agent: AgentAPI, sock: Any) -> None:
         """Read ULOG datagrams from ``sock`` (any non-blocking datagram socket) on the loop."""
         self.socket.sock = sock
         self.socket.watch(agent, lambda: self.on_readable(agent))
 
-    def on_readable(self, agent: Any) -> None:
+    def on_readable(self, agent: AgentAPI) -> None:
         """Drain the socket and hand the samples to the core in one batch."""
         sock, reader = self.socket.sock, self.reader
         if sock is not None and reader is not None:
@@ -136,7 +136,7 @@ class UlogModule:
                              overruns_lose=True)
 
 
-def _ifindex(agent: Any, name: str) -> int:
+def _ifindex(agent: AgentAPI, name: str) -> int:
     """ifIndex of a device name: the agent's interface table, else the kernel; 0 if gone."""
     intf = agent.interfaces.by_name(name)
     if intf is not None:
