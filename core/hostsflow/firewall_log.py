@@ -14,6 +14,7 @@ kernel (NFLOG, ULOG, and third-party ones): from a readable log socket to the
 * :class:`ReadResult` -- what a module's parser found in one ``recv()`` buffer;
 * :class:`LoggedPacketReader` -- what a reader of logged packets does with each one (pool,
   sub-sampling, header record, sample), so a module only parses its own messages;
+* :class:`FirewallLogModule` -- the module's block, logger and rates, for its hooks;
 * :class:`WatchedSocket` -- the log socket and its registration with the agent loop;
 * :func:`drain_log_socket` -- one wakeup of the log socket: read, hand the samples over in one
   batch, count what happened under the module's name.
@@ -29,6 +30,7 @@ from typing import Any
 
 import attrs
 from hostsflow.config import option, real
+from hostsflow.hookspecs import AgentAPI, hookimpl
 from hostsflow.packet import ip_length
 from hostsflow.samples import (
     DIRECTION_RECEIVED,
@@ -343,6 +345,31 @@ class LoggedPacketReader:
             return
         out.append(self.samplers.sample(where, self.rates.actual, header, netns=self.netns))
         st.taken += 1
+
+
+class FirewallLogModule:
+    """What the hooks of a firewall-log module share: its block (``name``, ``config_class``,
+    ``help``), its logger, and the rates its rule's probability and the agent's ``sampling``
+    give.  A module subclasses it and adds its own socket and reader."""
+
+    name: str
+    config_class: type
+    help: str
+    cfg: Any = None
+    log: Any = None
+
+    @hookimpl
+    def sflow_declare_config(self, registry: Any) -> None:
+        registry.block(self.name, self.config_class, help=self.help)
+
+    def configured_rates(self, agent: AgentAPI) -> Rates | None:
+        """The start of ``sflow_configure``: the module's block (``cfg``), its logger
+        (``log``) and the reconciled rates; None when the file has no block for it."""
+        self.cfg = agent.module_config(self.name)
+        if self.cfg is None:
+            return None
+        self.log = agent.logger(self.name)
+        return reconcile_rate(agent.config.sampling, self.cfg.probability)
 
 
 class WatchedSocket:

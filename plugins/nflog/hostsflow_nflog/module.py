@@ -16,6 +16,7 @@ import attrs
 from hostsflow import AgentAPI, hookimpl
 from hostsflow.config import integer, option, real, string
 from hostsflow.firewall_log import (
+    FirewallLogModule,
     WatchedSocket,
     drain_log_socket,
     reconcile_rate,
@@ -59,8 +60,12 @@ def _netns_path(netns: str | None) -> str | None:
     return netns if "/" in netns else f"/var/run/netns/{netns}"
 
 
-class NflogModule:
+class NflogModule(FirewallLogModule):
     """hostsflow module ``nflog`` (entry point ``hostsflow_nflog.module:NflogModule``)."""
+
+    name = MODULE
+    config_class = NflogConfig
+    help = "sample packets that an nftables/iptables rule logs to NFLOG"
 
     def __init__(self) -> None:
         self.cfg: NflogConfig | None = None
@@ -75,17 +80,10 @@ class NflogModule:
     # ------------------------------------------------------------ hooks
 
     @hookimpl
-    def sflow_declare_config(self, registry: Any) -> None:
-        registry.block(MODULE, NflogConfig,
-                       help="sample packets that an nftables/iptables rule logs to NFLOG")
-
-    @hookimpl
     def sflow_configure(self, agent: AgentAPI) -> None:
-        self.cfg = agent.module_config(MODULE)
-        if self.cfg is None:
+        rates = self.configured_rates(agent)
+        if rates is None:
             return
-        self.log = agent.logger(MODULE)
-        rates = reconcile_rate(agent.config.sampling, self.cfg.probability)
         self.reader = NflogReader(rates, agent.config.header_bytes,
                                   netns=_netns_path(self.cfg.netns), rng=agent.rng)
         self.log.info("nflog_rates", group=self.cfg.group, probability=self.cfg.probability,

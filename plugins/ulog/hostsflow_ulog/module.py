@@ -17,6 +17,7 @@ import attrs
 from hostsflow import AgentAPI, hookimpl
 from hostsflow.config import integer, option
 from hostsflow.firewall_log import (
+    FirewallLogModule,
     WatchedSocket,
     drain_log_socket,
     reconcile_rate,
@@ -63,8 +64,12 @@ def open_ulog_socket(group: int) -> socket.socket:
     return sock
 
 
-class UlogModule:
+class UlogModule(FirewallLogModule):
     """hostsflow module ``ulog`` (entry point ``hostsflow_ulog.module:UlogModule``)."""
+
+    name = MODULE
+    config_class = UlogConfig
+    help = "sample packets the legacy iptables ULOG target logs (Linux < 3.17)"
 
     def __init__(self) -> None:
         self.cfg: UlogConfig | None = None
@@ -73,17 +78,10 @@ class UlogModule:
         self.log: Any = None
 
     @hookimpl
-    def sflow_declare_config(self, registry: Any) -> None:
-        registry.block(MODULE, UlogConfig,
-                       help="sample packets the legacy iptables ULOG target logs (Linux < 3.17)")
-
-    @hookimpl
     def sflow_configure(self, agent: AgentAPI) -> None:
-        self.cfg = agent.module_config(MODULE)
-        if self.cfg is None:
+        rates = self.configured_rates(agent)
+        if rates is None:
             return
-        self.log = agent.logger(MODULE)
-        rates = reconcile_rate(agent.config.sampling, self.cfg.probability)
         self.reader = UlogReader(rates, agent.config.header_bytes,
                                  lambda name: _ifindex(agent, name), rng=agent.rng)
         try:
