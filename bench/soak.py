@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib.util
 import itertools
 import json
 import os
@@ -41,12 +40,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def load_kit() -> Any:
-    spec = importlib.util.spec_from_file_location("faults_kit", REPO / "tests" / "faults_kit.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["faults_kit"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    from hostsflow.testing import load_file_module
+
+    return load_file_module("faults_kit", REPO / "tests" / "faults_kit.py")
 
 
 def proc_figures(pid: int) -> dict[str, float]:
