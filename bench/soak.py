@@ -128,7 +128,7 @@ def main() -> int:
         for i in range(3):
             um.add_service(f"soak{i}", [sys.executable, "-m", "http.server", "0", "--bind",
                                         "127.0.0.1"])
-        col = kit.NsCollector(pair.b)
+        col = kit.NsCollector(pair.ns_b)
         conf = (
             "sflow {\n"
             f"  collector {{ ip = 127.0.0.1 udpport = {col.port} }}\n"
@@ -138,7 +138,7 @@ def main() -> int:
             f"  systemd {{ slice = app.slice bus = \"{um.address}\" }}\n"
             "}\n"
         )
-        agent = kit.NsAgent(conf, work, pair.b)
+        agent = kit.NsAgent(conf, work, pair.ns_b)
         udp = kit.UdpStream(pair, pps=args.pps)
         tcp = kit.TcpStream(pair, rate=200)
         t0 = time.monotonic()

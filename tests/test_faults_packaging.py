@@ -81,7 +81,7 @@ def test_bounding_set_covers_what_modules_ask_for():
     # dropping to the -u user needs these two
     assert {"CAP_SETUID", "CAP_SETGID"} <= bounding
     asked: set[str] = set()
-    for path in (REPO / "modules").glob("*/hostsflow_*/*.py"):
+    for path in (REPO / "plugins").glob("*/hostsflow_*/*.py"):
         text = path.read_text()
         if "retain_capabilities(" in text:  # every capability named in a string there
             asked |= set(re.findall(r"[\"'](CAP_[A-Z_]+)[\"']", text))

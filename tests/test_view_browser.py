@@ -49,7 +49,7 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 
 # the systemd module's test fixtures (a real ``systemd --user`` with a private bus)
 _sd = load_file_module("hostsflow_systemd_tests_conftest",
-                       REPO / "modules" / "systemd" / "tests" / "conftest.py")
+                       REPO / "plugins" / "systemd" / "tests" / "conftest.py")
 user_manager = _sd.user_manager  # the fixture, reused as is
 free_port, wait_listening = _sd.free_port, _sd.wait_listening
 
