@@ -37,11 +37,11 @@ static struct sockaddr_in addr_of(const char *ip, int port) {
     return a;
 }
 
+static int __attribute__((noreturn)) serve_forever(int s);
+
 static int serve(const char *ip, int port) {
     struct sockaddr_in a = addr_of(ip, port);
     int one = 1, s = socket(AF_INET, SOCK_STREAM, 0);
-    static char answer[2000], buf[4096];
-    memset(answer, 'a', sizeof answer);
     setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 4096)) {
         perror("bind/listen");
@@ -49,17 +49,24 @@ static int serve(const char *ip, int port) {
     }
     printf("ready\n");
     fflush(stdout);
+    serve_forever(s);
+}
+
+static int serve_forever(int s) {
+    static char answer[2000], buf[4096];
+    memset(answer, 'a', sizeof answer);
     for (;;) {
         int c = accept(s, NULL, NULL);
         if (c < 0)
             continue;
         if (read(c, buf, sizeof buf) > 0)
-            (void)!write(c, answer, sizeof answer);
+            if (write(c, answer, sizeof answer) < 0)
+                perror("write");
         close(c);
     }
 }
 
-static int client(const char *ip, int port, double rate) {
+static int __attribute__((noreturn)) client(const char *ip, int port, double rate) {
     struct sockaddr_in a = addr_of(ip, port);
     static char request[200], buf[8192];
     double next = now(), report = next + 1;

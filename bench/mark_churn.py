@@ -60,7 +60,8 @@ def outer(a: argparse.Namespace) -> None:
         # nsenter, not `ip netns exec`: that remounts /sys, and the cgroup mounts with it
         r = subprocess.run(["nsenter", f"--net=/var/run/netns/{ns}", sys.executable, __file__,
                             "--inner", "--out", a.out, "--rate", str(a.rate),
-                            "--sampling", str(a.sampling)], check=False)
+                            "--sampling", str(a.sampling), "--rounds", str(a.rounds)],
+                           check=False)
         sys.exit(r.returncode)
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
@@ -121,7 +122,14 @@ def measure(um: Any, collector: Any, traffic: list[int], mark: bool, sampling: i
         a0, b0, t0 = cpu_seconds(agent.pid), busy_seconds(), time.monotonic()
         s0 = [system_seconds(p) for p in traffic]
         c0 = [cpu_seconds(p) for p in traffic]
+        spy = None
+        if os.environ.get("CHURN_PROFILE") and mark:
+            spy = subprocess.Popen(["py-spy", "record", "-p", str(agent.pid), "-d", str(int(WINDOW) - 2),
+                                    "-f", "raw", "-o", os.environ["CHURN_PROFILE"], "-r", "200"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(WINDOW)
+        if spy is not None:
+            spy.wait()
         a1, b1, t1 = cpu_seconds(agent.pid), busy_seconds(), time.monotonic()
         s1 = [system_seconds(p) for p in traffic]
         c1 = [cpu_seconds(p) for p in traffic]
@@ -143,7 +151,8 @@ def measure(um: Any, collector: Any, traffic: list[int], mark: bool, sampling: i
                     if k.startswith("systemd.marking.")},
         "sockets": {k.removeprefix("sockets."): v for k, v in counters.items()
                     if k.startswith("sockets.")},
-        "overflow_logged": log.count("] owner_log_overflow"),
+        "overflow_logged": sum('"owner_log_overflow"' in line or "] owner_log_overflow" in line
+                               for line in log.splitlines()),
     }
 
 
@@ -162,7 +171,7 @@ def inner(a: argparse.Namespace) -> None:
     um = fixtures.UserManager()
     plain: list[subprocess.Popen[str]] = []
     result: dict[str, Any] = {"rate_per_client": a.rate, "clients": 2, "sampling": a.sampling,
-                              "window_s": WINDOW, "rounds": ROUNDS}
+                              "window_s": WINDOW, "rounds": a.rounds}
     try:
         um.start()
         svc_port, plain_port = 23080, 23081
@@ -178,7 +187,7 @@ def inner(a: argparse.Namespace) -> None:
         traffic = [p.pid for p in plain] + um.pids("churn-server") + um.pids("churn-client")
         with UdpCollector() as collector:
             runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
-            for _ in range(ROUNDS):
+            for _ in range(a.rounds):
                 for name in ("off", "on"):
                     runs[name].append(measure(um, collector, traffic, name == "on", a.sampling))
             small = measure(um, collector, traffic, True, a.sampling, SMALL_HISTORY)
@@ -208,6 +217,7 @@ def main() -> None:
     ap.add_argument("--out", default="")
     ap.add_argument("--rate", type=int, default=RATE)
     ap.add_argument("--sampling", type=int, default=SAMPLING)
+    ap.add_argument("--rounds", type=int, default=ROUNDS)
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if os.geteuid() != 0:

@@ -97,7 +97,7 @@ def rig_section(rows: list[dict], lines: list[str]) -> dict[Any, Any]:
 
 
 def targets(found: dict[Any, Any], mark: Any, poll: Any, idle: Any, idle_all: Any,
-            lat: Any) -> list[tuple[str, str, str, bool | None]]:
+            lat: Any, churn: Any = None) -> list[tuple[str, str, str, bool | None]]:
     """(target, detail, figure, met?) for each target issue 10 sets, from one run's files."""
     t: list[tuple[str, str, str, bool | None]] = []
     a10 = found.get((10, 100000))
@@ -127,10 +127,16 @@ def targets(found: dict[Any, Any], mark: Any, poll: Any, idle: Any, idle_all: An
                   m["added_median_us"] < 15))
     if mark:
         m = mark["tcp+systemd"]
-        t.append(("the same, worst case: every sample a new connection with both ends local",
+        t.append(("the same, worst case: every sample a new connection",
                   f"tcp alone +{fmt(mark['tcp']['added_median_us'])} us, both "
                   f"+{fmt(m['added_median_us'])} us", f"{fmt(m['added_median_us'])} us",
                   m["added_median_us"] < 15))
+    if churn:
+        t.append((f"markTraffic with {fmt(churn['clients'] * churn['rate_per_client'])} new "
+                  "short connections/s: added agent CPU < 10 % of a core",
+                  f"1 in {churn['sampling']}, services as client and as server, against "
+                  f"markTraffic off in the same run", f"+{churn['added_agent_cpu_pct']} %",
+                  churn["added_agent_cpu_pct"] < 10))
     if poll:
         t.append((f"counter polling, {poll['services']} services: CPU per round < 100 ms",
                   f"{poll['counter_samples_per_round']} counter samples, "
@@ -155,6 +161,32 @@ def targets(found: dict[Any, Any], mark: Any, poll: Any, idle: Any, idle_all: An
     return t
 
 
+def churn_section(c: Any) -> list[str]:
+    """The markTraffic churn benchmark's table (bench/mark_churn.py)."""
+    L = ["## markTraffic with short connections (bench/mark_churn.py)", "",
+         f"Real services under `systemd --user` in their own namespace: a service serving and a "
+         f"service calling, {c['clients']} plain peers, each client at "
+         f"{fmt(c['rate_per_client'])} new connections/s (servers close first); a real "
+         f"hostsflowd, pcap on lo at 1 in {c['sampling']}, markTraffic off and on in "
+         f"{c['rounds']} interleaved rounds of {c['window_s']} s (medians).", "",
+         "| markTraffic | agent CPU % of a core | traffic processes CPU % (system) "
+         "| machine busy % |", "|---|---:|---:|---:|"]
+    for k in ("off", "on"):
+        r = c[k]
+        L.append(f"| {k} | {r['agent_cpu_pct']} | {r['traffic_cpu_pct']} "
+                 f"({r['traffic_sys_pct']}) | {r['machine_busy_pct']} |")
+    on = c["on"]["runs"][0]
+    small = c["small_history"]
+    L += ["", f"Added by markTraffic: agent {c['added_agent_cpu_pct']} % of a core; the "
+          f"traffic's system time (where the owner log's kernel program runs) "
+          f"{c['added_traffic_sys_pct']:+} points.  Outcomes (first round): "
+          f"{on['marking']}.  With markTrafficHistory = {small['markTrafficHistory']} the log "
+          f"overflowed ({small['sockets'].get('log_overflow', 0)} seconds counted, logged "
+          f"{small['overflow_logged']} time(s)); samples taken {fmt(small['flow_samples_taken'])}, "
+          f"outcomes {small['marking']}.", ""]
+    return L
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out-dir", required=True)
@@ -165,6 +197,7 @@ def main() -> None:
     prof = load(os.path.join(d, "profile.json"))
     pipe = load(os.path.join(d, "pipeline.json"))
     mark = load(os.path.join(d, "mark_cost.json"))
+    churn = load(os.path.join(d, "mark_churn.json"))
     poll = load(os.path.join(d, "poll_cost.json"))
     idle = load(os.path.join(d, "idle.json"))
     idle_all = load(os.path.join(d, "idle_all.json"))
@@ -211,14 +244,14 @@ def main() -> None:
         L.append("")
 
     # ---------------------------------------------------------------- targets
-    t = targets(found, mark, poll, idle, idle_all, lat)
+    t = targets(found, mark, poll, idle, idle_all, lat, churn)
     prev_dir = os.path.join(d, "prev-session")
     prev = {name: load(os.path.join(prev_dir, name + ".json"))
-            for name in ("mark_cost", "poll_cost", "idle", "idle_all", "latency")}
+            for name in ("mark_cost", "mark_churn", "poll_cost", "idle", "idle_all", "latency")}
     prev_rows = load(os.path.join(prev_dir, "results.jsonl")) or []
     before_fig = {name: fig for name, _, fig, _ in targets(
         rig_figures(prev_rows), prev["mark_cost"], prev["poll_cost"], prev["idle"],
-        prev["idle_all"], prev["latency"])}
+        prev["idle_all"], prev["latency"], prev["mark_churn"])}
     label_path = os.path.join(prev_dir, "label")
     prev_label = open(label_path).read().strip() if os.path.exists(label_path) else ""
     L += ["## Targets", ""]
@@ -235,8 +268,8 @@ def main() -> None:
               f"{mark['sockets_open']:,} sockets open in a namespace; samples through phase 1, the "
               "sock_diag replies, phase 2 and the encoder; CPU = thread time, pooled over "
               f"{mark.get('rounds', 1)} rounds with fresh agents (record counts per round).", "",
-              "- worst case: every sample a new connection, both ends local (two lookups, no "
-              "answer to reuse), one sample at a time" +
+              "- worst case: every sample a new connection (one local end, the client's, as a "
+              "NIC's capture has it; no answer to reuse), one sample at a time" +
               (f", and the same fed {mark['batched']['batch']} samples per capture batch"
                if mark.get("batched") else ""),
               ]
@@ -261,6 +294,8 @@ def main() -> None:
                          f"| {m['extended_entities']} |")
                 case = ""
         L.append("")
+    if churn:
+        L += churn_section(churn)
     if poll:
         L += ["## Counter polling round (bench/poll_cost.py)", "",
               f"{poll['services']} services in real cgroups ({', '.join(poll['hierarchies'])}), "

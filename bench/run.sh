@@ -2,13 +2,14 @@
 # bench/run.sh - the whole benchmark suite, as root; writes bench/RESULTS.md.
 #
 #   bench/run.sh                 everything (about 25 minutes on 2 cores)
-#   STAGES="rig report" bench/run.sh   only some stages: rig tcp poll idle latency profile report
+#   STAGES="rig report" bench/run.sh   only some stages: rig tcp churn poll idle latency profile report
 #   RATES=10000,50000,100000,0 SAMPLINGS="1 10" bench/run.sh
 #
 # pipeline: the per-sample path in one process, no kernel (bench/pipeline.py).
 # rig:     our agent (pcap module) and pmacctd (sfprobe) over the same sweep with the shared
 #          perf rig's measure.py (two namespaces joined by a veth pair, unique names).
 # tcp:     tcp + systemd markTraffic cost per sample with 10,000 sockets open (own namespace).
+# churn:   markTraffic off against on, real services calling and called 2,000 times a second.
 # poll:    one counter polling round with 500 services (real cgroups, one process each).
 # idle:    counters only, no traffic (bench/idle.py), and RSS with every in-repo module.
 # latency: packet on the wire -> datagram at the collector.
@@ -21,7 +22,7 @@ REPO=$(dirname "$BENCH")
 OUT=$BENCH/out
 # the venv scripts/install.sh makes (core, modules), else whatever python3 is on the PATH
 if [ -x "$REPO/.venv/bin/python" ]; then PY=$REPO/.venv/bin/python; else PY=$(python3 -c 'import sys; print(sys.executable)'); fi
-STAGES=${STAGES:-"pipeline rig tcp poll idle latency profile report"}
+STAGES=${STAGES:-"pipeline rig tcp churn poll idle latency profile report"}
 RATES=${RATES:-10000,50000,100000,0}
 SAMPLINGS=${SAMPLINGS:-"1 10"}
 TRIES=${TRIES:-2}                      # attempts per rate point while other load is seen
@@ -126,6 +127,11 @@ fi
 if has tcp; then
   echo "== tcp + systemd markTraffic cost per sample, 10,000 sockets"
   "$PY" "$BENCH/mark_cost.py" --out "$OUT/mark_cost.json"
+fi
+
+if has churn; then
+  echo "== markTraffic with 2,000 new short connections a second, off against on"
+  "$PY" "$BENCH/mark_churn.py" --out "$OUT/mark_churn.json"
 fi
 
 if has poll; then

@@ -72,8 +72,9 @@ def server(name: str, role: str, addr: str, port: int, proto: str = "tcp",
 
 
 def client(name: str, role: str, addr: str, port: int, log: Path, pause: float,
-           *extra: str, service: str | None = None, bind: str | None = None) -> Party:
-    args = [addr, str(port), str(log), str(pause), *extra, *([bind] if bind else [])]
+           *extra: str, bind: str, service: str | None = None) -> Party:
+    """A client of addr:port connecting from address ``bind``."""
+    args = [addr, str(port), str(log), str(pause), *extra, bind]
     return Party(name, role, args, service, log=log)
 
 

@@ -4,14 +4,15 @@ systemd unit (the service's side of a role) or as a plain process (the outside p
     roles_traffic.py http10-server ADDR PORT          HTTP/1.0: the server closes first
     roles_traffic.py cc-server ADDR PORT              answers requests until the client closes
     roles_traffic.py udp-server ADDR PORT             answers every datagram
-    roles_traffic.py http-client ADDR PORT LOG PAUSE [BIND]    short GETs, one connection each
-    roles_traffic.py cc-client ADDR PORT LOG PAUSE N [BIND]    N requests per connection, then
+    roles_traffic.py http-client ADDR PORT LOG PAUSE BIND      short GETs, one connection each
+    roles_traffic.py cc-client ADDR PORT LOG PAUSE N BIND      N requests per connection, then
                                                                 the client closes
-    roles_traffic.py udp-client ADDR PORT LOG PAUSE [BIND]     one query per fresh socket
+    roles_traffic.py udp-client ADDR PORT LOG PAUSE BIND       one query per fresh socket
 
 Every client writes one line per connection or query to LOG (``proto address port``: its own
-end, as the kernel chose it), so a test knows which local endpoints each party used.  PAUSE is
-the pause between connections in seconds.  BIND: the local address to connect from.
+end; the port is the one the kernel chose when the socket was bound to BIND, port 0), before
+it sends anything, so a test knows every local endpoint each party used, even one whose
+connection was cut short.  PAUSE is the pause between connections in seconds.
 """
 
 from __future__ import annotations
@@ -70,10 +71,14 @@ def udp_server(addr: str, port: int) -> None:
         s.sendto(b"answer:" + data[:64], peer)
 
 
-def _log_endpoint(log, proto: str, sock: socket.socket) -> None:
-    host, port = sock.getsockname()[:2]
+def _bound(kind: int, bind: str, log, proto: str) -> socket.socket:
+    """A socket bound to ``bind`` (a port the kernel chooses), its end logged at once."""
+    s = socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET, kind)
+    s.bind((bind, 0))
+    host, port = s.getsockname()[:2]
     log.write(f"{proto} {host} {port}\n")
     log.flush()
+    return s
 
 
 def _recv_response(s: socket.socket) -> None:
@@ -86,12 +91,12 @@ def _recv_response(s: socket.socket) -> None:
         got += data
 
 
-def http_client(addr: str, port: int, log, pause: float, bind: str | None) -> None:
+def http_client(addr: str, port: int, log, pause: float, bind: str) -> None:
     while True:
         try:
-            s = socket.create_connection((addr, port), timeout=5,
-                                         source_address=(bind, 0) if bind else None)
-            _log_endpoint(log, "tcp", s)
+            s = _bound(socket.SOCK_STREAM, bind, log, "tcp")
+            s.settimeout(5)
+            s.connect((addr, port))
             s.sendall(b"GET / HTTP/1.0\r\n\r\n")
             while s.recv(65536):  # until the server's close
                 pass
@@ -101,12 +106,12 @@ def http_client(addr: str, port: int, log, pause: float, bind: str | None) -> No
         time.sleep(pause)
 
 
-def cc_client(addr: str, port: int, log, pause: float, n: int, bind: str | None) -> None:
+def cc_client(addr: str, port: int, log, pause: float, n: int, bind: str) -> None:
     while True:
         try:
-            s = socket.create_connection((addr, port), timeout=5,
-                                         source_address=(bind, 0) if bind else None)
-            _log_endpoint(log, "tcp", s)
+            s = _bound(socket.SOCK_STREAM, bind, log, "tcp")
+            s.settimeout(5)
+            s.connect((addr, port))
             for i in range(n):
                 s.sendall(REQUEST)
                 _recv_response(s)
@@ -118,17 +123,13 @@ def cc_client(addr: str, port: int, log, pause: float, n: int, bind: str | None)
         time.sleep(pause)
 
 
-def udp_client(addr: str, port: int, log, pause: float, bind: str | None) -> None:
-    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+def udp_client(addr: str, port: int, log, pause: float, bind: str) -> None:
     n = 0
     while True:
-        s = socket.socket(family, socket.SOCK_DGRAM)  # a fresh socket per query, as resolvers do
+        s = _bound(socket.SOCK_DGRAM, bind, log, "udp")  # a fresh socket per query, as resolvers do
         s.settimeout(2)
         try:
-            s.bind((bind or ("::" if family == socket.AF_INET6 else "0.0.0.0"), 0))
-            s.connect((addr, port))  # picks the source address the query leaves from
-            _log_endpoint(log, "udp", s)
-            s.send(b"query %d" % n)
+            s.sendto(b"query %d" % n, (addr, port))
             s.recv(2048)
         except OSError:
             pass
@@ -151,11 +152,11 @@ def main(argv: list[str]) -> None:
         log = open(argv[3], "a", buffering=1)
         pause = float(argv[4])
         if role == "http-client":
-            http_client(addr, port, log, pause, argv[5] if len(argv) > 5 else None)
+            http_client(addr, port, log, pause, argv[5])
         elif role == "cc-client":
-            cc_client(addr, port, log, pause, int(argv[5]), argv[6] if len(argv) > 6 else None)
+            cc_client(addr, port, log, pause, int(argv[5]), argv[6])
         elif role == "udp-client":
-            udp_client(addr, port, log, pause, argv[5] if len(argv) > 5 else None)
+            udp_client(addr, port, log, pause, argv[5])
         else:
             raise SystemExit(f"unknown role {role}")
 

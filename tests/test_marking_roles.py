@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import time
 from pathlib import Path
@@ -88,9 +89,11 @@ def veth():
 
 def lo_parties(logs: Path) -> tuple[list[mk.Party], list[mk.Party]]:
     """(servers, clients) on loopback: every role, the outside world as plain processes."""
-    lo = "127.0.0.1"
-    web, cc, out_http, s2s = (free_port() for _ in range(4))
-    out_udp = free_port(kind=socket.SOCK_DGRAM)
+    # an address of 127/8 of this run's own: other loopback traffic on the host (other tests,
+    # other agents' datagrams) never shares an endpoint with the parties
+    lo = f"127.{secrets.randbelow(200) + 20}.{secrets.randbelow(250) + 1}.{secrets.randbelow(250) + 1}"
+    web, cc, out_http, s2s = (free_port(lo) for _ in range(4))
+    out_udp = free_port(lo, kind=socket.SOCK_DGRAM)
     servers = [
         mk.server("web10", "http10-server", lo, web, service="mk-web10"),
         mk.server("ccsrv", "cc-server", lo, cc, service="mk-ccsrv"),
@@ -99,14 +102,15 @@ def lo_parties(logs: Path) -> tuple[list[mk.Party], list[mk.Party]]:
         mk.server("outside-udp", "udp-server", lo, out_udp, proto="udp"),
     ]
     clients = [
-        mk.client("poller", "http-client", lo, out_http, logs / "poller", 0.01,
+        mk.client("poller", "http-client", lo, out_http, logs / "poller", 0.01, bind=lo,
                   service="mk-poller"),
-        mk.client("resolver", "udp-client", lo, out_udp, logs / "resolver", 0.005,
+        mk.client("resolver", "udp-client", lo, out_udp, logs / "resolver", 0.005, bind=lo,
                   service="mk-resolver"),
-        mk.client("s2s-client", "http-client", lo, s2s, logs / "s2s-client", 0.01,
+        mk.client("s2s-client", "http-client", lo, s2s, logs / "s2s-client", 0.01, bind=lo,
                   service="mk-s2s-client"),
-        mk.client("web10-client", "http-client", lo, web, logs / "web10-client", 0.01),
-        mk.client("ccsrv-client", "cc-client", lo, cc, logs / "ccsrv-client", 0.01, "3"),
+        mk.client("web10-client", "http-client", lo, web, logs / "web10-client", 0.01, bind=lo),
+        mk.client("ccsrv-client", "cc-client", lo, cc, logs / "ccsrv-client", 0.01, "3",
+                  bind=lo),
     ]
     return servers, clients
 
@@ -124,16 +128,17 @@ def veth_parties(v: mk.DelayedVeth, logs: Path) -> tuple[list[tuple[mk.Party, st
         (mk.server("v-outside-udp", "udp-server", p, out_udp, proto="udp"), v.ns),
     ]
     clients = [
-        (mk.client("v-poller", "http-client", p, out_http, logs / "v-poller", 0.01,
+        (mk.client("v-poller", "http-client", p, out_http, logs / "v-poller", 0.01, bind=h,
                    service="mk-v-poller"), None),
-        (mk.client("v-resolver", "udp-client", p, out_udp, logs / "v-resolver", 0.005,
+        (mk.client("v-resolver", "udp-client", p, out_udp, logs / "v-resolver", 0.005, bind=h,
                    service="mk-v-resolver"), None),
-        (mk.client("v-web10-client", "http-client", h, web, logs / "v-web10-client", 0.01), v.ns),
-        (mk.client("v-ccsrv-client", "cc-client", h, cc, logs / "v-ccsrv-client", 0.01, "3"),
-         v.ns),
+        (mk.client("v-web10-client", "http-client", h, web, logs / "v-web10-client", 0.01,
+                   bind=p), v.ns),
+        (mk.client("v-ccsrv-client", "cc-client", h, cc, logs / "v-ccsrv-client", 0.01, "3",
+                   bind=p), v.ns),
         # long sessions (100 requests, 20 ms apart): their connections are alive when sampled
-        (mk.client("v-long-client", "cc-client", h, cc, logs / "v-long-client", 0.02, "100"),
-         v.ns),
+        (mk.client("v-long-client", "cc-client", h, cc, logs / "v-long-client", 0.02, "100",
+                   bind=p), v.ns),
     ]
     return servers, clients
 

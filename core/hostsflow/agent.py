@@ -208,13 +208,17 @@ class Agent:
         )
 
     def stop(self) -> None:
-        """Final hooks, then flush the pending datagram and close the sockets."""
+        """Release held samples (while every module still runs), send what is pending, then
+        the final hooks (the health figures they see, the status file's last, are the
+        whole run's), flush what they added and close the sockets."""
+        self.pipeline.release_all()
+        self.exporter.flush()
         if self._sockets is not None:
-            self._sockets.stats.push(self.count)  # the last counts, for the final status
+            self._sockets.stats.push(self.count)
+        self._update_health()
         self.host.hook.sflow_final(agent=self)
         if self._sockets is not None:
             self._sockets.close()
-        self.pipeline.release_all()
         for fd in list(self._readers):
             self.remove_reader(fd)
         self.refresh.close()

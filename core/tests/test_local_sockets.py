@@ -80,13 +80,19 @@ def test_connection_is_the_accepted_socket_with_its_tcp_info():
         assert s1.inode == os.fstat(a.fileno()).st_ino and s1.uid == os.geteuid()
         assert s1.tcp_info.snd_mss > 0 and s1.tcp_info.rtt > 0 and s1.tcp_info.pmtu == 65535
         assert sk.stats["lookups"] == 1
+        # the server's end: its port's listener owns it (one more lookup, kept per port)
         o = sk.owner(rx, DST)
-        assert o.via == VIA_SOCKET and o.inode == s1.inode and sk.stats["lookups"] == 1
+        assert o.via == VIA_LISTENER and o.inode == os.fstat(lst.fileno()).st_ino
+        assert sk.owner(tx, SRC) == o and sk.stats["lookups"] == 2
+        # the client's end (an ephemeral port): its own socket, from the answer kept
+        o = sk.owner(tx, DST)
+        assert o.via == VIA_SOCKET and o.inode == os.fstat(c.fileno()).st_ino
+        assert sk.stats["lookups"] == 3
         h.clock.advance(ANSWER_SECONDS * 1.5)
         assert sk.connection(rx, DST, with_info=True) is not None
-        assert sk.stats["lookups"] == 2, "looked up afresh once the answer is 100 ms old"
+        assert sk.stats["lookups"] == 4, "looked up afresh once the answer is 100 ms old"
         h.tick(2)
-        assert h.agent.health.snapshot()["sockets.found"] == 2
+        assert h.agent.health.snapshot()["sockets.found"] == 4
     finally:
         h.stop()
         for s in (c, a, lst):
@@ -158,10 +164,9 @@ def test_a_gone_connection_on_an_ephemeral_port_was_a_client_s():
         lst.close()
 
 
-def test_a_live_socket_is_the_last_word():
-    """``accept`` refuses the live socket: the listener is not asked (the connection's own
-    socket knows its owner best), the refused answer comes back; a TIME_WAIT end goes on to
-    the listener."""
+def test_a_client_end_is_its_live_socket():
+    """A client's end (an ephemeral port) is its own socket: ``accept`` sees it, and when it
+    refuses, the refused answer comes back (nothing else is asked)."""
     lst = listener()
     c, a = connect(lst)
     h = harness()
@@ -169,8 +174,9 @@ def test_a_live_socket_is_the_last_word():
         sk = h.agent.sockets
         s = h.make_sample(tcp=("127.0.0.2", c.getsockname()[1], "127.0.0.1", lst.getsockname()[1]))
         seen = []
-        o = sk.owner(s, DST, lambda o: seen.append(o.via) or False)
+        o = sk.owner(s, SRC, lambda o: seen.append(o.via) or False)
         assert o.via == VIA_SOCKET and seen == [VIA_SOCKET] and sk.stats["lookups"] == 1
+        assert o.inode == os.fstat(c.fileno()).st_ino
     finally:
         h.stop()
         for x in (c, a, lst):
@@ -249,12 +255,12 @@ def test_a_late_reply_serves_the_next_samples():
     try:
         sk = h.agent.sockets
         s = h.make_sample(tcp=("127.0.0.2", cport, "127.0.0.1", lport))
-        assert sk.owner(s, DST) == LOOKUP_FAILED and sk.stats["late"] == 1
+        assert sk.connection(s, DST) is None and sk.stats["late"] == 1
         req = far.recv(4096)
         good[8:12] = req[8:12]  # the request's seq
         far.send(bytes(good))
         h.run_loop(0.05)
-        assert sk.owner(s, DST).inode == os.fstat(a.fileno()).st_ino
+        assert sk.connection(s, DST).inode == os.fstat(a.fileno()).st_ino
         assert sk.stats["lookups"] == 1, "the late reply answered"
     finally:
         far.close()
@@ -301,7 +307,7 @@ def test_a_socket_that_cannot_send_is_counted_and_nothing_waits():
     far.close()  # the peer is gone: send() fails
     try:
         sk = h.agent.sockets
-        s = h.make_sample(tcp=("127.0.0.2", 1, "127.0.0.1", 2))
+        s = h.make_sample(tcp=("127.0.0.2", 40000, "127.0.0.1", 40001))  # ephemeral ports
         assert sk.owner(s, DST) == LOOKUP_FAILED and sk.connection(s, DST) is None
         assert sk.stats["errors"] == 2 and sk.stats["lookups"] == 2
     finally:

@@ -331,3 +331,24 @@ def test_more_new_owners_than_the_log_keeps_is_counted_and_logged_once(groups, c
         small.close()
         srv.close()
         h.stop()
+
+
+def test_each_cgroup_s_traffic_is_counted_both_ways(log, groups):
+    """What a covered group's sockets send and receive: IP packets and their IP lengths
+    (UDP here: 28 bytes of headers on each datagram)."""
+    a, _ = groups
+    log.cover([str(a)])
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.settimeout(5)
+    n = 25
+    p = child(a, "udp", str(srv.getsockname()[1]), str(n))
+    for _ in range(n):
+        p.stdout.readline()
+        data, peer = srv.recvfrom(100)
+        assert data == b"q"
+        srv.sendto(b"answer", peer)
+    p.wait(5)
+    srv.close()
+    assert log.traffic(a.stat().st_ino) == (n * (28 + 6), n, n * (28 + 1), n)
+    assert log.traffic(cgroup2_root().stat().st_ino) is None, "the root is not covered"

@@ -39,6 +39,8 @@ SRC, DST = 0, 1  #: the packet's source end, its destination end
 ANSWER_SECONDS = 0.1
 #: at most this many answers are kept (all are dropped when full; expired ones every second)
 ANSWERS_MAX = 16384
+#: a server port's owner (its listener, or that it has none) is kept this long
+PORT_SECONDS = 1.0
 #: a namespace's sock_diag socket unused this long is closed (hsflowd: 60 s)
 IDLE_CHANNEL_SECONDS = 60.0
 #: a late reply not read within this many seconds is forgotten
@@ -83,6 +85,9 @@ class LocalSockets:
         self._channels: dict[Any, DiagChannel] = {}
         #: (namespace identity, key) -> (until, reply, with tcp_info)
         self._answers: dict[tuple[Any, FlowKey], tuple[float, Reply, bool]] = {}
+        #: (namespace, protocol, local address, port) -> (until, its server socket's Owner or
+        #: None): ports outside the ephemeral range
+        self._ports: dict[tuple[Any, ...], tuple[float, Owner | None]] = {}
         #: (namespace identity, seq) -> (key, with_info, sent at): replies not there at once
         self._late: dict[tuple[Any, int], tuple[FlowKey, bool, float]] = {}
         self._log: Any = None  #: the owner log, once a module asked for it
@@ -145,22 +150,25 @@ class LocalSockets:
 
     def owner(self, sample: FlowSample, side: int,
               accept: Callable[[Owner], bool] | None = None) -> Owner | str:
-        """Who owned local end ``side`` of the sampled connection: the first of the owner
-        log's entry, the live socket and the local port's listener that ``accept`` takes
-        (default: the first there is).  When ``accept`` takes none, the first found; when
-        there is none, why (:data:`NO_SOCKET`, :data:`LOOKUP_FAILED`,
-        :data:`CHANGED_HANDS`).
+        """Who owned local end ``side`` of the sampled connection, or why that is not known
+        (:data:`NO_SOCKET`, :data:`LOOKUP_FAILED`, :data:`CHANGED_HANDS`).
 
-        The live socket, when there is one, is the last word (nothing further down knows its
-        connection better).  The listener is asked only for a TCP connection that is gone or
-        left a TIME_WAIT/SYN_RECV mini-socket (which names nobody), and only for a local port
-        outside the ephemeral range (``ip_local_port_range``): the kernel never gives a
-        connecting socket a port that a listener holds, so a gone connection on an ephemeral
-        port was a client's, and a listener there now is not its owner."""
+        A local port outside the ephemeral range (``ip_local_port_range``) that has a
+        listening TCP socket, or a bound unconnected UDP socket, is a server's: that socket
+        owns every connection on the port (accepted sockets are the listener's; the kernel
+        never gives a connecting socket a port a listener holds).  Its answer is kept per
+        port for :data:`PORT_SECONDS`.  Any other end: the owner log's entry, else the live
+        socket.  ``accept`` may refuse the log's answer to see the live socket's (for example
+        a socket systemd made, whose cgroup is systemd's, to find its holder by inode); when
+        it refuses every answer, the first is returned."""
         key = self.end_key(sample, side)
         if key is None:
             return NO_SOCKET
         netns = sample.netns
+        if not self._low <= key.lport <= self._high:
+            server = self._server(netns, key)
+            if server is not None:
+                return server
         first: Owner | None = None
         if self._log is not None:
             logged = self._logged(netns, sample.timestamp, key)
@@ -174,27 +182,33 @@ class LocalSockets:
         if reply is None:
             return first or LOOKUP_FAILED
         sock = reply.sock
-        server_port = not self._low <= key.lport <= self._high
-        if sock is not None and (sock.inode or sock.cgroup_id):
-            if sock.state != TCP_LISTEN:
-                found = _new(Owner, (sock.cgroup_id or 0, sock.inode, VIA_SOCKET))
-            elif server_port:  # a gone TCP connection: the kernel answered with its listener
-                self.stats["listener"] += 1
-                found = _new(Owner, (sock.cgroup_id or 0, sock.inode, VIA_LISTENER))
-            else:
-                return first or NO_SOCKET
+        if sock is not None and sock.state != TCP_LISTEN and (sock.inode or sock.cgroup_id):
+            found = _new(Owner, (sock.cgroup_id or 0, sock.inode, VIA_SOCKET))
             return found if accept is None or accept(found) else (first or found)
-        if key.protocol == IPPROTO_TCP and server_port:
-            lst = self._lookup(netns, _new(FlowKey, (key.protocol, key.local, key.lport,
-                                                     _ANY[key.family], 0)), False)
-            lsock = lst.sock if lst is not None else None
-            if lsock is not None and lsock.state == TCP_LISTEN and (lsock.inode or lsock.cgroup_id):
-                self.stats["listener"] += 1
-                found = _new(Owner, (lsock.cgroup_id or 0, lsock.inode, VIA_LISTENER))
-                if accept is None or accept(found):
-                    return found
-                first = first or found
         return first or NO_SOCKET
+
+    def _server(self, netns: str | None, key: FlowKey) -> Owner | None:
+        """The listening (TCP) or bound unconnected (UDP) socket on ``key``'s local address
+        and port, as an Owner; None when there is none.  Kept per port for PORT_SECONDS."""
+        pk = (netns, key.protocol, key.local, key.lport)
+        now = self._agent.now()
+        hit = self._ports.get(pk)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        reply = self._lookup(netns, _new(FlowKey, (key.protocol, key.local, key.lport,
+                                                   _ANY[key.family], 0)), False)
+        if reply is None:
+            return None
+        sock = reply.sock
+        owner = None
+        if sock is not None and (sock.inode or sock.cgroup_id) and (
+                sock.state == TCP_LISTEN if key.protocol == IPPROTO_TCP else sock.dport == 0):
+            self.stats["listener"] += 1
+            owner = _new(Owner, (sock.cgroup_id or 0, sock.inode, VIA_LISTENER))
+        if len(self._ports) >= ANSWERS_MAX:
+            self._ports.clear()
+        self._ports[pk] = (now + PORT_SECONDS, owner)
+        return owner
 
     def record_owners(self, directories: Iterable[str], capacity: int | None = None) -> bool:
         """Log the owner of every connection that sockets created in these cgroup2
@@ -235,6 +249,8 @@ class LocalSockets:
             self._answers = {k: v for k, v in self._answers.items() if v[0] > now}
         if self._late:
             self._late = {k: v for k, v in self._late.items() if v[2] > now - LATE_SECONDS}
+        if self._ports:
+            self._ports = {k: v for k, v in self._ports.items() if v[0] > now}
         for ident, ch in list(self._channels.items()):
             self.stats["overruns"] += ch.overruns
             ch.overruns = 0
@@ -253,6 +269,21 @@ class LocalSockets:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    def cgroup_traffic(self, cgroup_id: int) -> tuple[int, int, int, int] | None:
+        """(bytes in, packets in, bytes out, packets out) the sockets of cgroup ``cgroup_id``
+        received and sent (IP packets; since the owner log first saw that cgroup's traffic),
+        or None: no owner log, or the cgroup is not under the directories it covers, or it
+        has had no traffic."""
+        if self._log is None or not cgroup_id:
+            return None
+        try:
+            return self._log.traffic(cgroup_id)
+        except OSError as exc:
+            self.stats["log_errors"] += 1
+            self._agent.warn_once("sockets:owner_log_read", "owner_log_read_failed",
+                                  error=str(exc))
+            return None
 
     @property
     def recording(self) -> bool:

@@ -20,8 +20,14 @@ hands after a packet was captured is not blamed on the new owner.  The program r
 it never changes a packet's fate.  It is attached through BPF links, which the kernel
 detaches when the agent's descriptors close (also when it is killed): nothing outlives it.
 
-Cost: in the kernel, per packet sent by a covered socket, two header reads and one hash
-lookup (bench/mark_cost.py measures it); in the agent, one bpf(2) lookup per sample end.
+The same programs count each covered cgroup's traffic (bytes and packets its sockets send, on
+egress, and receive, on a second program on the ingress hook) in a hash map keyed by cgroup id:
+the systemd module's per-service virt_net_io.
+
+Cost: in the kernel, per packet a covered socket sends, the counter update (one hash lookup,
+two atomic adds), two header reads and one hash lookup; per packet it receives, the counter
+update (bench/mark_churn.py measures the whole); in the agent, one bpf(2) lookup per sample
+end that is not a server port.
 """
 
 from __future__ import annotations
@@ -42,24 +48,76 @@ KEY = struct.Struct("=QBBHHH16s16s")  # netns cookie, family, protocol, ports, p
 VALUE = struct.Struct("=QQ")  # cgroup id, since (CLOCK_MONOTONIC ns)
 assert KEY.size == 48 and VALUE.size == 16
 _KEY_INTO, _VALUE_FROM = KEY.pack_into, VALUE.unpack_from
+_U64_INTO = struct.Struct("=Q").pack_into
 _AF_INET, _htons = socket.AF_INET, socket.htons
 
 # helper functions (enum bpf_func_id)
 _MAP_LOOKUP, _MAP_UPDATE, _KTIME_GET_NS, _SKB_LOAD_BYTES = 1, 2, 5, 26
 _SKB_CGROUP_ID, _GET_NETNS_COOKIE = 79, 122
-_SKB_PROTOCOL = 16  # offsetof(struct __sk_buff, protocol)
+_SKB_LEN, _SKB_PROTOCOL = 0, 16  # offsetof(struct __sk_buff, len), (..., protocol)
 _ETH_P_IP, _ETH_P_IPV6 = 0x0008, 0xDD86  # htons(0x0800), htons(0x86DD), read little-endian
 # stack layout (offsets from the frame pointer)
 _KEY, _VAL, _IPH, _L4, _LEN, _IDX = -48, -64, -104, -120, -128, -132
+_CG, _TRAFFIC = -144, -176  # the packet's socket's cgroup id; a zeroed traffic value
+#: the traffic map's value: bytes and packets received, bytes and packets sent
+TRAFFIC = struct.Struct("=QQQQ")
+_RX, _TX = 0, 16  # offsets of the received and the sent pair in it
+TRAFFIC_CGROUPS = 16384  #: cgroups whose traffic is counted at most (services, not sockets)
 _K_FAMILY, _K_PROTO, _K_LPORT, _K_RPORT, _K_LADDR, _K_RADDR = (
     _KEY + 8, _KEY + 9, _KEY + 10, _KEY + 12, _KEY + 16, _KEY + 32)
 
 
-def program(log_fd: int, count_fd: int) -> bytes:
-    """The egress program, writing to map ``log_fd`` and counting its writes in the one-slot
-    array ``count_fd``."""
+def count_traffic(a: Asm, traffic_fd: int, pair: int) -> None:
+    """Add the packet (its length, one packet) to its socket's cgroup's counters in
+    ``traffic_fd`` at ``pair`` (_RX or _TX); leaves the cgroup id at _CG (0: none)."""
+    a.mov(R1, R6)
+    a.call(_SKB_CGROUP_ID)
+    a.store(FP, _CG, R0, 8)
+    a.jump("==", R0, 0, "counted")
+    a.map_fd(R1, traffic_fd)
+    a.mov(R2, FP)
+    a.alu(R2, "+", _CG)
+    a.call(_MAP_LOOKUP)
+    a.jump("!=", R0, 0, "count")
+    for off in range(_TRAFFIC, _TRAFFIC + TRAFFIC.size, 8):
+        a.store_imm(FP, off, 0, 8)
+    a.map_fd(R1, traffic_fd)
+    a.mov(R2, FP)
+    a.alu(R2, "+", _CG)
+    a.mov(R3, FP)
+    a.alu(R3, "+", _TRAFFIC)
+    a.alu(R4, "=", bpf.NOEXIST)
+    a.call(_MAP_UPDATE)
+    a.map_fd(R1, traffic_fd)
+    a.mov(R2, FP)
+    a.alu(R2, "+", _CG)
+    a.call(_MAP_LOOKUP)
+    a.jump("==", R0, 0, "counted")
+    a.label("count")
+    a.load(R2, R6, _SKB_LEN, 4)
+    a.atomic_add(R0, pair, R2, 8)
+    a.alu(R2, "=", 1)
+    a.atomic_add(R0, pair + 8, R2, 8)
+    a.label("counted")
+
+
+def ingress_program(traffic_fd: int) -> bytes:
+    """The ingress program: counts what each covered cgroup's sockets receive."""
+    a = Asm()
+    a.mov(R6, R1)
+    count_traffic(a, traffic_fd, _RX)
+    a.alu(R0, "=", 1)  # let the packet in: this only counts
+    a.exit()
+    return a.code()
+
+
+def program(log_fd: int, count_fd: int, traffic_fd: int) -> bytes:
+    """The egress program: counts what each covered cgroup's sockets send in ``traffic_fd``,
+    writes owners to map ``log_fd`` and counts those writes in the one-slot array
+    ``count_fd``."""
     a = Asm()
     a.mov(R6, R1)  # r6 = skb for the whole program (r6-r9 survive helper calls)
+    count_traffic(a, traffic_fd, _TX)
     for off in range(_VAL, 0, 8):
         a.store_imm(FP, off, 0, 8)  # the key and value start zeroed
     a.store_imm(FP, _IDX, 0, 4)
@@ -143,8 +201,7 @@ def program(log_fd: int, count_fd: int) -> bytes:
     a.store(FP, _K_LPORT, R2, 2)  # ports stay in network order
     a.load(R2, FP, _L4 + 2, 2)
     a.store(FP, _K_RPORT, R2, 2)
-    a.mov(R1, R6)
-    a.call(_SKB_CGROUP_ID)
+    a.load(R0, FP, _CG, 8)
     a.jump("==", R0, 0, "out")  # no full socket behind the packet
     a.store(FP, _VAL, R0, 8)
     a.mov(R1, R6)
@@ -199,16 +256,24 @@ class OwnerLog:
             self.log_fd = self._keep(bpf.map_create(bpf.MAP_TYPE_LRU_HASH, KEY.size, VALUE.size,
                                                     capacity, "hsf_owners"))
             self.count_fd = self._keep(bpf.map_create(bpf.MAP_TYPE_ARRAY, 4, 8, 1, "hsf_writes"))
+            self.traffic_fd = self._keep(bpf.map_create(
+                bpf.MAP_TYPE_HASH, 8, TRAFFIC.size, TRAFFIC_CGROUPS, "hsf_traffic"))
             self.prog_fd = self._keep(bpf.prog_load(
-                bpf.PROG_TYPE_CGROUP_SKB, program(self.log_fd, self.count_fd), "hsf_owner_log",
+                bpf.PROG_TYPE_CGROUP_SKB,
+                program(self.log_fd, self.count_fd, self.traffic_fd), "hsf_owner_log",
                 expected_attach_type=bpf.CGROUP_INET_EGRESS))
+            self.ingress_fd = self._keep(bpf.prog_load(
+                bpf.PROG_TYPE_CGROUP_SKB, ingress_program(self.traffic_fd), "hsf_traffic_in",
+                expected_attach_type=bpf.CGROUP_INET_INGRESS))
         except BaseException:
             self.close()
             raise
         self.capacity = capacity
         self._reader = bpf.MapReader(self.log_fd, KEY.size, VALUE.size)
         self._count = bpf.MapReader(self.count_fd, 4, 8)
-        self.links: dict[str, int] = {}  #: cgroup2 directory -> link descriptor
+        self._traffic = bpf.MapReader(self.traffic_fd, 8, TRAFFIC.size)
+        #: cgroup2 directory -> its link descriptors (egress, ingress)
+        self.links: dict[str, tuple[int, ...]] = {}
 
     def _keep(self, fd: int) -> int:
         self._fds.append(fd)
@@ -219,7 +284,8 @@ class OwnerLog:
         ones are attached, the others detached.  Returns the ones that failed, with why."""
         wanted = set(directories)
         for path in [p for p in self.links if p not in wanted]:
-            os.close(self.links.pop(path))
+            for fd in self.links.pop(path):
+                os.close(fd)
         failed = []
         for path in sorted(wanted - set(self.links)):
             try:
@@ -227,9 +293,14 @@ class OwnerLog:
             except OSError as exc:
                 failed.append((path, exc))
                 continue
+            made: list[int] = []
             try:
-                self.links[path] = bpf.link_create(self.prog_fd, dfd, bpf.CGROUP_INET_EGRESS)
+                made.append(bpf.link_create(self.prog_fd, dfd, bpf.CGROUP_INET_EGRESS))
+                made.append(bpf.link_create(self.ingress_fd, dfd, bpf.CGROUP_INET_INGRESS))
+                self.links[path] = tuple(made)
             except OSError as exc:
+                for fd in made:
+                    os.close(fd)
                 failed.append((path, exc))
             finally:
                 os.close(dfd)
@@ -244,13 +315,20 @@ class OwnerLog:
                   _htons(lport), _htons(rport), 0, local, remote)
         return _VALUE_FROM(r.value) if r.lookup() else None
 
+    def traffic(self, cgroup_id: int) -> tuple[int, int, int, int] | None:
+        """(bytes received, packets received, bytes sent, packets sent) by the sockets of
+        cgroup ``cgroup_id`` since it was first seen (IP packets: their IP length), or None."""
+        r = self._traffic
+        _U64_INTO(r.key, 0, cgroup_id)
+        return TRAFFIC.unpack_from(r.value) if r.lookup() else None
+
     def writes(self) -> int:
         """How many entries the program has written (new owners), since it was loaded."""
         value = self._count.get(b"\0\0\0\0")
         return int.from_bytes(value, "little") if value else 0
 
     def close(self) -> None:
-        for fd in list(self.links.values()) + self._fds:
+        for fd in [f for fds in self.links.values() for f in fds] + self._fds:
             try:
                 os.close(fd)
             except OSError:

@@ -66,6 +66,8 @@ class SystemdPlugin:
                 # (the core's owner log): loaded now, as root; slices found later are covered
                 # as their first service appears (root, or CAP_BPF and CAP_NET_ADMIN)
                 self._cover(mounts.find_dirs(self.cfg.slices()))
+                if agent.sockets.recording:  # the owner log counts each service's traffic
+                    self.table.traffic = agent.sockets.cgroup_traffic
                 if self.cfg.dropPriv:
                     agent.retain_capabilities("CAP_BPF", "CAP_NET_ADMIN",
                                               reason="systemd: trace connections of new slices")

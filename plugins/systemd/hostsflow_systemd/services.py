@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 import attrs
 from hostsflow.samples import DS_LOGICAL, DataSource
 from hostsflow.sflow.records import (
-    HostDescr, HostParent, Record, VirtCpu, VirtDiskIo, VirtMemory, VirtNode,
+    HostDescr, HostParent, Record, VirtCpu, VirtDiskIo, VirtMemory, VirtNetIo, VirtNode,
 )
 
 from .cgroups import CgroupMounts, ServiceAccounting, Usage, mem_total
@@ -59,8 +59,13 @@ class ServiceTable:
 
     def __init__(self, mounts: CgroupMounts, slices: Iterable[str],
                  host_uuid: Callable[[], bytes], agent_address: Callable[[], str | None],
-                 allow_proc_io: bool = True, now: Callable[[], float] = time.monotonic) -> None:
+                 allow_proc_io: bool = True, now: Callable[[], float] = time.monotonic,
+                 traffic: Callable[[int], tuple[int, int, int, int] | None] | None = None
+                 ) -> None:
         self.mounts = mounts
+        #: cgroup id -> (bytes in, packets in, bytes out, packets out) of its sockets (the
+        #: core's owner log, with markTraffic), for virt_net_io; None: not sent
+        self.traffic = traffic
         self.now = now  #: the agent clock: host MemTotal is read once per second of it
         self.slices = tuple(slices)
         self.host_uuid = host_uuid
@@ -184,7 +189,7 @@ class ServiceTable:
                 or used.get("disk") != u.disk_source):
             self.sources_used = {"cpu": u.cpu_source, "memory": u.memory_source,
                                  "disk": u.disk_source}
-        return [
+        records: list[Record] = [
             HostDescr(hostname=svc.name, uuid=svc.uuid, machine_type=self._machine_type,
                       os_name=OS_LINUX, os_release=self._os_release),
             HostParent(container_type=2, container_index=1),
@@ -193,6 +198,11 @@ class ServiceTable:
             VirtDiskIo(rd_req=u.rd_req & 0xFFFFFFFF, rd_bytes=u.rd_bytes,
                        wr_req=u.wr_req & 0xFFFFFFFF, wr_bytes=u.wr_bytes),
         ]
+        if self.traffic is not None:
+            net = self.traffic(svc.cgroup_id) or (0, 0, 0, 0)
+            records.append(VirtNetIo(bytes_in=net[0], pkts_in=net[1] & 0xFFFFFFFF,
+                                     bytes_out=net[2], pkts_out=net[3] & 0xFFFFFFFF))
+        return records
 
     def virt_node(self) -> VirtNode:
         """virt_node (2100) for the host source 2:1."""

@@ -20,7 +20,8 @@ import pytest
 from hostsflow.samples import DataSource
 from hostsflow.sockets import DST, SRC, VIA_LOG
 from hostsflow.sflow.records import (
-    ExtendedEntities, HostDescr, HostParent, VirtCpu, VirtDiskIo, VirtMemory, VirtNode,
+    ExtendedEntities, HostDescr, HostParent, VirtCpu, VirtDiskIo, VirtMemory, VirtNetIo,
+    VirtNode,
 )
 from hostsflow.testing import AgentHarness, samples_from
 
@@ -189,6 +190,35 @@ def test_services_are_data_sources_with_hsflowd_identity(harness, world):
     node = [r for s in host for r in s.records if isinstance(r, VirtNode)][-1]
     assert node.num_domains == len(srcs)
     assert node.cpus == os.cpu_count()
+
+
+def test_service_network_counters_are_its_sockets_traffic(harness, world):
+    """virt_net_io (2104) per service, from the owner log's per-cgroup counters: what web-a's
+    sockets sent and received for five real requests (IP packets, headers included)."""
+    h = harness
+    if not h.agent.sockets.recording:
+        pytest.skip("the owner log (bpf) is not available here")
+    ds = sources(h)["web-a.service"]
+    port = world["ports"]["web-a"]
+    h.poll_now()
+    before = last_counters(h, ds)[VirtNetIo]
+    got = sent = 0
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", port)) as c:
+            req = b"GET / HTTP/1.0\r\n\r\n"
+            c.sendall(req)
+            sent += len(req)
+            while data := c.recv(65536):
+                got += len(data)
+    time.sleep(0.1)
+    h.poll_now()
+    after = last_counters(h, ds)[VirtNetIo]
+    out, out_pkts = after.bytes_out - before.bytes_out, after.pkts_out - before.pkts_out
+    inb, in_pkts = after.bytes_in - before.bytes_in, after.pkts_in - before.pkts_in
+    # each packet carries 40 to 60 bytes of IP and TCP headers
+    assert got + 40 * out_pkts <= out <= got + 60 * out_pkts, (got, out, out_pkts)
+    assert sent + 40 * in_pkts <= inb <= sent + 60 * in_pkts, (sent, inb, in_pkts)
+    assert out_pkts >= 5 * 3 and in_pkts >= 5 * 3  # SYN-ACK/data/FIN out, SYN/data/ACKs in
 
 
 def test_cpu_grows_while_busy_and_memory_matches(harness, world):
