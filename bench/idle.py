@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Idle cost of the agent: counters only (or every in-repo plugin with --all), no traffic.
+"""Idle cost of the agent: counters only (or every in-repo module with --all), no traffic.
 
 ``--all`` enables pcap (on lo), nflog, ulog, tcp and systemd (markTraffic on) with the
-agent's own defaults: the RSS figure with every in-repo plugin loaded.
+agent's own defaults: the RSS figure with every in-repo module loaded.
 
 Starts ``hostsflowd`` sending to a local socket, waits for it to settle, then reads
 /proc/PID/stat (utime+stime) and /proc/PID/status (VmRSS) over ``--seconds``.  Prints one
@@ -18,8 +18,13 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-from hostsflow.testing import AgentProcess, UdpCollector
+from hostsflow.testing import UdpCollector, load_file_module
+
+AgentProcess = load_file_module(  # the repository's end-to-end runner
+    "hostsflow_tests_agent_process",
+    Path(__file__).resolve().parent.parent / "tests" / "agent_process.py").AgentProcess
 
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -104,7 +109,7 @@ def main() -> None:
     p.add_argument("--settle", type=float, default=5)
     p.add_argument("--polling", type=int, default=30)
     p.add_argument("--extra", default="", help="extra config lines (module blocks)")
-    p.add_argument("--all", action="store_true", help="enable every in-repo plugin")
+    p.add_argument("--all", action="store_true", help="enable every in-repo module")
     args = p.parse_args()
     if args.all:
         args.extra += ("\n  pcap { dev = lo }\n  nflog { group = 5 }\n  ulog { group = 1 }\n"

@@ -19,11 +19,16 @@ import struct
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from hostsflow.sflow.datagram import decode_datagram
 from hostsflow.sflow.records import SampledHeader
-from hostsflow.testing import AgentProcess, UdpCollector
+from hostsflow.testing import UdpCollector, load_file_module
 from result_file import emit  # bench/, the script's own folder
+
+AgentProcess = load_file_module(  # the repository's end-to-end runner
+    "hostsflow_tests_agent_process",
+    Path(__file__).resolve().parent.parent / "tests" / "agent_process.py").AgentProcess
 
 MARK = b"HFLAT"
 ID = struct.Struct("!Q")

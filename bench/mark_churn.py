@@ -24,7 +24,6 @@ Prints JSON (and writes it to ``--out``).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import random
@@ -48,12 +47,9 @@ SMALL_HISTORY = 1024
 
 
 def kit() -> Any:
-    spec = importlib.util.spec_from_file_location("faults_kit", REPO / "tests" / "faults_kit.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["faults_kit"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    from hostsflow.testing import load_file_module
+
+    return load_file_module("faults_kit", REPO / "tests" / "faults_kit.py")
 
 
 def outer(a: argparse.Namespace) -> None:
@@ -110,7 +106,11 @@ sflow {{
 
 def measure(um: Any, collector: Any, traffic: list[int], mark: bool, sampling: int,
             history: int | None = None) -> dict[str, Any]:
-    from hostsflow.testing import AgentProcess
+    from hostsflow.testing import load_file_module
+
+    AgentProcess = load_file_module(  # the repository's end-to-end runner
+        "hostsflow_tests_agent_process",
+        Path(__file__).resolve().parent.parent / "tests" / "agent_process.py").AgentProcess
 
     work = Path(tempfile.mkdtemp(prefix="hfchurn-"))
     os.chmod(work, 0o755)

@@ -5,7 +5,7 @@ numbers are the real ones, but they move with the machine's load).
 
 Opens a real tap on lo with a keep-nothing filter, builds ``--batch`` frames laid out as pcapy's ``next_batch`` returns them (one data buffer and
 16-byte (sec, usec, offset, caplen) records), runs the pcap tap's ``_build`` on them, hands the
-batch to a real :class:`~hostsflow.agent.Agent` (no plugins, or ``--noop-hooks`` plugins
+batch to a real :class:`~hostsflow.agent.Agent` (no modules, or ``--noop-hooks`` modules
 implementing both per-sample hooks) whose exporter sends to a UDP socket on 127.0.0.1, and
 prints CPU microseconds per sample (process time, best of ``--repeat``).  ``--profile FILE``
 writes a cProfile of one run instead.
@@ -23,7 +23,8 @@ import time
 from typing import Any
 
 from hostsflow import hookimpl
-from hostsflow.agent import Agent, settle_gc
+from hostsflow.agent import Agent
+from hostsflow.run_loop import settle_gc
 from hostsflow.bootstrap import load
 from hostsflow.testing import ethernet_frame
 from hostsflow_pcap.tap import Tap
@@ -32,7 +33,7 @@ META = struct.Struct("=IIII")
 
 
 class NoopEnricher:
-    """A plugin with both per-sample hooks doing nothing (the cost of dispatch alone)."""
+    """A module with both per-sample hooks doing nothing (the cost of dispatch alone)."""
 
     @hookimpl
     def sflow_flow_sample(self, agent: Any, sample: Any) -> None:
@@ -73,10 +74,10 @@ def main() -> None:
     sink.bind(("127.0.0.1", 0))
     # nobody reads it: a full receive queue drops datagrams without failing the sender
     port = sink.getsockname()[1]
-    plugins = {"noop": NoopEnricher()} if a.noop_hooks else {}
+    modules = {"noop": NoopEnricher()} if a.noop_hooks else {}
     loaded = load(f"sflow {{ collector {{ ip = 127.0.0.1 udpport = {port} }} }}", "<bench>",
-                  plugins=plugins)
-    agent = Agent(loaded.config, loaded.host, registry=loaded.registry)
+                  modules=modules)
+    agent = Agent(loaded.config, loaded.host)
     tap = idle_tap()
     tap.rate = 1  # what the samples report; the filter still keeps nothing
     chunks = [ring_batch(a.batch)]

@@ -3,7 +3,7 @@
 
 Creates ``hfpoll-PID.slice/svcK.service`` cgroups (the cgroup2 hierarchy and every v1 hierarchy
 systemd uses here: name=systemd, cpuacct, memory, blkio), each with one real process in it, and
-an in-process agent with the host poller and the systemd plugin whose service table is fed the
+an in-process agent with the host poller and the systemd module whose service table is fed the
 N units as its D-Bus watcher would.  Then times ``poll_counters(force=True)`` plus the flush
 (every data source due: host, interfaces, N services) with process CPU time, ``--rounds``
 times.  Everything it created is removed at the end.  Prints JSON.
@@ -73,7 +73,7 @@ def main() -> None:
         plugin = SystemdPlugin()
         h = AgentHarness(f"sflow {{ collector {{ ip = 127.0.0.1 }} polling = 30 "
                          f"systemd {{ slice = {slice_} }} }}",
-                         plugins={"systemd": plugin}, host_poller=True)
+                         modules={"systemd": plugin}, host_poller=True)
         h.start()
         t0 = time.process_time()
         plugin._on_units(units)

@@ -149,7 +149,7 @@ def targets(found: dict[Any, Any], mark: Any, poll: Any, idle: Any, idle_all: An
                   f"{pct:.3f} %", pct < 0.05))
     if idle_all:
         mb = idle_all["rss_kb_end"] / 1024
-        t.append(("RSS with every in-repo plugin < 30 MB (pmacctd ~31 MB)",
+        t.append(("RSS with every in-repo module < 30 MB (pmacctd ~31 MB)",
                   f"modules {', '.join(idle_all.get('modules', []))}; counters only: "
                   f"{idle['rss_kb_end'] / 1024:.1f} MB" if idle else "", f"{mb:.1f} MB", mb < 30))
     if lat:
@@ -219,7 +219,7 @@ def main() -> None:
 
     found: dict[Any, Any] = {}
     if rows:
-        L += ["## Rig sweep: hostsflow (pcap plugin, counters on) against pmacctd", ""]
+        L += ["## Rig sweep: hostsflow (pcap module, counters on) against pmacctd", ""]
         found = rig_section(rows, L)
 
     if before and rows:
@@ -313,7 +313,7 @@ def main() -> None:
         L.append("")
     if pipe:
         L += ["## In-process per-sample path (bench/pipeline.py)", "",
-              "Ring batch -> the pcap tap's PacketBatch -> encode -> UDP send (with a plugin's "
+              "Ring batch -> the pcap tap's PacketBatch -> encode -> UDP send (with a module's "
               "per-sample hooks: FlowSamples and the hooks in between), no kernel capture; best of "
               "several runs, process CPU time.", "", "| variant | us / sample |", "|---|---:|"]
         if pipe_before:

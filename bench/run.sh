@@ -6,12 +6,12 @@
 #   RATES=10000,50000,100000,0 SAMPLINGS="1 10" bench/run.sh
 #
 # pipeline: the per-sample path in one process, no kernel (bench/pipeline.py).
-# rig:     our agent (pcap plugin) and pmacctd (sfprobe) over the same sweep with the shared
+# rig:     our agent (pcap module) and pmacctd (sfprobe) over the same sweep with the shared
 #          perf rig's measure.py (two namespaces joined by a veth pair, unique names).
 # tcp:     tcp + systemd markTraffic cost per sample with 10,000 sockets open (own namespace).
 # churn:   markTraffic off against on, real services calling and called 2,000 times a second.
 # poll:    one counter polling round with 500 services (real cgroups, one process each).
-# idle:    counters only, no traffic (bench/idle.py), and RSS with every in-repo plugin.
+# idle:    counters only, no traffic (bench/idle.py), and RSS with every in-repo module.
 # latency: packet on the wire -> datagram at the collector.
 # profile: py-spy on the agent at 1 in 1, generator max; top functions.
 # report:  bench/report.py turns bench/out/*.json* into bench/RESULTS.md.
@@ -20,7 +20,7 @@ set -euo pipefail
 BENCH=$(cd "$(dirname "$0")" && pwd)
 REPO=$(dirname "$BENCH")
 OUT=$BENCH/out
-# the venv scripts/install.sh makes (core, plugins), else whatever python3 is on the PATH
+# the venv scripts/install.sh makes (core, modules), else whatever python3 is on the PATH
 if [ -x "$REPO/.venv/bin/python" ]; then PY=$REPO/.venv/bin/python; else PY=$(python3 -c 'import sys; print(sys.executable)'); fi
 STAGES=${STAGES:-"pipeline rig tcp churn poll idle latency profile report"}
 RATES=${RATES:-10000,50000,100000,0}
@@ -63,7 +63,7 @@ if has pipeline; then
   echo "== pipeline: per-sample path in one process"
   a=$("$PY" "$BENCH/pipeline.py" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["us_per_sample_best"])')
   b=$("$PY" "$BENCH/pipeline.py" --noop-hooks | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["us_per_sample_best"])')
-  echo "{\"no plugins\": $a, \"one plugin with both per-sample hooks (no-op)\": $b}" > "$OUT/pipeline.json"
+  echo "{\"no modules\": $a, \"one module with both per-sample hooks (no-op)\": $b}" > "$OUT/pipeline.json"
   cat "$OUT/pipeline.json"
 fi
 
@@ -140,7 +140,7 @@ if has poll; then
 fi
 
 if has idle; then
-  echo "== idle, counters only (60 s) and every in-repo plugin"
+  echo "== idle, counters only (60 s) and every in-repo module"
   "$PY" "$BENCH/idle.py" --seconds "${IDLE_SECONDS:-60}" > "$OUT/idle.json"
   "$PY" "$BENCH/idle.py" --seconds 20 --all > "$OUT/idle_all.json"
 fi

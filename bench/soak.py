@@ -8,7 +8,7 @@ Set-up (all real, all cleaned up):
   with ``pcap { dev = <veth> sampling = 4 }``, ``tcp { }`` and ``systemd { }``;
 * paced UDP (about 7,600 packets/s) and one TCP connection (200 writes/s, plus its ACKs) from
   ``A`` to ``B``, so about 2,000 packets/s are sampled;
-* a real ``systemd --user`` with a private D-Bus and three services (the systemd plugin's test
+* a real ``systemd --user`` with a private D-Bus and three services (the systemd module's test
   fixture), polled every ``polling`` seconds as ``3:N`` data sources;
 * a collector socket in ``B`` keeping every datagram.
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib.util
 import itertools
 import json
 import os
@@ -41,12 +40,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def load_kit() -> Any:
-    spec = importlib.util.spec_from_file_location("faults_kit", REPO / "tests" / "faults_kit.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["faults_kit"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    from hostsflow.testing import load_file_module
+
+    return load_file_module("faults_kit", REPO / "tests" / "faults_kit.py")
 
 
 def proc_figures(pid: int) -> dict[str, float]:
@@ -132,7 +128,7 @@ def main() -> int:
         for i in range(3):
             um.add_service(f"soak{i}", [sys.executable, "-m", "http.server", "0", "--bind",
                                         "127.0.0.1"])
-        col = kit.NsCollector(pair.b)
+        col = kit.NsCollector(pair.ns_b)
         conf = (
             "sflow {\n"
             f"  collector {{ ip = 127.0.0.1 udpport = {col.port} }}\n"
@@ -142,7 +138,7 @@ def main() -> int:
             f"  systemd {{ slice = app.slice bus = \"{um.address}\" }}\n"
             "}\n"
         )
-        agent = kit.NsAgent(conf, work, pair.b)
+        agent = kit.NsAgent(conf, work, pair.ns_b)
         udp = kit.UdpStream(pair, pps=args.pps)
         tcp = kit.TcpStream(pair, rate=200)
         t0 = time.monotonic()

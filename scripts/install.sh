@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything hostsflow and its tests need on a fresh Debian 12 machine (run as root):
 # Debian packages (third-party decoders, nftables, iproute2, systemd, D-Bus, a C compiler),
-# then a virtualenv at .venv with the core and every in-repo plugin installed editable.
+# then a virtualenv at .venv with the core and every in-repo module installed editable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,7 +10,7 @@ APT_PACKAGES=(
   iproute2 ethtool iputils-ping         # namespaces, veth, offloads
   nftables iptables                     # NFLOG rules, packet drops in tcp tests
   tshark nfdump-sflow pmacct            # independent sFlow decoders
-  systemd dbus                          # a real systemd --user and dbus-daemon for the systemd plugin
+  systemd dbus                          # a real systemd --user and dbus-daemon for the systemd module
   procps                                # ss is in iproute2; ps/pkill for tests
   chromium chromium-driver              # headless browser for the hostsflow view page test
 )
@@ -33,9 +33,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip >/dev/null
-plugins=()
+modules=()
 for d in plugins/*/ examples/*/; do
-  [ -f "$d/pyproject.toml" ] && plugins+=(-e "$d")
+  [ -f "$d/pyproject.toml" ] && modules+=(-e "$d")
 done
-python -m pip install -q -e ".[test,view]" "${plugins[@]}"
+python -m pip install -q -e ".[test,view]" "${modules[@]}"
 echo "installed: $(python -m pip list 2>/dev/null | grep -ci hostsflow) hostsflow distributions in .venv"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run every test (core, plugins, end-to-end) as root on a fresh Debian machine.
+# Run every test (core, modules, end-to-end) as root on a fresh Debian machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh

@@ -4,7 +4,7 @@
   deleted and re-created (a new ifIndex), removed in ``close()``;
 * :class:`NsCollector`: a UDP collector socket inside a namespace (the agent runs there);
 * :class:`UdpStream` / :class:`TcpStream`: paced traffic from one namespace to the other;
-* :func:`user_manager_class`: the systemd plugin's real ``systemd --user`` fixture class.
+* :func:`user_manager_class`: the systemd module's real ``systemd --user`` fixture class.
 
 Traffic only flows between the two namespaces; nothing is sent anywhere else.
 """
@@ -12,10 +12,8 @@ Traffic only flows between the two namespaces; nothing is sent anywhere else.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -23,9 +21,19 @@ from pathlib import Path
 from typing import Any
 
 from hostsflow.sflow.datagram import decode_datagram  # noqa: F401 - tests use kit.decode_datagram
-from hostsflow.testing import AgentProcess, UdpCollector, load_file_module
+from hostsflow.testing import UdpCollector, load_file_module
 
 REPO = Path(__file__).resolve().parent.parent
+AgentProcess = load_file_module("hostsflow_tests_agent_process",
+                                Path(__file__).with_name("agent_process.py")).AgentProcess
+_netpair = load_file_module("hostsflow_tests_netpair", Path(__file__).with_name("netpair.py"))
+sh = _netpair.sh
+
+
+def NetPair() -> Any:  # noqa: N802 - reads like the class it makes
+    """Namespaces ``ns_a`` and ``ns_b`` joined by veth ``dev_a`` (ip_a) <-> ``dev_b`` (ip_b)
+    (tests/netpair.py)."""
+    return _netpair.NetPair.make("hsff")
 
 
 def why_not(*tools: str) -> str | None:
@@ -38,58 +46,11 @@ def why_not(*tools: str) -> str | None:
     return None
 
 
-def sh(*args: str, check: bool = True) -> str:
-    r = subprocess.run(args, capture_output=True, text=True, timeout=30, check=False)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip()}")
-    return r.stdout
-
-
 def socket_in(ns: str, family: int = socket.AF_INET, kind: int = socket.SOCK_DGRAM) -> socket.socket:
     """A socket made inside namespace ``ns`` (pyroute2 forks a helper that enters it)."""
     from pyroute2 import netns
 
     return netns.create_socket(ns, family, kind, 0, flags=0)
-
-
-class NetPair:
-    """Namespaces ``a`` and ``b`` joined by veth ``dev_a`` (ip_a) <-> ``dev_b`` (ip_b)."""
-
-    def __init__(self) -> None:
-        tag = f"{os.getpid() % 10000}{secrets.token_hex(2)}"
-        octet = 100 + secrets.randbelow(100)
-        self.a, self.b = f"hsffA{tag}", f"hsffB{tag}"
-        self.dev_a, self.dev_b = f"fa{tag}", f"fb{tag}"
-        self.ip_a, self.ip_b = f"10.{octet}.7.1", f"10.{octet}.7.2"
-        try:
-            sh("ip", "netns", "add", self.a)
-            sh("ip", "netns", "add", self.b)
-            for ns in (self.a, self.b):
-                sh("ip", "-n", ns, "link", "set", "lo", "up")
-            self.create_link()
-        except BaseException:
-            self.close()
-            raise
-
-    def create_link(self) -> None:
-        """(Re-)create the veth pair, addresses, IPv6 off (no stray frames)."""
-        sh("ip", "link", "add", self.dev_a, "type", "veth", "peer", "name", self.dev_b)
-        sh("ip", "link", "set", self.dev_a, "netns", self.a)
-        sh("ip", "link", "set", self.dev_b, "netns", self.b)
-        for ns, dev, ip in ((self.a, self.dev_a, self.ip_a), (self.b, self.dev_b, self.ip_b)):
-            sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1")
-            sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-
-    def delete_link(self) -> None:
-        sh("ip", "-n", self.a, "link", "del", self.dev_a, check=False)
-
-    def ifindex_b(self) -> int:
-        return int(sh("ip", "netns", "exec", self.b, "cat", f"/sys/class/net/{self.dev_b}/ifindex"))
-
-    def close(self) -> None:
-        sh("ip", "netns", "del", self.a, check=False)
-        sh("ip", "netns", "del", self.b, check=False)
 
 
 def NsCollector(ns: str) -> UdpCollector:  # noqa: N802 - reads like the class it was
@@ -104,7 +65,7 @@ class UdpStream:
 
     def __init__(self, pair: NetPair, pps: float, dport: int = 9999, size: int = 200) -> None:
         self.pair, self.pps, self.dport, self.size = pair, pps, dport, size
-        self.sink = socket_in(pair.b)
+        self.sink = socket_in(pair.ns_b)
         self.sink.bind((pair.ip_b, dport))
         self.sink.setblocking(False)
         self.sent = 0
@@ -114,7 +75,7 @@ class UdpStream:
         self._thread.start()
 
     def _sock(self) -> socket.socket:
-        s = socket_in(self.pair.a)
+        s = socket_in(self.pair.ns_a)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.pair.dev_a.encode())
         return s
 
@@ -165,11 +126,11 @@ class TcpStream:
     of ``size`` bytes a second (TCP_NODELAY), the server echoes nothing and reads all."""
 
     def __init__(self, pair: NetPair, rate: float = 200, size: int = 1000, port: int = 8080) -> None:
-        self.listener = socket_in(pair.b, kind=socket.SOCK_STREAM)
+        self.listener = socket_in(pair.ns_b, kind=socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind((pair.ip_b, port))
         self.listener.listen(4)
-        self.client = socket_in(pair.a, kind=socket.SOCK_STREAM)
+        self.client = socket_in(pair.ns_a, kind=socket.SOCK_STREAM)
         self.client.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, pair.dev_a.encode())
         self.client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client.connect((pair.ip_b, port))
@@ -223,7 +184,7 @@ def agent_cmd(conf: str, status: str, *args: str, netns: str | None = None) -> l
 
 
 def user_manager_class() -> Any:
-    """``UserManager`` from the systemd plugin's test fixtures: a real ``systemd --user`` with
+    """``UserManager`` from the systemd module's test fixtures: a real ``systemd --user`` with
     a private dbus-daemon, and ``_why_not()`` saying why it cannot run here (or None)."""
     return load_file_module("hostsflow_systemd_tests_conftest",
                             REPO / "plugins" / "systemd" / "tests" / "conftest.py")

@@ -1,4 +1,4 @@
-"""Health figures: samples taken and sent, drops by reason, plugin errors, faults; one ``health``
+"""Health figures: samples taken and sent, drops by reason, module errors, faults; one ``health``
 log line every five minutes; the same figures in ``hostsflow status`` of a real agent."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from pathlib import Path
 
 import hostsflow
 import structlog
@@ -13,7 +14,10 @@ from hostsflow.agent import HEALTH_LOG_SECONDS
 from hostsflow.health import read_status
 from hostsflow.sflow.records import Record, flow_record
 from hostsflow.sflow.xdr import u32
-from hostsflow.testing import AgentHarness, AgentProcess, UdpCollector
+from hostsflow.testing import AgentHarness, UdpCollector, load_file_module
+
+AgentProcess = load_file_module("hostsflow_tests_agent_process",
+                                Path(__file__).with_name("agent_process.py")).AgentProcess
 
 
 @flow_record(9177, enterprise=4094)
@@ -23,7 +27,7 @@ class Tag(Record):
 
 class Flaky:
     """Adds a record that cannot be encoded to every 10th sample (that sample is dropped) and
-    raises in every 5th tick (a plugin error)."""
+    raises in every 5th tick (a module error)."""
 
     def __init__(self) -> None:
         self.n = 0
@@ -50,7 +54,7 @@ class Flaky:
 def test_health_line_every_five_minutes_with_samples_drops_and_errors():
     conf = "sflow { collector { ip = 127.0.0.1 } polling = 0 flaky { } }"
     with structlog.testing.capture_logs() as logs:
-        with AgentHarness(conf, plugins={"flaky": Flaky()}) as h:
+        with AgentHarness(conf, modules={"flaky": Flaky()}) as h:
             for second in range(2 * HEALTH_LOG_SECONDS):
                 h.feed(*[h.make_sample(udp=("10.0.0.1", 1000 + i, "10.0.0.2", 53))
                          for i in range(3)])
@@ -66,8 +70,8 @@ def test_health_line_every_five_minutes_with_samples_drops_and_errors():
     assert last["flow_samples_sent"] == sent == 6 * HEALTH_LOG_SECONDS * 9 // 10
     assert last["datagrams"] == last["datagrams_delivered"] > 0
     # one error every 5th tick, still counted (the module is never quarantined: it recovers)
-    assert last["plugin_errors"] == 2 * HEALTH_LOG_SECONDS // 5
-    assert first["plugin_errors"] == HEALTH_LOG_SECONDS // 5
+    assert last["module_errors"] == 2 * HEALTH_LOG_SECONDS // 5
+    assert first["module_errors"] == HEALTH_LOG_SECONDS // 5
     # the unencodable record is logged once, not per sample
     assert sum(e["event"] == "flow_sample_unencodable" for e in logs) == 1
 

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 from hostsflow.privileges import unreadable_python_paths
-from hostsflow.testing import AgentProcess, load_file_module
+from hostsflow.testing import load_file_module
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 GROUP = 23
 
 
 kit = load_file_module("hostsflow_tests_faults_kit", Path(__file__).with_name("faults_kit.py"))
+AgentProcess = load_file_module("hostsflow_tests_agent_process", Path(__file__).with_name("agent_process.py")).AgentProcess
 
 
 def test_group_taken_then_freed_is_bound_after_the_drop(tmp_path):
@@ -38,19 +39,19 @@ def test_group_taken_then_freed_is_bound_after_the_drop(tmp_path):
     pair = kit.NetPair()
     work = Path(tempfile.mkdtemp(prefix="hsff-"))
     os.chmod(work, 0o755)
-    holder = NflogSocket(GROUP, 128, 1, 1, netns=pair.b)
+    holder = NflogSocket(GROUP, 128, 1, 1, netns=pair.ns_b)
     col = stream = agent = None
     try:
         for cmd in ("add table inet hsff",
                     "add chain inet hsff c { type filter hook input priority 0; }",
                     f"add rule inet hsff c udp dport 9999 log group {GROUP}"):
-            subprocess.run(["ip", "netns", "exec", pair.b, "nft", cmd], check=True, timeout=10)
+            subprocess.run(["ip", "netns", "exec", pair.ns_b, "nft", cmd], check=True, timeout=10)
         holder.open()  # another process has the group
-        col = kit.NsCollector(pair.b)
+        col = kit.NsCollector(pair.ns_b)
         conf = (f"sflow {{\n  collector {{ ip = 127.0.0.1 udpport = {col.port} }}\n"
                 f"  polling = 0\n  sampling = 1\n"
                 f"  nflog {{ group = {GROUP} probability = 1 timeout = 0.1 }}\n}}\n")
-        agent = AgentProcess(conf, work, netns=pair.b)
+        agent = AgentProcess(conf, work, netns=pair.ns_b)
         stream = kit.UdpStream(pair, pps=200)
         deadline = time.monotonic() + 10
         while '"started"' not in agent.log():

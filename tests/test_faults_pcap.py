@@ -22,12 +22,13 @@ from typing import Any
 import pytest
 from hostsflow.privileges import unreadable_python_paths
 from hostsflow.sflow.records import ExtendedTcpInfo
-from hostsflow.testing import AgentProcess, load_file_module
+from hostsflow.testing import load_file_module
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
 kit = load_file_module("hostsflow_tests_faults_kit", Path(__file__).with_name("faults_kit.py"))
+AgentProcess = load_file_module("hostsflow_tests_agent_process", Path(__file__).with_name("agent_process.py")).AgentProcess
 
 
 @pytest.fixture
@@ -61,7 +62,7 @@ def workdir():
 
 @pytest.fixture
 def collector(pair):
-    c = kit.NsCollector(pair.b)
+    c = kit.NsCollector(pair.ns_b)
     try:
         yield c
     finally:
@@ -86,9 +87,9 @@ def test_tap_reopened_on_recreated_interface_as_nobody_with_cap_net_raw(pair, co
         pytest.skip("this Python installation is not readable by nobody (the agent keeps root)")
     stream = kit.UdpStream(pair, pps=400)
     agent = AgentProcess(conf(collector.port, f"  pcap {{ dev = {pair.dev_b} sampling = 4 }}"),
-                         workdir, netns=pair.b)
+                         workdir, netns=pair.ns_b)
     try:
-        first = pair.ifindex_b()
+        first = pair.ifindex("b")
         collector.wait_for(lambda d: len(flows_from(d, first)) >= 20, timeout=10)
         st = kit.proc_status(agent.pid)
         assert st["Uid"].split() == ["65534"] * 4, st["Uid"]
@@ -100,7 +101,7 @@ def test_tap_reopened_on_recreated_interface_as_nobody_with_cap_net_raw(pair, co
         time.sleep(1.0)
         t0 = time.time()
         pair.create_link()
-        second = pair.ifindex_b()
+        second = pair.ifindex("b")
         assert second != first
         collector.wait_for(lambda d: len(flows_from(d, second)) >= 20, timeout=10, since=t0)
         delay = min(t for t, raw in collector.timed() if t >= t0 and
@@ -123,9 +124,9 @@ def test_tap_reopened_on_recreated_interface_as_nobody_with_cap_net_raw(pair, co
 def test_sighup_changes_sampling_and_polling_and_loses_no_sample(pair, collector, workdir):
     stream = kit.UdpStream(pair, pps=1000)
     body = f"  pcap {{ dev = {pair.dev_b} sampling = %d }}"
-    agent = AgentProcess(conf(collector.port, body % 20, polling=5), workdir, netns=pair.b)
+    agent = AgentProcess(conf(collector.port, body % 20, polling=5), workdir, netns=pair.ns_b)
     try:
-        ifindex = pair.ifindex_b()
+        ifindex = pair.ifindex("b")
         collector.wait_for(lambda d: len([s for d_ in d for s in d_.counter_samples
                                           if s.source.ds_index == ifindex]) >= 2, timeout=15)
         with open(agent.conf, "w") as f:
@@ -187,7 +188,7 @@ def test_sigterm_with_pcap_tcp_and_systemd_flushes_and_exits_within_a_second(
         tcp = kit.TcpStream(pair, rate=100)
         body = (f"  pcap {{ dev = {pair.dev_b} sampling = 2 }}\n  tcp {{ }}\n"
                 f"  systemd {{ slice = app.slice bus = \"{um.address}\" }}")
-        agent = kit.NsAgent(conf(collector.port, body, polling=1), workdir, pair.b)
+        agent = kit.NsAgent(conf(collector.port, body, polling=1), workdir, pair.ns_b)
 
         def ready(dgs: list[Any]) -> bool:
             recs = [r for d in dgs for s in d.flow_samples for r in s.records

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostsflow.testing import AgentProcess, UdpCollector, load_file_module
+from hostsflow.testing import UdpCollector, load_file_module
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
 kit = load_file_module("hostsflow_tests_faults_kit", Path(__file__).with_name("faults_kit.py"))
+AgentProcess = load_file_module("hostsflow_tests_agent_process", Path(__file__).with_name("agent_process.py")).AgentProcess
 
 
 def service_sources(dgs: list[Any]) -> set[int]:

@@ -26,10 +26,13 @@ import time
 from pathlib import Path
 
 import pytest
-from hostsflow.testing import AgentProcess, UdpCollector
+from hostsflow.testing import UdpCollector, load_file_module
 
 from . import marking_kit as mk
 from .faults_kit import user_manager_class, why_not
+
+AgentProcess = load_file_module("hostsflow_tests_agent_process",
+                                Path(__file__).with_name("agent_process.py")).AgentProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 
 from hostsflow.privileges import capability_mask, unreadable_python_paths
-from hostsflow.testing import AgentProcess, UdpCollector, load_file_module
+from hostsflow.testing import UdpCollector, load_file_module
+
+AgentProcess = load_file_module("hostsflow_tests_agent_process",
+                                Path(__file__).with_name("agent_process.py")).AgentProcess
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges")
 

@@ -6,8 +6,12 @@ from __future__ import annotations
 import signal
 import socket
 import time
+from pathlib import Path
 
-from hostsflow.testing import AgentProcess, UdpCollector
+from hostsflow.testing import UdpCollector, load_file_module
+
+AgentProcess = load_file_module("hostsflow_tests_agent_process",
+                                Path(__file__).with_name("agent_process.py")).AgentProcess
 
 
 def conf(*ports: int, polling: int = 1, extra: str = "") -> str:

@@ -1,7 +1,7 @@
 """``hostsflow view`` in a real browser: the real agent marks real services' traffic, and the
 page shows each service's rate.
 
-* a real ``systemd --user`` (the systemd plugin's test fixture, imported, not copied) runs two
+* a real ``systemd --user`` (the systemd module's test fixture, imported, not copied) runs two
   services: ``httpd`` (a TCP sink) and ``bird`` (a UDP sink);
 * the real ``hostsflowd`` runs with ``pcap { dev = lo sampling = 5 }``, ``tcp { }`` and
   ``systemd { markTraffic = on }``, sending to a real ``hostsflow view`` process;
@@ -31,7 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostsflow.testing import AgentProcess, load_file_module
+from hostsflow.testing import load_file_module
+
+AgentProcess = load_file_module("hostsflow_tests_agent_process",
+                                Path(__file__).with_name("agent_process.py")).AgentProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -44,7 +47,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
-# the systemd plugin's test fixtures (a real ``systemd --user`` with a private bus)
+# the systemd module's test fixtures (a real ``systemd --user`` with a private bus)
 _sd = load_file_module("hostsflow_systemd_tests_conftest",
                        REPO / "plugins" / "systemd" / "tests" / "conftest.py")
 user_manager = _sd.user_manager  # the fixture, reused as is

@@ -1,4 +1,4 @@
-"""From a config file to a plugin host: find the module blocks the file names, load only those
+"""From a config file to a module host: find the module blocks the file names, load only those
 entry points, let them declare their blocks, then validate the whole file.
 
 Installed is not enabled: a module that is installed but has no block is never imported."""
@@ -14,25 +14,25 @@ from .config.parser import ConfigError
 from .config.registry import ConfigRegistry
 from .config.schema import module_blocks, parse_config_text
 from .host.poller import HostPoller
-from .plugins import ModuleInfo, PluginHost, PluginLoadError, installed_modules
+from .modules import ModuleInfo, ModuleHost, ModuleLoadError, installed_modules
 
 log = structlog.get_logger("hostsflow.bootstrap")
 
-CORE_PLUGIN = "core"
+CORE_MODULE = "core"
 
 
 @attrs.define
 class Loaded:
-    """The result of reading a config: the validated config, the host with its plugins, the
+    """The result of reading a config: the validated config, the host with its modules, the
     registry (for ``hostsflow config``) and the modules that failed to load."""
 
     config: Any
-    host: PluginHost
+    host: ModuleHost
     registry: ConfigRegistry
     failed: dict[str, str] = attrs.Factory(dict)
 
 
-def declare(host: PluginHost, registry: ConfigRegistry) -> None:
+def declare(host: ModuleHost, registry: ConfigRegistry) -> None:
     host.hook.sflow_declare_config(registry=registry)
 
 
@@ -41,23 +41,23 @@ def load(
     filename: str,
     *,
     installed: Mapping[str, ModuleInfo] | None = None,
-    plugins: Mapping[str, Any] | None = None,
+    modules: Mapping[str, Any] | None = None,
     host_poller: bool = True,
     require_collector: bool = True,
 ) -> Loaded:
-    """Validate ``text`` and build a plugin host for it.
+    """Validate ``text`` and build a module host for it.
 
     :param installed: the installed modules (default: the entry-point group).
-    :param plugins: explicit plugin objects by module name, instead of entry points (testing kit).
+    :param modules: explicit module objects by module name, instead of entry points (testing kit).
     :raises ConfigError: ``FILE:LINE: message`` for any mistake, including a module that is named
         but not installed, or that is installed and fails to import.
     """
-    host = PluginHost()
+    host = ModuleHost()
     if host_poller:
-        host.register(CORE_PLUGIN, HostPoller())
-    if plugins is not None:
-        registry = ConfigRegistry({name: "(test)" for name in plugins})
-        for name, obj in plugins.items():
+        host.register(CORE_MODULE, HostPoller())
+    if modules is not None:
+        registry = ConfigRegistry({name: "(test)" for name in modules})
+        for name, obj in modules.items():
             host.register(name, obj, "(test)")
         failed: dict[str, str] = {}
     else:
@@ -70,7 +70,7 @@ def load(
                 continue
             try:
                 host.load(info)
-            except PluginLoadError as exc:
+            except ModuleLoadError as exc:
                 failed[name] = exc.reason
                 registry.not_loaded(name, exc.reason)
                 raise ConfigError(filename, line, str(exc)) from None

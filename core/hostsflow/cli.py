@@ -14,11 +14,12 @@ from typing import Any, Sequence
 
 from . import __version__
 from .agent import Agent, recording_agent
-from .bootstrap import load, load_file
+from .run_loop import run_agent
+from .bootstrap import load_file
 from .config.parser import ConfigError
 from .health import StatusFile, read_status
 from .logsetup import configure_logging
-from .plugins import PluginHost, PluginLoadError, installed_modules
+from .modules import ModuleHost, ModuleLoadError, installed_modules
 
 DEFAULT_CONFIG = "/etc/hsflowd.conf"
 DEFAULT_STATUS = "/run/hostsflow/status.json"
@@ -55,7 +56,7 @@ def agent_main(argv: Sequence[str] | None = None) -> int:
     if args.test:
         return _run_test(loaded.config, loaded.host, args.test_seconds, args.json)
 
-    agent = Agent(loaded.config, loaded.host, registry=loaded.registry,
+    agent = Agent(loaded.config, loaded.host,
                   user=None if args.keep_root else args.user)
     if args.status_file:
         _write_status_periodically(agent, args.status_file)
@@ -66,7 +67,7 @@ def agent_main(argv: Sequence[str] | None = None) -> int:
             agent.log.warning("reload_new_module_needs_restart", module=name)
         return new.config
 
-    asyncio.run(agent.run(reload=reload))
+    asyncio.run(run_agent(agent, reload=reload))
     return 0
 
 
@@ -105,7 +106,10 @@ def _status(agent: Agent) -> dict[str, Any]:
     }
 
 
-def _run_test(config: Any, host: PluginHost, seconds: float, as_json: bool) -> int:
+def _run_test(config: Any, host: ModuleHost, seconds: float, as_json: bool) -> int:
+    """One polling round of every configured module, printed decoded, nothing sent.  Exit
+    status 1 when a module failed (disabled at configure, or a hook raised): its error is in
+    the log and its output is missing."""
     from .sflow.datagram import decode_datagram
     from .tools.render import datagram_json, datagram_text
 
@@ -123,6 +127,11 @@ def _run_test(config: Any, host: PluginHost, seconds: float, as_json: bool) -> i
     for raw in sink.datagrams:
         d = decode_datagram(raw)
         print(json.dumps(datagram_json(d)) if as_json else datagram_text(d))
+    failed = sorted(n for n, s in host.states.items() if s.errors)
+    if failed:
+        print(f"hostsflowd --test: module(s) failed: {', '.join(failed)} (see the log)",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -222,7 +231,7 @@ def _enabled_in(path: str) -> set[str]:
 def _modules(config_path: str = DEFAULT_CONFIG, verbose: bool = False) -> int:
     """List every installed module (in-repo or third-party): distribution, version, whether
     the config enables it, and whether it loads.  Exit status 1 if any module fails to load."""
-    from .plugins import implemented_hooks
+    from .modules import implemented_hooks
 
     enabled = _enabled_in(config_path)
     mods = installed_modules()
@@ -232,9 +241,9 @@ def _modules(config_path: str = DEFAULT_CONFIG, verbose: bool = False) -> int:
         info = mods[name]
         hooks: list[str] = []
         try:
-            hooks = implemented_hooks(PluginHost().load(info))
+            hooks = implemented_hooks(ModuleHost().load(info))
             state = "ok"
-        except PluginLoadError as exc:
+        except ModuleLoadError as exc:
             state = f"ERROR: {exc}"
             failed += 1
         flag = "yes" if name in enabled else "no"
@@ -260,7 +269,7 @@ def _config(only: str | None) -> int:
         print(f"unknown module '{only}' (installed: {', '.join(sorted(mods)) or 'none'})",
               file=sys.stderr)
         return EXIT_CONFIG
-    host = PluginHost()
+    host = ModuleHost()
     registry = ConfigRegistry({n: i.distribution for n, i in mods.items()})
     failed: list[str] = []
     for name, info in sorted(mods.items()):
@@ -268,7 +277,7 @@ def _config(only: str | None) -> int:
             continue
         try:
             host.load(info)
-        except PluginLoadError as exc:
+        except ModuleLoadError as exc:
             print(f"# {name}: not loaded: {exc}")
             failed.append(name)
     host.hook.sflow_declare_config(registry=registry)

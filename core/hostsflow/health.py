@@ -1,4 +1,4 @@
-"""The agent's own health counters: samples taken and sent, drops by reason, faults, plugin
+"""The agent's own health counters: samples taken and sent, drops by reason, faults, module
 errors.
 
 Read with ``hostsflow status`` (from the status file the agent rewrites every few seconds), from
@@ -24,7 +24,7 @@ class Health:
         self.counters[name] += n
 
     def set(self, name: str, value: int) -> None:
-        """Set a figure the agent derives from elsewhere (datagrams sent, plugin errors...)."""
+        """Set a figure the agent derives from elsewhere (datagrams sent, module errors...)."""
         self.counters[name] = value
 
     def snapshot(self) -> dict[str, Any]:
@@ -32,7 +32,7 @@ class Health:
 
     def summary(self) -> dict[str, Any]:
         """The one-line health report: samples taken and sent, datagrams, drops by reason,
-        plugin errors and faults (zero-valued drop and fault reasons left out)."""
+        module errors and faults (zero-valued drop and fault reasons left out)."""
         c = self.counters
         return {
             "uptime": int(time.time() - self.started),
@@ -43,7 +43,7 @@ class Health:
             "datagrams_delivered": c["datagrams_delivered"],
             "dropped": {k[8:]: v for k, v in sorted(c.items()) if k.startswith("dropped.") and v},
             "holds_timed_out": c["holds_timed_out"],
-            "plugin_errors": c["plugin_errors"],
+            "module_errors": c["module_errors"],
             "faults": {k[7:]: v for k, v in sorted(c.items()) if k.startswith("faults.") and v},
         }
 

@@ -20,7 +20,7 @@ def _import_structlog_without_rich() -> ModuleType:
     structlog imports rich (and pygments) whenever it is installed, for pretty tracebacks:
     about 5 MB of RSS in the agent, which renders JSON or plain text and never uses them.  A
     ``None`` entry in ``sys.modules`` makes ``import rich`` fail while structlog is imported;
-    it is removed afterwards, so ``hostsflow top`` and plugins still import rich as usual."""
+    it is removed afterwards, so ``hostsflow top`` and modules still import rich as usual."""
     if "structlog" in sys.modules or "rich" in sys.modules:
         import structlog
 

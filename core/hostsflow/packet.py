@@ -1,10 +1,12 @@
 """Decode the first bytes of a sampled packet into addresses, ports and protocol.
 
-Called on: the packet path, at most once per flow sample and only when an enrichment plugin
+Called on: the packet path, at most once per flow sample and only when an enrichment module
 asks (``FlowSample.packet``).  :func:`decode_sampled_header` picks the parser from the
 sampled_header's protocol (1 Ethernet, 11 IPv4, 12 IPv6); :func:`parse_ethernet` handles
 802.1Q/802.1ad tags, :func:`parse_ip` IPv4 and IPv6 (with enough of the IPv6 extension headers
-to reach TCP/UDP).  A header that is not IP, or is cut before the end of its IP header,
+to reach TCP/UDP).  The capture modules use two pieces of it on their own:
+:func:`ethernet_payload` (where the payload of a frame starts, past its VLAN tags) and
+:func:`ip_length` (the IP packet's length as its header says, for frames cut short).  A header that is not IP, or is cut before the end of its IP header,
 gives None; a transport header cut short gives zero ports/flags.  Never raises.
 """
 
@@ -23,6 +25,9 @@ ETH_P_8021Q = 0x8100
 ETH_P_8021AD = 0x88A8
 ETH_P_QINQ = 0x9100  # old pre-standard QinQ tag, still seen
 _VLAN_TAGS = frozenset((ETH_P_8021Q, ETH_P_8021AD, ETH_P_QINQ))
+#: VLAN tags read in front of the payload (802.1ad QinQ: two)
+MAX_VLAN_TAGS = 2
+ETH_HLEN = 14
 
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
@@ -40,7 +45,7 @@ _MAX_EXT_HEADERS = 10
 #: transports whose first 4 bytes are source and destination port
 _PORT_PROTOCOLS = frozenset((IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP, IPPROTO_UDPLITE))
 
-_ETH = struct.Struct("!6s6sH")
+_unpack_u16 = struct.Struct("!H").unpack_from
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
 _IPV6 = struct.Struct("!IHBB16s16s")
 _PORTS = struct.Struct("!HH")
@@ -111,21 +116,50 @@ def decode_sampled_header(header: SampledHeader | None) -> PacketInfo | None:
     return None
 
 
+def ethernet_payload(data: bytes) -> tuple[int, int, int | None] | None:
+    """(ethertype, offset of the payload, outer VLAN id or None) of an Ethernet II frame,
+    after up to :data:`MAX_VLAN_TAGS` 802.1Q/802.1ad tags; None when the header or a tag is
+    cut.  With more tags than that, the ethertype returned is the next tag's."""
+    n = len(data)
+    if n < ETH_HLEN:
+        return None
+    ethertype = _unpack_u16(data, 12)[0]
+    offset = ETH_HLEN
+    vlan = None
+    for _ in range(MAX_VLAN_TAGS):
+        if ethertype not in _VLAN_TAGS:
+            break
+        if n < offset + 4:
+            return None
+        tci, ethertype = _PORTS.unpack_from(data, offset)
+        if vlan is None:
+            vlan = tci & 0x0FFF
+        offset += 4
+    return ethertype, offset, vlan
+
+
+def ip_length(data: bytes, offset: int = 0) -> int:
+    """The length of the IP packet at ``offset`` as its header says (IPv4 total length, IPv6
+    payload length + 40), or 0 when unknown: not IP, the length field not captured, or a zero
+    IPv6 payload length (jumbogram, BIG TCP/GSO)."""
+    n = len(data)
+    if n <= offset:
+        return 0
+    version = data[offset] >> 4
+    if version == 4:
+        return _unpack_u16(data, offset + 2)[0] if n >= offset + 4 else 0
+    if version == 6 and n >= offset + 6:
+        plen = _unpack_u16(data, offset + 4)[0]
+        return plen + 40 if plen else 0
+    return 0
+
+
 def parse_ethernet(data: bytes) -> PacketInfo | None:
     """Parse an Ethernet II frame (with up to two VLAN tags) carrying IPv4 or IPv6."""
-    try:
-        dst, src, ethertype = _ETH.unpack_from(data, 0)
-        offset = 14
-        vlan = None
-        tags = 0
-        while ethertype in _VLAN_TAGS and tags < 2:
-            tci, ethertype = _PORTS.unpack_from(data, offset)
-            if vlan is None:
-                vlan = tci & 0x0FFF
-            offset += 4
-            tags += 1
-    except struct.error:
+    l2 = ethernet_payload(data)
+    if l2 is None:
         return None
+    ethertype, offset, vlan = l2
     if ethertype == ETH_P_IP:
         info = _parse_ipv4(data, offset)
     elif ethertype == ETH_P_IPV6:
@@ -133,8 +167,8 @@ def parse_ethernet(data: bytes) -> PacketInfo | None:
     else:
         return None
     if info is not None:
-        info.src_mac = src
-        info.dst_mac = dst
+        info.src_mac = data[6:12]
+        info.dst_mac = data[:6]
         info.vlan = vlan
         info.l3_offset = offset
     return info
@@ -216,8 +250,3 @@ def _parse_ipv6(data: bytes, pos: int) -> PacketInfo | None:
     else:
         return info  # too many extension headers: give up on the transport
     return _transport(info, data, pos)
-
-
-def format_mac(mac: bytes | None) -> str:
-    """``aa:bb:cc:dd:ee:ff`` (empty for None)."""
-    return mac.hex(":") if mac else ""

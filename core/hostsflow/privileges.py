@@ -13,7 +13,7 @@ import ctypes
 import os
 import pwd
 import sys
-from typing import Iterable
+from typing import Any, Iterable
 
 CAPABILITIES = {
     "CAP_DAC_OVERRIDE": 1,
@@ -76,17 +76,6 @@ def set_capabilities(mask: int) -> None:
         raise PrivilegeError(err, f"capset: {os.strerror(err)}")
 
 
-def current_capabilities(pid: int | str = "self") -> dict[str, int]:
-    """CapPrm/CapEff/... of a process, from /proc/PID/status."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("Cap"):
-                key, value = line.split(":")
-                out[key] = int(value.strip(), 16)
-    return out
-
-
 def _can_enter(path: str, uid: int, gid: int) -> bool:
     """Whether ``uid``/``gid`` (no supplementary groups) may traverse every directory up to
     and including ``path``."""
@@ -112,7 +101,7 @@ def _can_enter(path: str, uid: int, gid: int) -> bool:
 
 def unreadable_python_paths(user: str) -> list[str]:
     """The interpreter's and sys.path's directories that ``user`` could not reach: after a drop
-    to that user, Python's lazy imports (codecs, plugin modules) would fail there."""
+    to that user, Python's lazy imports (codecs, module modules) would fail there."""
     pw = pwd.getpwnam(user)
     paths = {sys.prefix, sys.base_prefix, *(p for p in sys.path if p and os.path.isdir(p))}
     return sorted(p for p in paths if not _can_enter(p, pw.pw_uid, pw.pw_gid))
@@ -147,3 +136,42 @@ def drop_privileges(user: str, keep: Iterable[str] = ()) -> tuple[int, int]:
         raise PrivilegeError(exc.errno or 0, f"switching to {user}: {exc.strerror}") from None
     set_capabilities(mask)
     return pw.pw_uid, pw.pw_gid
+
+
+class Retention:
+    """What the modules asked to keep when the agent drops root: root itself
+    (``root_reasons``) or capabilities (``kept_capabilities``, by reason)."""
+
+    def __init__(self) -> None:
+        self.root_reasons: list[str] = []
+        self.kept_capabilities: dict[str, set[str]] = {}
+
+    def retain_root(self, reason: str) -> None:
+        """Ask to keep root after start-up (call from ``sflow_configure``); logged with the
+        reason.  Prefer :meth:`retain_capabilities` when a capability or two is enough."""
+        self.root_reasons.append(reason)
+
+    def retain_capabilities(self, *capabilities: str, reason: str) -> None:
+        """Ask to keep these Linux capabilities (``"CAP_NET_RAW"``...) when the agent drops
+        root after ``sflow_configure``; logged with the reason."""
+        capability_mask(capabilities)  # unknown names fail here, in the module's configure
+        self.kept_capabilities.setdefault(reason, set()).update(capabilities)
+
+    def drop(self, user: str | None, drop_priv: bool, log: Any, count: Any) -> None:
+        """After configure: become ``user`` keeping the capabilities asked for, unless
+        ``dropPriv = off``, a module asked to keep root, or no user was given (the testing
+        kit).  A failure is logged and counted (``count``), and the agent carries on."""
+        if user is None or not drop_priv or os.geteuid() != 0:
+            return
+        if self.root_reasons:
+            log.info("keeping_root", reasons=self.root_reasons)
+            return
+        keep = sorted(set().union(*self.kept_capabilities.values()))
+        try:
+            uid, gid = drop_privileges(user, keep)
+        except PrivilegeError as exc:
+            log.error("drop_privileges_failed", user=user, error=str(exc))
+            count("faults.drop_privileges")
+            return
+        log.info("dropped_privileges", user=user, uid=uid, gid=gid, capabilities=keep,
+                 reasons=sorted(self.kept_capabilities))

@@ -1,9 +1,10 @@
-"""The objects that travel through the hooks: data sources, flow samples, counter samples.
+"""The objects that travel through the hooks: data sources and flow samples (one at a time, or a
+batch of one read).
 
-A capture plugin builds a :class:`FlowSample` per sampled packet and hands a batch to
-``agent.take_samples``.  Enrichment plugins add records to it in ``sflow_flow_sample`` (and may
+A capture module builds a :class:`FlowSample` per sampled packet and hands a batch to
+``agent.take_samples``.  Enrichment modules add records to it in ``sflow_flow_sample`` (and may
 hold it for an asynchronous lookup), then in ``sflow_flow_sample_released``.  The core numbers
-and encodes it; plugins never write bytes.
+and encodes it; modules never write bytes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import attrs
 
-from .sflow.records import INTERNAL_IFINDEX, Record, SampledHeader
+from .sflow.records import Record, SampledHeader
 
 if TYPE_CHECKING:
     from .packet import PacketInfo
@@ -40,7 +41,7 @@ HOST_SOURCE = DataSource(DS_PHYSICAL, 1, "host")
 
 
 class Hold:
-    """A plugin's claim on a flow sample while it looks something up.
+    """A module's claim on a flow sample while it looks something up.
 
     Call :meth:`release` exactly once when done (more calls are ignored).  If it is not
     released before the agent's hold timeout, the core releases it anyway."""
@@ -62,10 +63,10 @@ class Hold:
 class FlowSample:
     """One sampled packet on its way to the collectors.
 
-    Fields a capture plugin sets: ``source`` (normally ``0:ifIndex`` of the tapped
+    Fields a capture module sets: ``source`` (normally ``0:ifIndex`` of the tapped
     interface), ``sampling_rate``, ``sample_pool``, ``drops``, ``input``/``output`` (ifIndex, 0
     unknown, 0x3FFFFFFF internal), ``direction``, and ``records`` starting with the
-    :class:`SampledHeader`.  Enrichment plugins append records and use ``stash``.
+    :class:`SampledHeader`.  Enrichment modules append records and use ``stash``.
     """
 
     source: DataSource
@@ -138,14 +139,14 @@ class FlowSample:
 class PacketBatch:
     """The packets one capture read sampled on one data source, in compact form.
 
-    A capture plugin that reads many packets per wakeup (the pcap tap: up to thousands) hands
+    A capture module that reads many packets per wakeup (the pcap tap: up to thousands) hands
     the core one of these with ``agent.take_batch`` instead of a list of :class:`FlowSample`.
     Each packet is a plain tuple, cheap to build per packet, laid out as :data:`PACKET_FIELDS`::
 
         (sample_pool, input, output, direction, protocol, frame_length, header, timestamp)
 
     ``protocol``, ``frame_length`` and ``header`` are the packet's sampled_header record;
-    ``stripped`` is the same for every packet of a batch.  When no plugin implements a
+    ``stripped`` is the same for every packet of a batch.  When no module implements a
     per-sample hook the core encodes the tuples straight into datagrams; otherwise it turns
     them into FlowSamples (:meth:`flow_samples`) and runs the hooks as for ``take_samples``.
     """
@@ -174,15 +175,3 @@ class PacketBatch:
 #: the order of the fields of one packet tuple in :attr:`PacketBatch.packets`
 PACKET_FIELDS = ("sample_pool", "input", "output", "direction", "protocol", "frame_length",
                  "header", "timestamp")
-
-
-@attrs.define(slots=True)
-class CounterSample:
-    """The counter records of one data source at one polling time."""
-
-    source: DataSource
-    records: list[Record]
-
-
-def internal_ifindex() -> int:
-    return INTERNAL_IFINDEX

@@ -1,13 +1,13 @@
-"""The testing kit: run an agent in-process with an explicit list of plugins, drive its clock,
+"""The testing kit: run an agent in-process with an explicit list of modules, drive its clock,
 feed it flow samples, and read back what it would have sent, decoded.
 
 No root, no entry-point scan, no sockets to collectors::
 
     from hostsflow.testing import AgentHarness
 
-    def test_my_plugin():
+    def test_my_module():
         with AgentHarness("sflow { collector { ip = 127.0.0.1 } user { } }",
-                          plugins={"user": UserPlugin()}) as h:
+                          modules={"user": UserModule()}) as h:
             h.feed(h.make_sample(tcp=("10.0.0.1", 40000, "10.0.0.2", 80)))
             h.tick()
             (sample,) = h.flow_samples()
@@ -15,17 +15,16 @@ No root, no entry-point scan, no sockets to collectors::
 
 ``tick()`` advances the agent clock by one second and runs one agent second: tick hooks,
 counter polling, tock hooks, flush.  ``run_loop(seconds)`` runs the real asyncio loop (for
-plugins that register file descriptors) while the clock follows real time.
+modules that register file descriptors) while the clock follows real time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import struct
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from .agent import Agent, recording_agent
@@ -52,11 +51,11 @@ class ManualClock:
 
 
 class AgentHarness:
-    """An in-process agent for plugin tests.
+    """An in-process agent for module tests.
 
-    :param config_text: hsflowd.conf text; the blocks of ``plugins`` must appear in it to be
+    :param config_text: hsflowd.conf text; the blocks of ``modules`` must appear in it to be
         configured, as in real life.
-    :param plugins: module name -> plugin object (or class).  Only these are registered.
+    :param modules: module name -> module object (or class).  Only these are registered.
     :param host_poller: also register the core's host and interface poller.
     :param interfaces: an interface table to use instead of scanning this machine.
     :param seed: seed for the random polling phase, so tests are repeatable.
@@ -65,14 +64,17 @@ class AgentHarness:
     def __init__(
         self,
         config_text: str = DEFAULT_CONFIG,
-        plugins: dict[str, Any] | None = None,
+        modules: dict[str, Any] | None = None,
         *,
         host_poller: bool = False,
         interfaces: InterfaceTable | None = None,
         seed: int = 0,
         filename: str = "<test>",
+        plugins: dict[str, Any] | None = None,
     ) -> None:
-        loaded = load(config_text, filename, plugins=plugins or {}, host_poller=host_poller)
+        if plugins is not None:  # the old name, still used by the tcp and systemd tests
+            modules = {**(modules or {}), **plugins}
+        loaded = load(config_text, filename, modules=modules or {}, host_poller=host_poller)
         self.config = loaded.config
         self.host = loaded.host
         self.registry = loaded.registry
@@ -83,7 +85,7 @@ class AgentHarness:
         self.agent: Agent
         self.agent, self.sink = recording_agent(
             self.config, self.host, clock=self.clock, rng=random.Random(seed),
-            registry=self.registry, **kw,
+            **kw,
         )
         self.loop = asyncio.new_event_loop()
         self.started = False
@@ -111,11 +113,11 @@ class AgentHarness:
         timer does.  Samples released here are encoded but only sent at the next ``tick``."""
         self.start()
         self.clock.advance(seconds)
-        self.agent.expire_holds()
+        self.agent.pipeline.expire_holds()
 
     def held(self) -> list[FlowSample]:
         """The samples still waiting for a hold to be released, oldest first."""
-        return [s for _, s in self.agent._held if s.held]
+        return [s for _, s in self.agent.pipeline.held if s.held]
 
     def poll_now(self) -> None:
         """Poll every data source now (whatever its phase) and flush."""
@@ -124,13 +126,13 @@ class AgentHarness:
         self.agent.exporter.flush()
 
     def feed(self, *samples: FlowSample) -> None:
-        """Hand flow samples to the agent as a capture plugin would (one batch)."""
+        """Hand flow samples to the agent as a capture module would (one batch)."""
         self.start()
         self.agent.take_samples(samples)
 
     def flush(self) -> None:
         """Release every hold now (as if the deadline passed) and send what is pending."""
-        self.agent.expire_holds(float("inf"))
+        self.agent.pipeline.expire_holds(float("inf"))
         self.agent.exporter.flush()
 
     def run_loop(self, seconds: float) -> None:
@@ -147,7 +149,7 @@ class AgentHarness:
                 now = time.monotonic()
                 self.clock.advance(now - last)
                 last = now
-                self.agent.expire_holds()
+                self.agent.pipeline.expire_holds()
 
         self.loop.run_until_complete(spin())
 
@@ -205,7 +207,7 @@ class AgentHarness:
         """A flow sample with a real Ethernet/IPv4 (or IPv6) TCP or UDP header.
 
         ``tcp``/``udp`` = (src ip, src port, dst ip, dst port); ``direction`` one of
-        ``hostsflow.samples.DIRECTION_*``; ``netns`` as a capture plugin in another network
+        ``hostsflow.samples.DIRECTION_*``; ``netns`` as a capture module in another network
         namespace would set it; ``timestamp`` the capture time (wall clock; 0 unknown)."""
         header = ethernet_frame(tcp=tcp, udp=udp, payload=payload)
         return FlowSample(
@@ -333,156 +335,10 @@ class UdpCollector:
         self.close()
 
 
-class AgentProcess:
-    """A real ``hostsflowd`` process (optionally inside a network namespace) on a config text.
-
-    Use as a context manager; ``stop()`` sends SIGTERM and returns the exit status."""
-
-    def __init__(self, config_text: str, tmpdir: Any, netns: str | None = None,
-                 args: tuple[str, ...] = (), wrapper: tuple[str, ...] = ()) -> None:
-        """:param netns: run inside this network namespace (``ip netns exec``).
-        :param wrapper: a command prefix the agent's command line is appended to (for set-ups
-            ``netns`` alone does not cover)."""
-        import os
-        import subprocess
-        import sys
-
-        import tempfile
-
-        # the config lives where the agent can still read it after dropping root (SIGHUP)
-        self.confdir = tempfile.mkdtemp(prefix="hostsflow-conf-")
-        os.chmod(self.confdir, 0o755)
-        self.conf = os.path.join(self.confdir, "hsflowd.conf")
-        with open(self.conf, "w") as f:
-            f.write(config_text)
-        os.chmod(self.conf, 0o644)
-        self.log_path = os.path.join(str(tmpdir), "agent.log")
-        self.status_path = os.path.join(str(tmpdir), "status.json")
-        cmd = [sys.executable, "-m", "hostsflow", "-f", self.conf,
-               "--status-file", self.status_path, *args]
-        if netns:
-            cmd = ["ip", "netns", "exec", netns, *cmd]
-        cmd = [*wrapper, *cmd]
-        self._log = open(self.log_path, "w+")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        with open(self.log_path) as f:
-            return f.read()
-
-    def stop(self, timeout: float = 5.0) -> int:
-        import signal
-
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except Exception:  # noqa: BLE001 - still running: kill it, the test will fail
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        import shutil
-
-        shutil.rmtree(self.confdir, ignore_errors=True)
-        return self.proc.returncode
-
-    def __enter__(self) -> "AgentProcess":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
-
-def write_pcap(path: str, datagrams: Iterable[bytes], port: int = 6343) -> None:
-    """Write sFlow datagrams as a pcap of UDP packets 127.0.0.1 -> 127.0.0.1:``port``, so
-    that tshark, sflowtool or sfacctd can read them offline."""
-    with open(path, "wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
-        for i, d in enumerate(datagrams):
-            udp = struct.pack(">HHHH", 40000, port, 8 + len(d), 0) + d
-            ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i & 0xFFFF, 0, 64, 17, 0,
-                             b"\x7f\0\0\1", b"\x7f\0\0\1")
-            frame = b"\0" * 12 + b"\x08\x00" + ip + udp
-            f.write(struct.pack("<IIII", 1_700_000_000 + i, 0, len(frame), len(frame)) + frame)
-
-
-# ================================================================ statistics of sampled estimates
-
-
-def sflow_bound_pct(samples: int) -> float:
-    """The sFlow 95% bound on the relative error of an estimate built from ``samples``
-    samples, in percent: ``196 * sqrt(1 / samples)`` (infinite for no samples)."""
-    return 196.0 * math.sqrt(1.0 / samples) if samples > 0 else float("inf")
-
-
-def min_inside(keys: int, confidence: float = 0.95, false_failure: float = 0.001) -> int:
-    """How many of ``keys`` independent estimates must fall inside their ``confidence`` bound:
-    the largest m with P(fewer than m inside) <= ``false_failure`` for a correct agent
-    (binomial tail; 33 of 40 at the defaults, a 0.07% chance of a false failure)."""
-    tail, m = 0.0, 0
-    for k in range(keys + 1):
-        tail += math.comb(keys, k) * confidence**k * (1 - confidence) ** (keys - k)
-        if tail > false_failure:
-            break
-        m = k + 1
-    return m
-
-
-class BoundCheck:
-    """Per-key estimates against their sFlow 95% bound: see :func:`estimate_within_bound`."""
-
-    def __init__(self, rows: dict[Any, tuple[int, float, float]], required: int) -> None:
-        #: key -> (samples, estimate, truth)
-        self.rows = rows
-        self.required = required
-        #: key -> (error %, bound %) of every estimate outside its bound
-        self.outside: dict[Any, tuple[float, float]] = {}
-        for key, (n, est, truth) in rows.items():
-            if not truth:  # nothing to see: inside only if nothing was seen
-                err, bound = (0.0 if est == 0 else float("inf")), 0.0
-            else:  # no samples of something that was there: outside
-                err, bound = 100.0 * (est - truth) / truth, sflow_bound_pct(n) if n else -1.0
-            if abs(err) > bound:
-                self.outside[key] = (round(err, 2), round(bound, 2))
-        self.inside = len(rows) - len(self.outside)
-
-    @property
-    def ok(self) -> bool:
-        """At least ``required`` estimates fell inside their bound."""
-        return self.inside >= self.required
-
-    def __str__(self) -> str:
-        return (f"{self.inside}/{len(self.rows)} estimates inside their 95% bound (at least "
-                f"{self.required} required); outside (error %, bound %): {self.outside}")
-
-
-def estimate_within_bound(
-    samples: Mapping[Any, int], estimates: Mapping[Any, float], truth: Mapping[Any, float],
-    false_failure: float = 0.001,
-) -> BoundCheck:
-    """Check many independent sampled estimates (one per key of ``truth``: a port, a flow)
-    against the sFlow bound, the way a test can assert without being flaky.
-
-    A single estimate falls outside its 95% bound (``196*sqrt(1/samples)`` percent of the
-    truth) 1 time in 20 with a correct agent, so asserting one estimate makes a test that fails
-    1 run in 20.  Many keys, each against its own bound, and a binomial floor on how many must
-    be inside (:func:`min_inside`) make a check that fails a correct agent ``false_failure`` of
-    the time and still catches a biased one.  A key with no samples (or absent) is outside."""
-    rows = {key: (samples.get(key, 0), float(estimates.get(key, 0)), float(t))
-            for key, t in truth.items()}
-    return BoundCheck(rows, min_inside(len(rows), 0.95, false_failure))
-
-
 def load_file_module(name: str, path: Any) -> Any:
     """Import the Python file at ``path`` as module ``name`` (once; later calls return the same
     module).  For sharing helpers and fixtures between test folders, which pytest's importlib
-    mode does not put on ``sys.path`` (e.g. another plugin's ``tests/conftest.py``)."""
+    mode does not put on ``sys.path`` (e.g. another module's ``tests/conftest.py``)."""
     import importlib.util
     import sys
 

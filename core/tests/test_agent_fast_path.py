@@ -1,7 +1,7 @@
 """The packet path without per-sample hooks (Agent._encode_all) numbers and encodes exactly as
 the general path does: per-source sequence numbers without gaps across interleaved sources and
 batches, an unencodable sample dropped without using a number, and the same bytes as with a
-no-op plugin in the way."""
+no-op module in the way."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _batch(h: AgentHarness, ifindexes: list[int]) -> list[Any]:
 
 def test_sequence_numbers_per_source_across_batches() -> None:
     with AgentHarness(CONF) as h:
-        assert not h.agent._phase1 and not h.agent._phase2
+        assert not h.agent.pipeline.phase1 and not h.agent.pipeline.phase2
         h.feed(*_batch(h, [2, 2, 3, 2, 3, 3]))
         h.feed(*_batch(h, [3, 2]))
         h.flush()
@@ -47,11 +47,11 @@ def test_unencodable_sample_is_dropped_without_a_gap() -> None:
 
 
 def test_same_bytes_as_the_general_path() -> None:
-    fast, general = AgentHarness(CONF), AgentHarness(CONF, plugins={"noop": Noop()})
+    fast, general = AgentHarness(CONF), AgentHarness(CONF, modules={"noop": Noop()})
     for h in (fast, general):
         with h:
             h.feed(*_batch(h, [2, 3, 2, 2]))
             h.flush()
-    assert general.agent._phase1 and not fast.agent._phase1
+    assert general.agent.pipeline.phase1 and not fast.agent.pipeline.phase1
     assert [s for d in fast.datagrams for s in d.samples] == \
         [s for d in general.datagrams for s in d.samples]

@@ -7,7 +7,7 @@ from hostsflow.sflow.records import ExtendedEntities
 from hostsflow.testing import AgentHarness
 
 
-class BadRecordPlugin:
+class BadRecordModule:
     """Adds an extended_entities record with a value no u32 can hold, to every other sample."""
 
     def __init__(self) -> None:
@@ -21,7 +21,7 @@ class BadRecordPlugin:
 
 
 def test_unencodable_record_drops_only_its_sample():
-    with AgentHarness(plugins={"bad": BadRecordPlugin()}) as h:
+    with AgentHarness(modules={"bad": BadRecordModule()}) as h:
         h.feed(*[h.make_sample(udp=("10.0.0.1", 1000 + i, "10.0.0.2", 53)) for i in range(6)])
         h.tick()
         samples = h.flow_samples()

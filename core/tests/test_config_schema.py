@@ -33,7 +33,7 @@ from hostsflow.config import (
 from hostsflow.config.options import device
 
 
-# A module's config classes, declared the way a plugin does it.
+# A module's config classes, declared the way a module does it.
 @attrs.frozen
 class PortConfig:
     dev: str = option(help="switch port", converter=device, example="swp1")
@@ -268,7 +268,7 @@ def test_module_blocks_validated_against_declared_classes() -> None:
     assert first == CaptureConfig(dev="eth0", promisc=True, sampling=1000)
     assert second.speed == SpeedRange(10**9, None) and second.pattern.pattern == "veth.*"
     assert second.ports == [PortConfig("swp1"), PortConfig("swp2")]
-    assert c.modules["tcp"] == [TcpConfig()]
+    assert c.modules["tcp"] == TcpConfig()  # not repeatable: the instance itself
     assert list(c.modules) == ["capture", "tcp"]
 
 
@@ -318,7 +318,7 @@ def test_not_loaded_reason_and_empty_install_list() -> None:
                                "install hostsflow-foo)")
 
 
-def test_registry_status_and_plugin_mistakes() -> None:
+def test_registry_status_and_module_mistakes() -> None:
     reg = registry()
     assert [reg.status(n) for n in ("TCP", "nflog", "foo")] == ["declared", "installed",
                                                                   "unknown"]
@@ -351,7 +351,7 @@ def test_rendered_sample_is_a_valid_config_with_the_defaults() -> None:
     c = parse_config_text(text, "sample.conf", reg)
     assert c == AgentConfig(collectors=[CollectorConfig("127.0.0.1")],
                             modules={"capture": [CaptureConfig(ports=[PortConfig("swp1")])],
-                                     "tcp": [TcpConfig()]})
+                                     "tcp": TcpConfig()})
     assert render_config(reg, ["tcp"]).count("{") == 3  # sflow, collector, tcp
     with pytest.raises(ValueError, match="no declared block named nope"):
         render_config(reg, ["nope"])
@@ -410,7 +410,7 @@ def test_load_config_from_files(tmp_path: Any) -> None:
         load_config(str(tmp_path))
 
 
-def test_installed_plugins_render_valid_samples() -> None:
+def test_installed_modules_render_valid_samples() -> None:
     """Every installed module's declared block renders to a sample that validates back to its
     defaults (``hostsflow config`` output is usable as it stands)."""
     from importlib.metadata import entry_points
@@ -425,5 +425,7 @@ def test_installed_plugins_render_valid_samples() -> None:
     for name, spec in reg.specs.items():
         text = render_config(reg, [name])
         config = parse_config_text(text, f"{name}.conf", reg)
-        (instance,) = config.modules[name]
+        instance = config.modules[name]
+        if spec.repeatable:
+            (instance,) = instance
         assert isinstance(instance, spec.cls)

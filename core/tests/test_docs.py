@@ -4,7 +4,8 @@
   the argument names pluggy reads from the spec, and each section says when it is called,
   what it returns and which module uses it;
 * every ``### sflow_*(...)`` heading names a hook that exists;
-* the Agent API table names only attributes the Agent really has;
+* the Agent API table names exactly the members of ``hookspecs.AgentAPI`` (what modules may
+  use), the hook specs type ``agent`` with it, and the Agent has every member;
 * every Python example compiles, and the ones marked ``<!-- doctest -->`` run.
 """
 
@@ -19,6 +20,7 @@ import pytest
 
 from hostsflow import hookspecs
 from hostsflow.agent import Agent
+from hostsflow.hookspecs import AgentAPI
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "plugins.md"
 HEADING = re.compile(r"^### (sflow_\w+)\((.*)\)\s*$", re.M)
@@ -84,15 +86,35 @@ def test_every_documented_hook_exists() -> None:
     assert not unknown, f"docs/plugins.md documents hooks that do not exist: {sorted(unknown)}"
 
 
-def test_agent_api_table_names_real_attributes() -> None:
+def agent_api_members() -> set[str]:
+    """The members of the Protocol modules see the agent through."""
+    return {n for n in vars(AgentAPI) if not n.startswith("_")}
+
+
+def test_agent_api_table_is_the_protocol() -> None:
     text = doc_text()
     table = text[text.index("## The Agent API"):text.index("## Flow samples")]
     names = set(re.findall(r"`agent\.(\w+)", table))
     assert {"module_config", "logger", "take_samples", "hold_timeout"} <= names
+    assert names == agent_api_members(), (
+        f"docs/plugins.md's Agent API table and hookspecs.AgentAPI differ: only in the doc "
+        f"{sorted(names - agent_api_members())}, only in the Protocol "
+        f"{sorted(agent_api_members() - names)}")
+
+
+def test_the_agent_has_every_member_of_the_protocol() -> None:
     # attributes set in __init__ exist only on instances: read them from the source
     init_src = inspect.getsource(Agent.__init__)
-    missing = [n for n in names if not hasattr(Agent, n) and f"self.{n} =" not in init_src]
-    assert not missing, f"the Agent API table names what Agent does not have: {missing}"
+    missing = [n for n in agent_api_members()
+               if not hasattr(Agent, n) and f"self.{n} =" not in init_src]
+    assert not missing, f"Agent lacks what AgentAPI promises: {missing}"
+
+
+def test_hook_specs_type_agent_with_the_protocol() -> None:
+    for name in spec_argnames():
+        spec = inspect.signature(getattr(hookspecs, name))
+        if "agent" in spec.parameters:
+            assert spec.parameters["agent"].annotation == "AgentAPI", name
 
 
 def test_python_examples_compile_and_doctests_run() -> None:

@@ -1,4 +1,5 @@
-"""Agent address election (hsflowd section 2.8) and the sampling-rate rule (section 2.6):
+"""Agent address election (hsflowd's selectAgentAddress) and the sampling-rate rule
+(lookupPacketSamplingRate):
 table tests on the pure functions, then one election in a real namespace."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """PacketBatch, the compact form the pcap tap hands the core: encoded in one pass when no
-plugin has a per-sample hook, to the same bytes as FlowSamples through the general path;
-turned into FlowSamples when a plugin does; a bad packet loses only itself; and
+module has a per-sample hook, to the same bytes as FlowSamples through the general path;
+turned into FlowSamples when a module does; a bad packet loses only itself; and
 ``Exporter.add_all`` cuts datagrams exactly where one ``add`` per sample would."""
 
 from __future__ import annotations
@@ -11,10 +11,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hostsflow import hookimpl
-from hostsflow.samples import DIRECTION_RECEIVED, DIRECTION_SENT, DataSource, PacketBatch
+from hostsflow.samples import (
+    DIRECTION_RECEIVED,
+    DIRECTION_SENT,
+    DataSource,
+    FlowSample,
+    PacketBatch,
+)
 from hostsflow.sflow.datagram import encode_flow_sample, encode_packet_batch
 from hostsflow.sflow.exporter import Exporter, RecordingSink
-from hostsflow.sflow.records import HEADER_ETHERNET, INTERNAL_IFINDEX
+from hostsflow.sflow.records import (
+    HEADER_ETHERNET,
+    INTERNAL_IFINDEX,
+    ExtendedTcpInfo,
+    SampledHeader,
+)
 from hostsflow.testing import AgentHarness, ethernet_frame
 
 CONF = "sflow { collector { ip = 127.0.0.1 } }"
@@ -22,7 +33,7 @@ SRC = DataSource(0, 7, "eth7")
 
 
 class Enricher:
-    """A plugin with a per-sample hook: batches must become FlowSamples for it."""
+    """A module with a per-sample hook: batches must become FlowSamples for it."""
 
     def __init__(self) -> None:
         self.seen = 0
@@ -66,6 +77,22 @@ def test_batch_encoding_equals_one_flow_sample_at_a_time(
     assert encode_packet_batch(seq, b) == one_by_one
 
 
+@settings(max_examples=200, deadline=None)
+@given(u32s, u32s, u32s, st.binary(max_size=300), st.booleans(), st.booleans())
+def test_the_sampled_header_encoder_writes_what_the_record_codec_writes(
+        protocol: int, frame_length: int, stripped: int, header: bytes, first: bool,
+        more: bool) -> None:
+    """The sampled_header of the sample encoder (first record, packed with the sample's head)
+    and the generic record codec (any other place) give the same record bytes."""
+    sh = SampledHeader(protocol, frame_length, stripped, header)
+    others = [ExtendedTcpInfo(dir=1, rtt=7)] if more else []
+    records = [sh, *others] if first else [*others, sh]
+    encoded = encode_flow_sample(1, FlowSample(DataSource(0, 3), 10, records))
+    body = b"".join(r.encode() for r in records)
+    assert encoded[-len(body):] == body
+    assert len(encoded) == 52 + len(body)  # tag, length and the 44 fixed bytes of the head
+
+
 def test_flow_samples_carry_every_field() -> None:
     b = batch(2)
     s0, s1 = b.flow_samples()
@@ -79,13 +106,13 @@ def test_flow_samples_carry_every_field() -> None:
 
 def test_fast_path_and_hook_path_send_the_same_samples() -> None:
     enricher = Enricher()
-    fast, general = AgentHarness(CONF), AgentHarness(CONF, plugins={"e": enricher})
+    fast, general = AgentHarness(CONF), AgentHarness(CONF, modules={"e": enricher})
     for h in (fast, general):
         with h:
             h.agent.take_batch(batch(20))
             h.agent.take_batch(batch(5, first_pool=400))
             h.flush()
-    assert enricher.seen == 25 and not fast.agent._phase1
+    assert enricher.seen == 25 and not fast.agent.pipeline.phase1
     got = [s for d in fast.datagrams for s in d.samples]
     assert got == [s for d in general.datagrams for s in d.samples]
     assert [s.sequence for s in got] == list(range(1, 26))

@@ -1,11 +1,10 @@
-"""The testing kit (hostsflow.testing.AgentHarness) as a plugin author uses it: explicit
-plugins, a driven clock, flow samples in, decoded records out.  Also pins the behaviour the
+"""The testing kit (hostsflow.testing.AgentHarness) as a module author uses it: explicit
+modules, a driven clock, flow samples in, decoded records out.  Also pins the behaviour the
 kit exposes: holds released late and timed out, phase-2 ordering, the counter polling
 schedule, the tick/poll/tock/flush order and fd readers through the real asyncio loop."""
 
 from __future__ import annotations
 
-import os
 import socket
 from typing import Any
 
@@ -27,7 +26,7 @@ ENTERPRISE = 4095  # a private enterprise number used only by these tests
 
 @flow_record(1, enterprise=ENTERPRISE)
 class Mark(Record):
-    """A test flow record: which plugin and phase added it."""
+    """A test flow record: which module and phase added it."""
 
     who: str = string(64)
     phase: int = u32()
@@ -72,15 +71,15 @@ def tcp_sample(h: AgentHarness) -> FlowSample:
     return h.make_sample(tcp=("10.0.0.1", 40000, "10.0.0.2", 80))
 
 
-# ---------------------------------------------------------------- explicit plugins
+# ---------------------------------------------------------------- explicit modules
 
 
-def test_only_the_given_plugins_are_loaded_no_entry_point_scan() -> None:
-    with AgentHarness(CONF % (0, ""), plugins={"a": Holder("a")}) as h:
+def test_only_the_given_modules_are_loaded_no_entry_point_scan() -> None:
+    with AgentHarness(CONF % (0, ""), modules={"a": Holder("a")}) as h:
         assert set(h.host.states) == {"a"}
-    # a block for a module that is not in `plugins` is unknown, even if it is installed
+    # a block for a module that is not in `modules` is unknown, even if it is installed
     with pytest.raises(ConfigError, match="unknown module 'pcap'"):
-        AgentHarness(CONF % (0, "pcap { dev = lo }"), plugins={"a": Holder("a")})
+        AgentHarness(CONF % (0, "pcap { dev = lo }"), modules={"a": Holder("a")})
 
 
 @attrs.frozen
@@ -101,12 +100,12 @@ class Knob:
         self.seen = agent.module_config("knob")
 
 
-def test_module_config_reaches_the_plugin() -> None:
+def test_module_config_reaches_the_module() -> None:
     k = Knob()
-    with AgentHarness(CONF % (0, "knob { on = on n = 7 }"), plugins={"knob": k}):
+    with AgentHarness(CONF % (0, "knob { on = on n = 7 }"), modules={"knob": k}):
         assert k.seen == KnobConfig(True, 7)
     with pytest.raises(ConfigError, match=r"<test>:1: .*n"):
-        AgentHarness(CONF % (0, "knob { n = 11 }"), plugins={"knob": Knob()})
+        AgentHarness(CONF % (0, "knob { n = 11 }"), modules={"knob": Knob()})
 
 
 # ---------------------------------------------------------------- holds and phase 2
@@ -114,7 +113,7 @@ def test_module_config_reaches_the_plugin() -> None:
 
 def test_hold_released_late_is_sent_with_its_phase2_records() -> None:
     a, b = Holder("a"), Holder("b")
-    with AgentHarness(CONF % (0, ""), plugins={"a": a, "b": b}) as h:
+    with AgentHarness(CONF % (0, ""), modules={"a": a, "b": b}) as h:
         s = tcp_sample(h)
         h.feed(s)
         assert h.held() == [s] and a.phase2_saw == [] and b.phase2_saw == []
@@ -124,7 +123,7 @@ def test_hold_released_late_is_sent_with_its_phase2_records() -> None:
         h.advance(0.1)
         b.release_all()
         assert h.held() == []
-        # phase 2 ran once per plugin, after both holds, and saw both phase-1 stashes
+        # phase 2 ran once per module, after both holds, and saw both phase-1 stashes
         assert a.phase2_saw == b.phase2_saw == [{"a": "phase1", "b": "phase1"}]
         h.tick()
         (sample,) = h.flow_samples()
@@ -138,7 +137,7 @@ def test_hold_released_late_is_sent_with_its_phase2_records() -> None:
 
 def test_hold_never_released_times_out_at_hold_timeout() -> None:
     a = Holder("slow")
-    with AgentHarness(CONF % (0, ""), plugins={"slow": a}) as h:
+    with AgentHarness(CONF % (0, ""), modules={"slow": a}) as h:
         h.agent.hold_timeout = 0.4
         s = tcp_sample(h)
         with structlog.testing.capture_logs() as logs:
@@ -160,7 +159,7 @@ def test_hold_never_released_times_out_at_hold_timeout() -> None:
 
 def test_tick_releases_expired_holds_and_flush_releases_everything() -> None:
     a = Holder("a")
-    with AgentHarness(CONF % (0, ""), plugins={"a": a}) as h:
+    with AgentHarness(CONF % (0, ""), modules={"a": a}) as h:
         h.feed(tcp_sample(h))
         h.tick()  # one second > hold_timeout: released and sent in this second's datagram
         assert len(h.flow_samples()) == 1
@@ -172,7 +171,7 @@ def test_tick_releases_expired_holds_and_flush_releases_everything() -> None:
 
 
 def test_unheld_samples_pass_straight_through_in_order() -> None:
-    with AgentHarness(CONF % (0, ""), plugins={}) as h:
+    with AgentHarness(CONF % (0, ""), modules={}) as h:
         h.feed(*[h.make_sample(udp=("10.0.0.1", 1000 + i, "10.0.0.2", 53)) for i in range(5)])
         assert h.held() == []
         h.tick()
@@ -213,7 +212,7 @@ class Sources:
 
 def test_counter_polling_schedule() -> None:
     p = Sources()
-    with AgentHarness(CONF % (5, ""), plugins={"src": p}, seed=1) as h:
+    with AgentHarness(CONF % (5, ""), modules={"src": p}, seed=1) as h:
         start = h.agent.now()
         h.tick(20)
         for index in (1, 2):
@@ -233,7 +232,7 @@ def test_counter_polling_schedule() -> None:
 
 def test_same_seed_same_phases() -> None:
     def phases(seed: int) -> list[int]:
-        with AgentHarness(CONF % (10, ""), plugins={"src": Sources()}, seed=seed) as h:
+        with AgentHarness(CONF % (10, ""), modules={"src": Sources()}, seed=seed) as h:
             t0 = h.agent.now()
             h.tick(10)
             return [s.record(Tally).at - t0 for s in h.counter_samples()]
@@ -243,27 +242,27 @@ def test_same_seed_same_phases() -> None:
 
 def test_second_order_is_tick_poll_tock_then_flush() -> None:
     p = Sources()
-    with AgentHarness(CONF % (1, ""), plugins={"src": p}) as h:
+    with AgentHarness(CONF % (1, ""), modules={"src": p}) as h:
         h.tick()
         assert p.calls == ["tick", "poll 3:1", "poll 3:2", "tock"]
         assert len(h.datagrams) == 1  # flushed at the end of the second
 
 
 def test_poll_now_polls_everything_whatever_the_phase() -> None:
-    with AgentHarness(CONF % (300, ""), plugins={"src": Sources()}) as h:
+    with AgentHarness(CONF % (300, ""), modules={"src": Sources()}) as h:
         h.poll_now()
         assert sorted(s.source.ds_index for s in h.counter_samples()) == [1, 2]
 
 
 def test_polling_zero_means_no_counters() -> None:
-    with AgentHarness(CONF % (0, ""), plugins={"src": Sources()}) as h:
+    with AgentHarness(CONF % (0, ""), modules={"src": Sources()}) as h:
         h.tick(5)
         assert h.counter_samples() == []
 
 
 def test_duplicate_counter_record_is_dropped_with_one_warning() -> None:
     with structlog.testing.capture_logs() as logs:
-        with AgentHarness(CONF % (1, ""), plugins={"x": Sources(), "y": Sources()}) as h:
+        with AgentHarness(CONF % (1, ""), modules={"x": Sources(), "y": Sources()}) as h:
             h.tick(3)
             for s in h.counter_samples():
                 assert len([r for r in s.records if isinstance(r, Tally)]) == 1
@@ -272,7 +271,7 @@ def test_duplicate_counter_record_is_dropped_with_one_warning() -> None:
 
 
 def test_host_poller_on_request() -> None:
-    with AgentHarness(CONF % (1, ""), plugins={}, host_poller=True) as h:
+    with AgentHarness(CONF % (1, ""), modules={}, host_poller=True) as h:
         h.tick(2)
         assert any(s.source == DataSource(2, 1) for s in h.counter_samples())
 
@@ -281,7 +280,7 @@ def test_host_poller_on_request() -> None:
 
 
 class Reader:
-    """A capture-style plugin: reads frames from a socket in sflow_start's reader."""
+    """A capture-style module: reads frames from a socket in sflow_start's reader."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -305,7 +304,7 @@ def test_run_loop_drives_registered_readers() -> None:
 
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
-        with AgentHarness(CONF % (0, ""), plugins={"rd": Reader(b)}) as h:
+        with AgentHarness(CONF % (0, ""), modules={"rd": Reader(b)}) as h:
             frame = ethernet_frame(udp=("10.0.0.1", 1, "10.0.0.2", 2), payload=b"hi")
             a.send(frame)
             a.send(frame)

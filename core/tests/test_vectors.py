@@ -2,7 +2,7 @@
 
 Two independent sources:
 
-1. ``shared/vectors``: datagrams crafted byte by byte from the sFlow specifications, with
+1. ``core/tests/data/vectors`` (a copy of ``shared/vectors``): datagrams crafted byte by byte from the sFlow specifications, with
    sflowtool 6.11's reading of each (JSON and text).  Every field sflowtool printed is compared
    with ours through one explicit name table (:data:`SFLOWTOOL`); a sflowtool field with no entry
    in the table fails the test, so nothing it read goes unchecked.  Then the datagram is
@@ -62,16 +62,23 @@ from hostsflow.sflow.records import (
 )
 
 
-def _shared() -> Path | None:
+#: the vectors, copied into the repository from shared/vectors (data, with their README)
+VECTORS = Path(__file__).resolve().parent / "data" / "vectors"
+
+
+def vector_path(name: str) -> Path:
+    """A vector file; a missing one fails the test (the vectors ship with the repository)."""
+    path = VECTORS / name
+    assert path.is_file(), f"test vector {path} is missing (core/tests/data/vectors)"
+    return path
+
+
+def _shared_tools() -> Path | None:
+    """shared/tools (the crafting tool is code, not copied): beside the repo or /work/shared."""
     for base in (Path(__file__).resolve().parents[2].parent / "shared", Path("/work/shared")):
-        if (base / "vectors" / "full.bin").exists():
-            return base
+        if (base / "tools").is_dir():
+            return base / "tools"
     return None
-
-
-SHARED = _shared()
-pytestmark = pytest.mark.skipif(SHARED is None, reason="shared/ (test vectors) not found "
-                                "beside the repo nor at /work/shared")
 
 
 # ================================================================ reading sflowtool's output
@@ -337,8 +344,7 @@ def compare_with_sflowtool(ours: Datagram, theirs: dict[str, Any]) -> int:
 
 
 def _reading(name: str) -> dict[str, Any]:
-    assert SHARED is not None
-    path = SHARED / "vectors" / name
+    path = vector_path(name)
     if name.endswith(".json"):
         return json.loads(path.read_text())
     (only,) = parse_sflowtool_text(path.read_text())
@@ -351,12 +357,12 @@ def _reading(name: str) -> dict[str, Any]:
     ("counters.bin", "counters.sflowtool.txt"),
 ])
 def test_every_field_matches_sflowtool(vector, reading):
-    data = (SHARED / "vectors" / vector).read_bytes()
+    data = vector_path(vector).read_bytes()
     ours = decode_datagram(data)
     checked = compare_with_sflowtool(ours, _reading(reading))
     # make sure the comparison really walked every line of sflowtool's text reading (its
     # adaptor_* lines are compared as one adaptor_list per host_adapters record)
-    lines = (SHARED / "vectors" / reading.replace(".json", ".txt")).read_text().splitlines()
+    lines = vector_path(reading.replace(".json", ".txt")).read_text().splitlines()
     names = [line.split(" ")[0] for line in lines if line.strip()]
     skip = NOT_IN_DATAGRAM | {"startDatagram", "endDatagram", "startSample", "endSample"}
     n_lines = sum(1 for n in names if n not in skip and not n.startswith("adaptor_"))
@@ -373,7 +379,7 @@ def test_text_and_json_readings_agree():
 
 def test_name_table_catches_a_wrong_value():
     """The comparison fails on a single changed field (it is not vacuous)."""
-    ours = decode_datagram((SHARED / "vectors" / "full.bin").read_bytes())
+    ours = decode_datagram(vector_path("full.bin").read_bytes())
     theirs = _reading("full.sflowtool.json")
     theirs["samples"][1]["elements"][2]["cpu_nice"] = "21"
     with pytest.raises(AssertionError, match="cpu_nice"):
@@ -406,7 +412,7 @@ def reencode(d: Datagram) -> bytes:
 
 @pytest.mark.parametrize("vector", ["full.bin", "counters.bin"])
 def test_reencoding_is_byte_identical(vector):
-    data = (SHARED / "vectors" / vector).read_bytes()
+    data = vector_path(vector).read_bytes()
     again = reencode(decode_datagram(data))
     # the vectors are canonical XDR (records in sample order, zero padding), so nothing may
     # legitimately differ: the bytes must be the same.
@@ -418,10 +424,11 @@ def test_reencoding_is_byte_identical(vector):
 
 @pytest.fixture(scope="module")
 def craft():
-    assert SHARED is not None
-    path = SHARED / "tools" / "craft_datagram_full.py"
-    if not path.exists():
-        pytest.skip(f"{path} not found")
+    tools = _shared_tools()
+    path = tools / "craft_datagram_full.py" if tools is not None else None
+    if path is None or not path.exists():
+        pytest.skip("shared/tools/craft_datagram_full.py not found beside the repo nor at "
+                    "/work/shared")
     spec = importlib.util.spec_from_file_location("craft_datagram_full", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
@@ -496,5 +503,5 @@ def test_our_encoder_matches_craft_datagram_full(craft, i, flow, virtual, vnode)
 
 def test_craft_datagram_zero_is_the_vector(craft):
     """The tool and the stored vectors agree (so both sources describe the same bytes)."""
-    assert craft.build_datagram(0) == (SHARED / "vectors" / "full.bin").read_bytes()
-    assert craft.build_datagram(0, flow=False) == (SHARED / "vectors" / "counters.bin").read_bytes()
+    assert craft.build_datagram(0) == vector_path("full.bin").read_bytes()
+    assert craft.build_datagram(0, flow=False) == vector_path("counters.bin").read_bytes()

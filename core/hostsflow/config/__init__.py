@@ -5,7 +5,7 @@
 * :mod:`.registry` - :class:`ConfigRegistry` (module blocks) and :func:`render_block`;
 * :mod:`.schema` - :class:`AgentConfig`, :class:`CollectorConfig`, :func:`load_config`.
 
-Plugins declare their block with an attrs class whose fields come from :func:`option`::
+Modules declare their block with an attrs class whose fields come from :func:`option`::
 
     @attrs.frozen
     class TcpConfig:

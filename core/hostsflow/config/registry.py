@@ -2,7 +2,7 @@
 the sample-config renderer used by ``hostsflow config``.
 
 The core creates one :class:`ConfigRegistry` per config load, tells it which modules are
-installed (entry-point name -> distribution), lets every loaded plugin declare its block, then
+installed (entry-point name -> distribution), lets every loaded module declare its block, then
 validates the file against it (:func:`hostsflow.config.schema.parse_config_text`).  A block
 name that nobody declared is then either an installed module that did not load, or unknown.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from .options import (  # noqa: F401  (re-exported: plugins import them from here too)
+from .options import (  # noqa: F401  (re-exported: modules import them from here too)
     AgentCIDR,
     Converter,
     SpeedRange,
@@ -66,9 +66,9 @@ class ConfigRegistry:
     def block(self, name: str, cls: type, repeatable: bool = False, help: str = "") -> None:
         """Declare block ``name`` (the module's entry-point name) read into attrs class ``cls``.
 
-        Called by plugins from ``sflow_declare_config``.  Declaring the same block twice with the
+        Called by modules from ``sflow_declare_config``.  Declaring the same block twice with the
         same class is harmless; a different class, a reserved name or a class that is not an
-        attrs class raises ``ValueError`` (a plugin bug, not a config mistake)."""
+        attrs class raises ``ValueError`` (a module bug, not a config mistake)."""
         key = name.lower()
         if key in RESERVED or not key:
             raise ValueError(f"block name '{name}' is reserved by the core")

@@ -76,7 +76,8 @@ def sampling_name(name: str) -> str:
 
 
 def speed_name(bps: int) -> str:
-    """hsflowd's speed key for ``sampling.<speed>`` lookups (section 2.6): integer division by
+    """hsflowd's speed key for ``sampling.<speed>`` lookups (``lookupPacketSamplingRate``):
+    integer division by
     the unit chosen from the digit count (1000000000 -> ``1G``, 100000000 -> ``100M``)."""
     digits = len(str(bps))
     for over, suffix, unit in ((12, "T", 10**12), (9, "G", 10**9), (6, "M", 10**6),
@@ -109,8 +110,9 @@ class CollectorConfig:
 @attrs.frozen
 class AgentConfig:
     """The validated ``sflow { }`` block.  ``modules`` maps each module block present in the
-    file to its list of validated instances (one item unless the block is repeatable);
-    ``agent_cidr`` is in file order (earlier entries win the bigger boost)."""
+    file to its validated instance, or to the list of its instances in file order when the
+    module declared the block repeatable; ``agent_cidr`` is in file order (earlier entries win
+    the bigger boost)."""
 
     collectors: list[CollectorConfig] = sub_block(
         CollectorConfig, key="collector", repeat=True, help="where to send sFlow datagrams")
@@ -149,7 +151,7 @@ class AgentConfig:
     drop_priv: bool = option(True, key="dropPriv", converter=on_off,
                              help="drop root after start-up (a module may ask to keep it)")
 
-    modules: dict[str, list[Any]] = attrs.field(factory=dict)
+    modules: dict[str, Any] = attrs.field(factory=dict)
     notes: list[ConfigNote] = attrs.field(factory=list, eq=False, repr=False)
     source: str = attrs.field(default="", eq=False)
 
@@ -240,7 +242,8 @@ def build(block: Block, cls: type, notes: list[ConfigNote], *,
 
     Walks entries and sub-blocks in file order, so the first mistake in the file is the one
     reported.  Unknown sub-blocks are looked up in ``registry`` (module blocks, collected in
-    ``extra["modules"]``) when one is given; ``legacy`` keys are checked and ignored with a
+    ``extra["modules"]``: the instance, or the list of instances for a block the registry
+    says is repeatable) when one is given; ``legacy`` keys are checked and ignored with a
     note.  Raises :class:`ConfigError`."""
     keys = _keys(cls)
     file = block.file
@@ -323,10 +326,19 @@ def build(block: Block, cls: type, notes: list[ConfigNote], *,
                               "(required)")
     kwargs = {attrs.fields_dict(cls)[k].alias or k: v for k, v in values.items()}
     kwargs.update(extra or {})
+    if registry is not None and modules:
+        # a repeatable block stays a list, any other is its one instance
+        kwargs["modules"] = {name: blocks if _repeatable(registry, name) else blocks[0]
+                             for name, blocks in modules.items()}
     try:
         return cls(**kwargs)
-    except (ValueError, TypeError) as exc:  # a plugin's cross-field validator
+    except (ValueError, TypeError) as exc:  # a module's cross-field validator
         raise ConfigError(file, block.line, f"'{block.name}' block: {exc}") from None
+
+
+def _repeatable(registry: ConfigRegistry, name: str) -> bool:
+    spec = registry.spec(name)
+    return spec is not None and spec.repeatable
 
 
 # ---------------------------------------------------------------- entry points
@@ -352,7 +364,7 @@ def _the_sflow_block(root: Block) -> Block:
 
 def module_blocks(text: str, filename: str) -> dict[str, int]:
     """The module block names in the ``sflow { }`` block (lower-case -> first line), for the
-    plugin loader to decide what to load before validating.  Raises :class:`ConfigError` on
+    module loader to decide what to load before validating.  Raises :class:`ConfigError` on
     syntax errors."""
     core = {"collector"}
     found: dict[str, int] = {}

@@ -1,4 +1,4 @@
-"""Agent address election, as hsflowd's ``selectAgentAddress`` (section 2.8).
+"""Agent address election, as hsflowd's ``selectAgentAddress`` and ``agentAddressPriority``.
 
 Order of precedence: an explicit ``agentIP`` wins outright; otherwise every address of every
 admin-up interface is a :class:`Candidate` with hsflowd's base priority (below), plus an
@@ -28,7 +28,8 @@ Differences from hsflowd, on purpose:
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import attrs
 
@@ -252,3 +253,21 @@ def elect_agent_address(
         if cand.priority > IPSP_NONE:
             return cand.address
     return None
+
+
+def choose_agent_address(
+    interfaces: InterfaceTable, config: Any, ask: Callable[[list[str]], str | None] | None,
+) -> str | None:
+    """The agent address for ``config`` (``agentIP``, ``agent``, ``agent.cidr``): ``ask``'s
+    answer when given and not None (the modules' ``sflow_agent_address``, shown the
+    candidates best first), else :func:`elect_agent_address`'s; None when neither has one."""
+    cidrs = [str(c) for c in config.agent_cidr]
+    chosen = elect_agent_address(
+        interfaces, agent_ip=config.agent_ip, agent_dev=config.agent, cidrs=cidrs
+    )
+    if ask is None:
+        return chosen
+    ranked = [c.address for c in candidates(interfaces, config.agent, cidrs)]
+    if chosen and chosen not in ranked:
+        ranked.insert(0, chosen)  # agentIP: used as given
+    return ask(ranked) or chosen

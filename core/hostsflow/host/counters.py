@@ -1,7 +1,6 @@
 """Host and interface counter records, each read from /proc and /sys when it is called.
 
-One function per record (hsflowd's sources, section 7 of the behaviour notes, with its quirks
-fixed):
+One function per record (the sources hsflowd reads for it, with its quirks fixed):
 
 ============  =========================================================================
 record        source
@@ -421,26 +420,6 @@ def mib2_records(snmp: dict[str, dict[str, int]] | None = None) -> list[Record]:
         _mib2_group(Mib2Tcp, "Tcp", MIB2_TCP_FIELDS, g),
         _mib2_group(Mib2Udp, "Udp", MIB2_UDP_FIELDS, g),
     ]
-
-
-def mib2_ip() -> Record:
-    """mib2_ip_group (2007)."""
-    return _mib2_group(Mib2Ip, "Ip", MIB2_IP_FIELDS, snmp_groups())
-
-
-def mib2_icmp() -> Record:
-    """mib2_icmp_group (2008)."""
-    return _mib2_group(Mib2Icmp, "Icmp", MIB2_ICMP_FIELDS, snmp_groups())
-
-
-def mib2_tcp() -> Record:
-    """mib2_tcp_group (2009)."""
-    return _mib2_group(Mib2Tcp, "Tcp", MIB2_TCP_FIELDS, snmp_groups())
-
-
-def mib2_udp() -> Record:
-    """mib2_udp_group (2010)."""
-    return _mib2_group(Mib2Udp, "Udp", MIB2_UDP_FIELDS, snmp_groups())
 
 
 # ---------------------------------------------------------------- interface counters

@@ -1,6 +1,6 @@
 """Who the host is: hostname, machine-id and the 16-byte host UUID (as hsflowd chooses it).
 
-hsflowd's order (section 2.9 of the behaviour notes): ``-u UUID``, else ``uuid=`` in the config
+hsflowd's order: ``-u UUID``, else ``uuid=`` in the config
 (both are the caller's override here), else the system UUID (dmidecode; we read the same value
 from /sys/class/dmi/id/product_uuid), else a UUID derived from the machine-id.  The derivation is
 reproduced bit for bit (``chooseUUID`` in hsflowd.c) so a host keeps the same UUID when it moves

@@ -1,4 +1,4 @@
-"""The core's own counter poller, registered through the same hooks as any plugin.
+"""The core's own counter poller, registered through the same hooks as any module.
 
 It names the host (``2:1``) and every non-loopback interface (``0:ifIndex``) as data sources,
 and returns their records when they are due."""

@@ -1,6 +1,6 @@
-"""hsflowd's per-interface sampling-rate rule (``lookupPacketSamplingRate``, section 2.6).
+"""hsflowd's per-interface sampling-rate rule (``lookupPacketSamplingRate`` in hsflowconfig.c).
 
-Used by the core as the fallback of the ``sflow_sampling_rate`` hook (capture plugins such as
+Used by the core as the fallback of the ``sflow_sampling_rate`` hook (capture modules such as
 pcap ask ``agent.sampling_rate(interface)``; nflog/ulog use the global ``sampling`` instead).
 """
 

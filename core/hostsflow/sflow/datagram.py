@@ -19,7 +19,7 @@ import functools
 import ipaddress
 import socket
 import struct
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import attrs
 
@@ -49,7 +49,6 @@ _FLOW_HEAD = struct.Struct(">13I")
 _FLOW_HEAD_SH = struct.Struct(">19I")
 _FLOW_FIXED = 44  # body bytes before the records (record count included)
 _SH_TAG = SampledHeader.tag()
-_SH_HEAD = struct.Struct(">6I")
 _COUNTER_HEAD = struct.Struct(">6I")
 _COUNTER_FIXED = 16
 _DGRAM_PREFIX = struct.Struct(">II")  # version, agent address type (the address follows)
@@ -76,25 +75,14 @@ def encode_flow_sample(seq: int, sample: "FlowSample") -> bytes:
     inp = sample.input
     out = sample.output
     if records and type(records[0]) is SampledHeader:
-        # sampled_header first, then any other records (tcp_info, entities...): the head and
-        # the sampled_header's fixed part in one pack, precompiled packs for fixed-size records.
+        # the usual sample: sampled_header first, then any other records (tcp_info,
+        # entities...), precompiled packs for the fixed-size ones
         rec = records[0]
-        hdr = rec.header
-        n = len(hdr)
-        sh_len = 16 + n + (-n & 3)
-        parts: list[bytes] = [b"", hdr, _ZERO_PAD[n & 3]]
-        body_len = _FLOW_FIXED + 8 + sh_len
-        for rec2 in records[1:]:
-            enc = _encode_flow_record(rec2)
-            body_len += len(enc)
-            parts.append(enc)
-        parts[0] = _FLOW_HEAD_SH.pack(
-            SAMPLE_FLOW_EXPANDED, body_len, seq & U32,
-            src.ds_class, src.ds_index, sample.sampling_rate, sample.sample_pool & U32,
-            sample.drops & U32, inp >> 30 & 3, inp & IFINDEX_MASK,
-            out >> 30 & 3, out & IFINDEX_MASK, len(records),
-            _SH_TAG, sh_len, rec.protocol, rec.frame_length, rec.stripped, n)
-        return b"".join(parts)
+        rest = b"".join([_encode_flow_record(r) for r in records[1:]])
+        return _sampled_header_sample(
+            seq, src.ds_class, src.ds_index, sample.sampling_rate, sample.sample_pool,
+            sample.drops, inp, out, len(records), len(rest),
+            rec.protocol, rec.frame_length, rec.stripped, rec.header) + rest
     encoded = [_encode_flow_record(rec) for rec in records]
     body_len = _FLOW_FIXED + sum(map(len, encoded))
     head = _FLOW_HEAD.pack(
@@ -108,40 +96,43 @@ def encode_flow_sample(seq: int, sample: "FlowSample") -> bytes:
 def encode_packet_batch(first_seq: int, batch: "PacketBatch") -> list[bytes]:
     """One whole ``flow_sample_expanded`` per packet of ``batch``, numbered from ``first_seq``.
 
-    Called on: the packet path when no plugin implements a per-sample hook, once per capture
-    read.  The bytes are those :func:`encode_flow_sample` makes for a FlowSample holding the
-    same single sampled_header (a test checks both agree); the fields common to the batch are
-    looked up once.  Raises ``struct.error`` for a value out of range (the caller then takes
-    the samples one by one, so a bad packet loses only itself)."""
+    Called on: the packet path when no module implements a per-sample hook, once per capture
+    read.  Each is what :func:`encode_flow_sample` makes for a FlowSample holding the same
+    single sampled_header (the same encoder; a test checks both agree); the fields common to
+    the batch are looked up once.  Raises ``struct.error`` for a value out of range (the
+    caller then takes the samples one by one, so a bad packet loses only itself)."""
     src = batch.source
     ds_class, ds_index, rate = src.ds_class, src.ds_index, batch.sampling_rate
-    drops, stripped = batch.drops & U32, batch.stripped
-    pack, pad = _FLOW_HEAD_SH.pack, _ZERO_PAD
-    out: list[bytes] = []
-    append = out.append
-    seq = first_seq
-    for pool, inp, outp, _direction, proto, flen, hdr, _ts in batch.packets:
-        n = len(hdr)
-        rec_len = 16 + n + (-n & 3)
-        append(pack(
-            SAMPLE_FLOW_EXPANDED, _FLOW_FIXED + 8 + rec_len, seq & U32, ds_class, ds_index,
-            rate, pool & U32, drops, inp >> 30 & 3, inp & IFINDEX_MASK,
-            outp >> 30 & 3, outp & IFINDEX_MASK, 1,
-            _SH_TAG, rec_len, proto, flen, stripped, n) + hdr + pad[n & 3])
-        seq += 1
-    return out
+    drops, stripped = batch.drops, batch.stripped
+    encode = _sampled_header_sample
+    return [encode(seq, ds_class, ds_index, rate, pool, drops, inp, outp, 1, 0,
+                   proto, flen, stripped, hdr)
+            for seq, (pool, inp, outp, _direction, proto, flen, hdr, _ts)
+            in enumerate(batch.packets, first_seq)]
+
+
+def _sampled_header_sample(
+    seq: int, ds_class: int, ds_index: int, rate: int, pool: int, drops: int, inp: int,
+    out: int, nrecords: int, rest_len: int, protocol: int, frame_length: int, stripped: int,
+    header: bytes,
+) -> bytes:
+    """The one sampled_header encoder: a ``flow_sample_expanded`` whose first record is a
+    sampled_header, up to the end of that record, in one pack (the sample's head and the
+    record's fixed part) plus the header bytes and their padding.  ``rest_len`` bytes of
+    ``nrecords - 1`` further records follow it (the caller appends them)."""
+    n = len(header)
+    sh_len = 16 + n + (-n & 3)
+    return _FLOW_HEAD_SH.pack(
+        SAMPLE_FLOW_EXPANDED, _FLOW_FIXED + 8 + sh_len + rest_len, seq & U32,
+        ds_class, ds_index, rate, pool & U32, drops & U32, inp >> 30 & 3, inp & IFINDEX_MASK,
+        out >> 30 & 3, out & IFINDEX_MASK, nrecords,
+        _SH_TAG, sh_len, protocol, frame_length, stripped, n) + header + _ZERO_PAD[n & 3]
 
 
 def _encode_flow_record(rec: Record) -> bytes:
-    """A whole flow record; sampled_header and all-fixed-size records (one precompiled pack,
-    ``Record._encode_whole``) without the generic codec's overhead."""
-    if type(rec) is SampledHeader:
-        hdr = rec.header
-        n = len(hdr)
-        return b"".join((
-            _SH_HEAD.pack(_SH_TAG, 16 + n + (-n & 3), rec.protocol, rec.frame_length,
-                          rec.stripped, n),
-            hdr, _ZERO_PAD[n & 3]))
+    """A whole flow record: all-fixed-size records with one precompiled pack
+    (``Record._encode_whole``), the others (a sampled_header that is not first among them)
+    through the generic record codec."""
     whole = getattr(type(rec), "_encode_whole", None)
     return rec.encode() if whole is None else whole(rec)  # type: ignore[no-any-return]
 
@@ -413,10 +404,3 @@ def decode_datagram(data: bytes | bytearray | memoryview) -> Datagram:
     if pos != end:
         raise SflowDecodeError(f"{end - pos} bytes left after the {nsamples} samples")
     return Datagram(version, agent, sub_agent, seq, uptime, samples, end)
-
-
-def iter_records(datagram: Datagram) -> Iterable[Record | UnknownRecord]:
-    """Every record of every flow and counter sample, in order."""
-    for s in datagram.samples:
-        if not isinstance(s, UnknownSample):
-            yield from s.records

@@ -1,6 +1,6 @@
 """Packing encoded samples into datagrams, and sending them to every collector.
 
-Behaviour as hsflowd (hsflowd-behaviour.md section 8): a datagram is sent when the next sample
+Behaviour as hsflowd (``sflow_receiver.c``): a datagram is sent when the next sample
 would take it to ``datagramBytes`` or more (a single larger sample goes out alone), at most 64
 samples per datagram, and whatever is pending is flushed once a second (on tock).  Datagram
 sequence numbers start at 1; uptime is milliseconds since the exporter started.

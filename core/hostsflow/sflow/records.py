@@ -1,12 +1,15 @@
 """sFlow v5 record classes, one attrs class per (enterprise, format), and their registry.
 
-Every record a plugin returns is an instance of a class made with :func:`flow_record` or
+Every record a module returns is an instance of a class made with :func:`flow_record` or
 :func:`counter_record`.  The class declares its fields with the XDR helpers from
 :mod:`hostsflow.sflow.xdr`; the decorator compiles the codec once and registers the class so
-that the decoder (``hostsflow decode``, the testing kit) can read it back.  Third-party plugins
+that the decoder (``hostsflow decode``, the testing kit) can read it back.  Third-party modules
 define their own records the same way (see docs/plugins.md).
 
-Layouts follow ../shared/reference/sflow-structures.md.
+Layouts are those of the public sFlow documents, field for field in wire order: "sFlow
+Version 5" (sflow_version_5.txt: datagram, samples, sampled_header), "sFlow Host Structures"
+(sflow_host.txt: 2000-2006, 2100-2104), "sFlow Host TCP/IP Counters" (sflow_host_ip.txt:
+2007-2010); extended_tcp_info (2209) and extended_entities (2210) as hsflowd sends them.
 """
 
 from __future__ import annotations

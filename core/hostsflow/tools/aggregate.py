@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -486,10 +486,3 @@ def format_rate(bps: float) -> str:
         if bps >= scale:
             return f"{bps / scale:.3g} {unit}" if bps < 100 * scale else f"{bps / scale:.0f} {unit}"
     return f"{bps:.0f} b/s"
-
-
-def iter_service_rows(snap: Snapshot) -> Iterable[tuple[str, Rate, Rate]]:
-    """(label, in, out) per service, highest total first, then ``other``."""
-    for s in snap.services:
-        yield s.label, s.inbound, s.outbound
-    yield "other", snap.other, Rate()

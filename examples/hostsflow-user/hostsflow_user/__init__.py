@@ -2,7 +2,7 @@
 belongs to a local user.  An example of a third-party hostsflow module; see README.md."""
 
 from .config import UserConfig
-from .plugin import UserPlugin
+from .module import UserModule
 from .record import CHARSET_UTF8, ExtendedUser
 
-__all__ = ["CHARSET_UTF8", "ExtendedUser", "UserConfig", "UserPlugin"]
+__all__ = ["CHARSET_UTF8", "ExtendedUser", "UserConfig", "UserModule"]

@@ -19,8 +19,14 @@ from typing import Any
 
 import pytest
 
-from hostsflow.testing import AgentProcess, UdpCollector, write_pcap
+from hostsflow.testing import UdpCollector, load_file_module
 from hostsflow_user import ExtendedUser
+
+# the repository's end-to-end helpers (not part of the testing kit)
+TESTS = Path(__file__).resolve().parents[3] / "tests"
+AgentProcess = load_file_module("hostsflow_tests_agent_process",
+                                TESTS / "agent_process.py").AgentProcess
+write_pcap = load_file_module("hostsflow_tests_pcap_file", TESTS / "pcap_file.py").write_pcap
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 

@@ -18,9 +18,9 @@ Attribute numbers and layouts are those of linux ``include/uapi/linux/netfilter/
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 
 import attrs
+from hostsflow.firewall_log import ReadResult
 
 # netlink (linux/netlink.h) and nfnetlink (linux/netfilter/nfnetlink.h)
 NLM_F_REQUEST, NLM_F_ACK = 1, 4
@@ -135,22 +135,6 @@ class NflogPacket:
     mark: int = 0
 
 
-@attrs.define(slots=True)
-class ReadResult:
-    """What one ``recv()`` buffer held: packets, malformed message count and why."""
-
-    packets: list[NflogPacket] = attrs.Factory(list)
-    malformed: int = 0
-    first_error: str | None = None
-    other: int = 0  # well-formed non-packet messages (errors, done, config acks)
-
-
-def _bad(res: ReadResult, why: str) -> None:
-    res.malformed += 1
-    if res.first_error is None:
-        res.first_error = why
-
-
 def read_messages(data: bytes) -> ReadResult:
     """Parse every netlink message in one ``recv()`` buffer.
 
@@ -165,11 +149,11 @@ def read_messages(data: bytes) -> ReadResult:
     unpack_hdr = _NLMSGHDR.unpack_from
     while off < end:
         if off + 16 > end:
-            _bad(res, f"truncated netlink header at offset {off}")
+            res.bad(f"truncated netlink header at offset {off}")
             break
         length, mtype = unpack_hdr(data, off)[:2]
         if length < 16 or off + length > end:
-            _bad(res, f"netlink length {length} at offset {off} does not fit the buffer")
+            res.bad(f"netlink length {length} at offset {off} does not fit the buffer")
             break
         if mtype == MSG_PACKET:
             pkt = _read_packet(data, off + 16, off + length, res)
@@ -178,14 +162,14 @@ def read_messages(data: bytes) -> ReadResult:
         elif mtype in (NLMSG_ERROR, NLMSG_DONE) or (mtype >> 8) == NFNL_SUBSYS_ULOG:
             res.other += 1
         else:
-            _bad(res, f"unexpected netlink message type {mtype:#x}")
+            res.bad(f"unexpected netlink message type {mtype:#x}")
         off += (length + 3) & ~3
     return res
 
 
 def _read_packet(data: bytes, start: int, end: int, res: ReadResult) -> NflogPacket | None:
     if start + 4 > end:
-        _bad(res, "packet message shorter than nfgenmsg")
+        res.bad("packet message shorter than nfgenmsg")
         return None
     unpack_nla, unpack_be32 = _NLA.unpack_from, _BE32.unpack_from
     pos = start + 4
@@ -196,7 +180,7 @@ def _read_packet(data: bytes, start: int, end: int, res: ReadResult) -> NflogPac
         alen, atype = unpack_nla(data, pos)
         vend = pos + alen
         if alen < 4 or vend > end:
-            _bad(res, f"attribute length {alen} runs past its message")
+            res.bad(f"attribute length {alen} runs past its message")
             return None
         atype &= NLA_TYPE_MASK
         v = pos + 4
@@ -204,7 +188,7 @@ def _read_packet(data: bytes, start: int, end: int, res: ReadResult) -> NflogPac
             payload = data[v:vend]
         elif atype == NFULA_PACKET_HDR:
             if alen < 7:
-                _bad(res, "PACKET_HDR shorter than 3 bytes")
+                res.bad("PACKET_HDR shorter than 3 bytes")
                 return None
             hdr = _PKTHDR.unpack_from(data, v)
         elif atype == NFULA_HWHEADER:
@@ -213,12 +197,12 @@ def _read_packet(data: bytes, start: int, end: int, res: ReadResult) -> NflogPac
             prefix = data[v:vend].rstrip(b"\0")
         elif atype == NFULA_HWTYPE:
             if alen < 6:
-                _bad(res, "HWTYPE shorter than 2 bytes")
+                res.bad("HWTYPE shorter than 2 bytes")
                 return None
             hwtype = _BE16.unpack_from(data, v)[0]
         elif atype in _BE32_ATTRS:
             if alen < 8:
-                _bad(res, f"attribute {atype} shorter than 4 bytes")
+                res.bad(f"attribute {atype} shorter than 4 bytes")
                 return None
             value = unpack_be32(data, v)[0]
             if atype == NFULA_IFINDEX_INDEV:
@@ -235,7 +219,7 @@ def _read_packet(data: bytes, start: int, end: int, res: ReadResult) -> NflogPac
                 mark = value
         pos = (vend + 3) & ~3
     if hdr is None or payload is None:
-        _bad(res, "packet message without PACKET_HDR or PAYLOAD")
+        res.bad("packet message without PACKET_HDR or PAYLOAD")
         return None
     return NflogPacket(data[start], hdr[0], hdr[1], indev, outdev, physin, physout, hwtype,
                        hwheader, payload, seq, prefix, mark)
@@ -258,13 +242,3 @@ def packet_message(attributes: list[tuple[int, bytes]], family: int = NFPROTO_IP
                    group: int = 0, nlmsg_seq: int = 0) -> bytes:
     """A whole NFULNL_MSG_PACKET netlink message, laid out as the kernel builds it."""
     return nfnl_message(MSG_PACKET, 0, family, group, attributes, nlmsg_seq)
-
-
-def iter_attributes(msg: bytes) -> Iterator[tuple[int, bytes]]:
-    """(type, value) of each attribute of one packet message (for tests and debugging)."""
-    length = _NLMSGHDR.unpack_from(msg, 0)[0]
-    pos = 20
-    while pos + 4 <= length:
-        alen, atype = _NLA.unpack_from(msg, pos)
-        yield atype & NLA_TYPE_MASK, msg[pos + 4: pos + alen]
-        pos += (alen + 3) & ~3

@@ -7,7 +7,7 @@ are lost messages), the user-space sub-sampler and the per data source pools.
 
 from __future__ import annotations
 
-from hostsflow.capture import LoggedPacketReader, ReadStats, is_ethernet_header, placement
+from hostsflow.firewall_log import LoggedPacketReader, ReadStats, is_ethernet_header, placement
 from hostsflow.samples import FlowSample
 
 from .protocol import read_messages

@@ -36,6 +36,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 import threading
 import time
 from collections import Counter
@@ -45,7 +46,11 @@ import pytest
 from hostsflow.packet import decode_sampled_header
 from hostsflow.sflow.datagram import decode_datagram
 from hostsflow.sflow.records import INTERNAL_IFINDEX, SampledHeader
-from hostsflow.testing import estimate_within_bound
+from hostsflow.testing import load_file_module
+
+estimate_within_bound = load_file_module(
+    "hostsflow_tests_sampling_bounds",
+    Path(__file__).resolve().parents[3] / "tests" / "sampling_bounds.py").estimate_within_bound
 
 PORTS = list(range(7800, 7840))
 GROUP = 17

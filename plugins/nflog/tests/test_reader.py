@@ -9,7 +9,7 @@ from hostsflow.samples import DIRECTION_RECEIVED, DIRECTION_SENT
 from hostsflow.sflow.records import INTERNAL_IFINDEX
 from hostsflow.testing import ethernet_frame
 from hostsflow_nflog import protocol as p
-from hostsflow.capture import reconcile_rate
+from hostsflow.firewall_log import reconcile_rate
 from hostsflow_nflog.reader import NflogReader, ReadStats
 from hypothesis import given, settings
 from hypothesis import strategies as st

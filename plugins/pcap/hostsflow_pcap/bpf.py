@@ -2,8 +2,8 @@
 
 The program is attached with ``setsockopt(SO_ATTACH_FILTER)`` straight on the capture socket's
 file descriptor (``cap.getfd()``), never through libpcap's filter string: libpcap re-runs string
-filters in user space on the first ring blocks, where the ``ld [random]`` ancillary load fails
-(test-facilities.md section 2).  Attaching again replaces the old program atomically, which is how
+filters in user space on the first ring blocks, where the ``ld [random]`` ancillary load is an
+out-of-bounds load and fails.  Attaching again replaces the old program atomically, which is how
 a new sampling rate takes effect.
 """
 
@@ -37,7 +37,8 @@ def sampling_program(n: int, accept: int) -> list[Insn]:
     """The program that keeps one packet in ``n`` at random, each cut to ``accept`` bytes.
 
     ``accept`` should be the snap length: the kernel copies that many bytes of an accepted packet
-    into the ring (returning -1 would copy whole frames; performance-notes.md fact 6).
+    into the ring (returning -1 would copy whole frames: 5 times fewer samples per ring block, 5 times more
+    wakeups).
     ``n <= 1`` gives a program that accepts every packet; ``n`` must not be 0 (use
     :func:`drop_all_program` to sample nothing).
     """

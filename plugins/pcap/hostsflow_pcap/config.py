@@ -1,4 +1,4 @@
-"""The ``pcap { }`` block (repeatable): which devices to tap and how (hsflowd-behaviour.md 3.1).
+"""The ``pcap { }`` block (repeatable): which devices to tap and how (as hsflowd's mod_pcap).
 
 Selection, per block: ``dev`` names one device; ``dev.pattern`` keeps devices whose name the
 regular expression matches in full; ``speed`` keeps devices whose speed is in the range.  A

@@ -1,7 +1,7 @@
 """The sample pool: how many packets the tapped interface really carried.
 
 The kernel filter throws away the packets it does not sample, so the capture socket cannot
-count them (test-facilities.md gotcha 4).  The pool comes from the interface's own packet
+count them.  The pool comes from the interface's own packet
 counters (received + sent), read once per read batch and once per tick; the samples of a
 batch are spread over the packets counted since the previous reading by their rank.  The pool
 only grows: a counter that goes backwards (interface re-created, counters reset) restarts the
@@ -88,8 +88,8 @@ class PacketCounter:
 class SamplePool:
     """A monotonic packet pool fed by :class:`PacketCounter` readings.
 
-    ``update()`` takes a reading and returns the pool before and after it.  The samples read in
-    one batch are spread over that interval by their rank (:meth:`spread`): the kernel keeps a
+    ``update()`` takes a reading and returns the pool before and after it.  The tap spreads
+    the samples read in one batch over that interval by their rank: the kernel keeps a
     uniform random subset of the packets, so the i-th of k samples sits on average at
     ``i/(k+1)`` of the packets counted in the interval, however bursty the traffic was.
     """
@@ -112,12 +112,6 @@ class SamplePool:
                 self.total += raw - last
             self._last_raw = raw
         return self.prev_total, self.total
-
-    @staticmethod
-    def spread(p0: int, p1: int, k: int) -> list[int]:
-        """The pools of k samples read between the readings ``p0`` and ``p1``."""
-        span = p1 - p0
-        return [p0 + span * (i + 1) // (k + 1) for i in range(k)]
 
     def close(self) -> None:
         self.counter.close()

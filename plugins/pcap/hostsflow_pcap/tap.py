@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import pcapy
+from hostsflow.packet import ETH_HLEN
 from hostsflow.samples import (
     DIRECTION_RECEIVED,
     DIRECTION_SENT,
@@ -29,7 +30,7 @@ from hostsflow.sflow.records import (
 )
 
 from .bpf import attach_filter, drop_all_program, sampling_program
-from .frames import ETH_HLEN, ethernet_length, raw_ip_length
+from .frames import ethernet_length, raw_ip_length
 from .pool import PacketCounter, SamplePool
 
 DLT_EN10MB = 1

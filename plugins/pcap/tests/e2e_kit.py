@@ -1,6 +1,6 @@
-"""Helpers for the end-to-end tests: a collector socket inside a namespace, the real
-``hostsflowd`` run with ``ip netns exec``, and the two Debian decoders (sfcapd + nfdump,
-sfacctd) run as collectors in the same namespace (decoders.md sections 3 and Part 2 section 2).
+"""Helpers for the end-to-end tests: a collector socket inside a namespace and the two Debian
+decoders (sfcapd + nfdump, sfacctd) run as collectors in the same namespace.  The agent itself
+runs as tests/agent_process.py's AgentProcess with ``netns=``.
 """
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -99,44 +98,6 @@ class Collector:
         """Datagram sequence numbers missing at this collector (lost datagrams)."""
         seqs = sorted(decode_datagram(d).sequence for _, d in self.raw)
         return sum(b - a - 1 for a, b in zip(seqs, seqs[1:]) if b > a + 1)
-
-
-class AgentProcess:
-    """``ip netns exec NS hostsflowd -f CONF``, stopped with SIGTERM."""
-
-    def __init__(self, ns: str, conf_text: str, workdir: Path) -> None:
-        self.conf = workdir / "hsflowd.conf"
-        self.conf.write_text(conf_text)
-        self.log = open(workdir / "hostsflowd.log", "w")
-        exe = shutil.which("hostsflowd")
-        if exe is None:
-            raise RuntimeError("hostsflowd is not installed (pip install -e .)")
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, exe, "-f", str(self.conf), "--status-file", ""],
-            stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        self.logpath = workdir / "hostsflowd.log"
-
-    def wait_for(self, text: str, timeout: float = 10.0) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if text in self.logpath.read_text():
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"hostsflowd exited: {self.logpath.read_text()[-2000:]}")
-            time.sleep(0.05)
-        raise TimeoutError(f"no '{text}' in the agent log: {self.logpath.read_text()[-2000:]}")
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        return self.logpath.read_text()
 
 
 class Sfcapd:

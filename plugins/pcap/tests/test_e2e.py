@@ -32,10 +32,16 @@ from typing import Any
 import pytest
 from hostsflow.packet import decode_sampled_header
 from hostsflow.sflow.records import INTERNAL_IFINDEX, SampledHeader
-from hostsflow.testing import estimate_within_bound, sflow_bound_pct
+from hostsflow.testing import load_file_module
 
 from .conftest import NetPair
-from .e2e_kit import AgentProcess, Collector, Sfacctd, Sfcapd, udp_socket_in_netns
+from .e2e_kit import Collector, Sfacctd, Sfcapd, udp_socket_in_netns
+
+TESTS = Path(__file__).resolve().parents[3] / "tests"
+AgentProcess = load_file_module("hostsflow_tests_agent_process",
+                                TESTS / "agent_process.py").AgentProcess
+bounds = load_file_module("hostsflow_tests_sampling_bounds", TESTS / "sampling_bounds.py")
+estimate_within_bound, sflow_bound_pct = bounds.estimate_within_bound, bounds.sflow_bound_pct
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -97,10 +103,10 @@ def test_sampling_counts_estimates_pool_and_decoders(
     # veth reports 10G: "speed" exercises the core's sampling.<speed> rule, "tap" the override
     body = (f"  sampling.10G = {rate}\n  pcap {{ dev = {pair.dev_b} }}" if where == "speed"
             else f"  sampling.10G = 7\n  pcap {{ dev = {pair.dev_b} sampling = {rate} }}")
-    agent = AgentProcess(pair.ns_b, _conf([col.port, sfc.port, sfa.port], body), tmp_path)
+    agent = AgentProcess(_conf([col.port, sfc.port, sfa.port], body), tmp_path, netns=pair.ns_b)
     sent: dict[int, int] = {}
     try:
-        agent.wait_for('"tap_opened"')
+        agent.wait_for_log('"tap_opened"')
         ifindex = pair.ifindex("b")
         c0 = pair.counters("b")
         tx_count = packets // 100
@@ -111,7 +117,8 @@ def test_sampling_counts_estimates_pool_and_decoders(
         tx_sent = _send(pair, udpsend, "b", tx_count, TX_PAYLOAD, TX_PORTS)
         time.sleep(2.5)  # the ring's block timeout, then the agent's 1 s flush
         c1 = pair.counters("b")
-        log = agent.stop()
+        agent.stop(timeout=10)
+        log = agent.log()
         nf_records, nf_err = sfc.records()
         pm_lines = sfa.aggregates()
     finally:
@@ -269,8 +276,9 @@ def test_device_absent_recreated_or_down_is_sampled_again_within_5s(
     pair.delete_link()  # absent at start
     col = Collector(pair.ns_b)
     # no per-tap rate: the core's rule (sampling.10G) also decides after each change
-    agent = AgentProcess(pair.ns_b, _conf([col.port], f"  sampling.10G = 1\n  sampling = 1\n"
-                                                 f"  pcap {{ dev = {pair.dev_b} }}"), tmp_path)
+    agent = AgentProcess(_conf([col.port], f"  sampling.10G = 1\n  sampling = 1\n"
+                                      f"  pcap {{ dev = {pair.dev_b} }}"), tmp_path,
+                         netns=pair.ns_b)
     senders: list[subprocess.Popen[bytes]] = []
 
     def traffic() -> None:
@@ -283,7 +291,7 @@ def test_device_absent_recreated_or_down_is_sampled_again_within_5s(
 
     delays = {}
     try:
-        agent.wait_for('"started"')
+        agent.wait_for_log('"started"')
         time.sleep(1.5)
         # 1. the device appears after start-up
         t0 = time.monotonic()
@@ -314,7 +322,8 @@ def test_device_absent_recreated_or_down_is_sampled_again_within_5s(
         for p in senders:
             p.kill()
             p.wait()
-        log = agent.stop()
+        agent.stop(timeout=10)
+        log = agent.log()
         col.close()
     print("FIGURES", json.dumps({k: round(v, 2) for k, v in delays.items()}))
     assert log.count('"tap_opened"') >= 2, log[-3000:]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import struct
 
-from hostsflow_pcap.frames import ethernet_length, ip_length, raw_ip_length
+from hostsflow.packet import ip_length
+from hostsflow_pcap.frames import ethernet_length, raw_ip_length
 
 MACS = bytes(range(12))
 
@@ -63,4 +64,4 @@ def test_raw_ip_links() -> None:
     p = ipv4(900) + b"y" * 100
     assert raw_ip_length(p[:96], 96, 96) == 900
     assert raw_ip_length(p[:50], 50, 96) == 50
-    assert ip_length(b"\x00\x00", 0, 2) == 0
+    assert ip_length(b"\x00\x00") == 0

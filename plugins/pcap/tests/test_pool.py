@@ -40,13 +40,6 @@ def test_pool_counts_packets_since_open() -> None:
     assert pool.update() == (100, 500)
 
 
-def test_samples_are_spread_over_the_interval_by_rank() -> None:
-    assert SamplePool.spread(100, 500, 3) == [200, 300, 400]
-    assert SamplePool.spread(0, 10, 1) == [5]
-    spread = SamplePool.spread(0, 1000, 9)
-    assert spread == sorted(spread) and spread[-1] < 1000
-
-
 def test_pool_survives_counter_reset_and_unreadable_counters() -> None:
     pool = SamplePool(Readings(1000, 1200, None, 50, 80))  # type: ignore[arg-type]
     assert pool.update() == (0, 200)

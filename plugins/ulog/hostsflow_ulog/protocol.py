@@ -18,6 +18,7 @@ from __future__ import annotations
 import struct
 
 import attrs
+from hostsflow.firewall_log import ReadResult
 
 NETLINK_NFLOG = 5
 ULOG_NL_EVENT = 111
@@ -46,20 +47,6 @@ class UlogPacket:
     timestamp: float = 0.0
 
 
-@attrs.define(slots=True)
-class ReadResult:
-    packets: list[UlogPacket] = attrs.Factory(list)
-    malformed: int = 0
-    first_error: str | None = None
-    other: int = 0
-
-
-def _bad(res: ReadResult, why: str) -> None:
-    res.malformed += 1
-    if res.first_error is None:
-        res.first_error = why
-
-
 def _name(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("ascii", "replace")
 
@@ -72,11 +59,11 @@ def read_messages(data: bytes) -> ReadResult:
     off = 0
     while off < end:
         if off + 16 > end:
-            _bad(res, f"truncated netlink header at offset {off}")
+            res.bad(f"truncated netlink header at offset {off}")
             break
         length, mtype = _NLMSGHDR.unpack_from(data, off)[:2]
         if length < 16 or off + length > end:
-            _bad(res, f"netlink length {length} at offset {off} does not fit the buffer")
+            res.bad(f"netlink length {length} at offset {off} does not fit the buffer")
             break
         body = off + 16
         if mtype == ULOG_NL_EVENT or (mtype == NLMSG_DONE and length - 16 >= PAYLOAD_OFFSET):
@@ -86,23 +73,23 @@ def read_messages(data: bytes) -> ReadResult:
         elif mtype in (NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE):
             res.other += 1
         else:
-            _bad(res, f"unexpected netlink message type {mtype}")
+            res.bad(f"unexpected netlink message type {mtype}")
         off += (length + 3) & ~3
     return res
 
 
 def _read_packet(data: bytes, start: int, end: int, res: ReadResult) -> UlogPacket | None:
     if end - start < PAYLOAD_OFFSET:
-        _bad(res, f"ULOG message of {end - start} bytes, shorter than ulog_packet_msg_t")
+        res.bad(f"ULOG message of {end - start} bytes, shorter than ulog_packet_msg_t")
         return None
     (mark, sec, usec, hook, indev, outdev, data_len, prefix, mac_len,
      mac) = PACKET_MSG.unpack_from(data, start)
     p0 = start + PAYLOAD_OFFSET
     if data_len > end - p0:
-        _bad(res, f"data_len {data_len} runs past its message")
+        res.bad(f"data_len {data_len} runs past its message")
         return None
     if mac_len > ULOG_MAC_LEN:
-        _bad(res, f"mac_len {mac_len} larger than {ULOG_MAC_LEN}")
+        res.bad(f"mac_len {mac_len} larger than {ULOG_MAC_LEN}")
         return None
     return UlogPacket(
         hook=hook, indev=_name(indev), outdev=_name(outdev), mac=mac[:mac_len],

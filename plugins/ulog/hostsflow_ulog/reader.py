@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from hostsflow.capture import LoggedPacketReader, Rates, ReadStats, is_ethernet_header, placement
+from hostsflow.firewall_log import LoggedPacketReader, Rates, ReadStats, is_ethernet_header, placement
 from hostsflow.samples import FlowSample
 
 from .protocol import read_messages

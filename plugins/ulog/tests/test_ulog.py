@@ -25,9 +25,9 @@ from hostsflow.packet import decode_sampled_header
 from hostsflow.samples import DIRECTION_RECEIVED, DIRECTION_SENT
 from hostsflow.sflow.records import INTERNAL_IFINDEX
 from hostsflow.testing import AgentHarness, ethernet_frame
-from hostsflow_ulog import UlogPlugin
+from hostsflow_ulog import UlogModule
 from hostsflow_ulog import protocol as p
-from hostsflow.capture import reconcile_rate
+from hostsflow.firewall_log import reconcile_rate
 from hostsflow_ulog.reader import ReadStats, UlogReader
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -191,11 +191,11 @@ def test_garbage_never_raises(data: bytes) -> None:
 
 @needs_lp64
 def test_socket_path_delivers_samples() -> None:
-    """Fixtures through a real datagram socket into the plugin's own read loop (the kernel's
+    """Fixtures through a real datagram socket into the module's own read loop (the kernel's
     netlink socket replaced by a socketpair, nothing else)."""
-    plugin = UlogPlugin()
+    plugin = UlogModule()
     h = AgentHarness("sflow { collector { ip = 127.0.0.1 } sampling = 400 polling = 0 "
-                     "ulog { group = 1 probability = 0.0025 } }", plugins={"ulog": plugin})
+                     "ulog { group = 1 probability = 0.0025 } }", modules={"ulog": plugin})
     kernel_end, agent_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     agent_end.setblocking(False)
     lo = socket.if_nametoindex("lo")
@@ -228,7 +228,7 @@ def test_refused_on_this_kernel_once_and_agent_carries_on() -> None:
         if exc.errno != errno.EPROTONOSUPPORT:
             pytest.skip(f"cannot probe NETLINK_NFLOG here: {exc}")
     h = AgentHarness("sflow { collector { ip = 127.0.0.1 } polling = 1 "
-                     "ulog { group = 3 probability = 0.01 } }", plugins={"ulog": UlogPlugin()},
+                     "ulog { group = 3 probability = 0.01 } }", modules={"ulog": UlogModule()},
                      host_poller=True)
     try:
         with structlog.testing.capture_logs() as logs:

@@ -24,7 +24,7 @@ NAME = "user"  #: the entry-point name, which is also the config block name
 _NAME_CACHE_MAX = 4096
 
 
-class UserPlugin:
+class UserModule:
     """hostsflow module ``user``: one instance per agent, made by the core with no arguments."""
 
     def __init__(self) -> None:
@@ -37,22 +37,22 @@ class UserPlugin:
                        help="extended_user: the local user owning a sampled packet's socket")
 
     @hostsflow.hookimpl
-    def sflow_configure(self, agent: Any) -> None:
+    def sflow_configure(self, agent: hostsflow.AgentAPI) -> None:
         self._apply(agent)
         agent.logger(NAME).info("user_configured", numeric=self.config.numeric)
 
     @hostsflow.hookimpl
-    def sflow_config_changed(self, agent: Any) -> None:
+    def sflow_config_changed(self, agent: hostsflow.AgentAPI) -> None:
         self._apply(agent)
 
-    def _apply(self, agent: Any) -> None:
+    def _apply(self, agent: hostsflow.AgentAPI) -> None:
         self.config = agent.module_config(NAME) or UserConfig()
         self.names.clear()
 
     # ------------------------------------------------------------ packet path
 
     @hostsflow.hookimpl
-    def sflow_flow_sample(self, agent: Any, sample: FlowSample) -> None:
+    def sflow_flow_sample(self, agent: hostsflow.AgentAPI, sample: FlowSample) -> None:
         sockets = agent.sockets
         src_local, dst_local = sockets.local_ends(sample)
         src_uid = self._uid(sockets, sample, SRC) if src_local else None

@@ -13,23 +13,23 @@ import errno
 from typing import Any
 
 import attrs
-from hostsflow import hookimpl
+from hostsflow import AgentAPI, hookimpl
 from hostsflow.config import integer, option, real, string
+from hostsflow.firewall_log import (
+    FirewallLogModule,
+    WatchedSocket,
+    drain_log_socket,
+    reconcile_rate,
+    rule_probability,
+)
 
-from hostsflow.capture import reconcile_rate
 from .nlsocket import NflogSocket
-from .reader import NflogReader, ReadStats
+from .reader import NflogReader
 
 MODULE = "nflog"
 RETRY_FIRST, RETRY_MAX = 1.0, 60.0
-MAX_RECVS_PER_WAKEUP = 64
 DEFAULT_QTHRESHOLD = 100  # kernel NFULNL_QTHRESH_DEFAULT
 DEFAULT_TIMEOUT = 1.0  # kernel NFULNL_TIMEOUT_DEFAULT (100 x 1/100 s)
-
-
-def _positive(_inst: Any, _attr: Any, value: float) -> None:
-    if value <= 0.0:
-        raise ValueError("probability must be above 0 (the rule logs 1 in 1/probability)")
 
 
 @attrs.frozen
@@ -39,9 +39,8 @@ class NflogConfig:
     group: int = option(help="NFLOG group the firewall rule logs to (log group G / "
                              "--nflog-group G)", converter=integer(1, 65535, suffixes=""),
                         example="5")
-    probability: float = option(1.0, help="the rule's sampling probability (numgen random mod "
-                                          "N 0 -> 1/N; -m statistic --probability P)",
-                                converter=real(0.0, 1.0), validator=_positive)
+    probability: float = rule_probability("the rule's sampling probability (numgen random mod "
+                                          "N 0 -> 1/N; -m statistic --probability P)")
     snaplen: int | None = option(None, help="bytes copied per packet from the IP header on "
                                             "(default: headerBytes)",
                                  converter=integer(16, 65535, suffixes=""))
@@ -61,34 +60,30 @@ def _netns_path(netns: str | None) -> str | None:
     return netns if "/" in netns else f"/var/run/netns/{netns}"
 
 
-class NflogPlugin:
-    """hostsflow module ``nflog`` (entry point ``hostsflow_nflog.plugin:NflogPlugin``)."""
+class NflogModule(FirewallLogModule):
+    """hostsflow module ``nflog`` (entry point ``hostsflow_nflog.module:NflogModule``)."""
+
+    name = MODULE
+    config_class = NflogConfig
+    help = "sample packets that an nftables/iptables rule logs to NFLOG"
 
     def __init__(self) -> None:
         self.cfg: NflogConfig | None = None
-        self.sock: NflogSocket | None = None
+        self.socket = WatchedSocket()  # its sock: the NflogSocket while bound
         self.reader: NflogReader | None = None
         self.log: Any = None
         self.started = False
         self.retry_at: float | None = None
         self.backoff = RETRY_FIRST
-        self.registered_fd = -1
         self.bind_failing = False
 
     # ------------------------------------------------------------ hooks
 
     @hookimpl
-    def sflow_declare_config(self, registry: Any) -> None:
-        registry.block(MODULE, NflogConfig,
-                       help="sample packets that an nftables/iptables rule logs to NFLOG")
-
-    @hookimpl
-    def sflow_configure(self, agent: Any) -> None:
-        self.cfg = agent.module_config(MODULE)
-        if self.cfg is None:
+    def sflow_configure(self, agent: AgentAPI) -> None:
+        rates = self.configured_rates(agent)
+        if rates is None:
             return
-        self.log = agent.logger(MODULE)
-        rates = reconcile_rate(agent.config.sampling, self.cfg.probability)
         self.reader = NflogReader(rates, agent.config.header_bytes,
                                   netns=_netns_path(self.cfg.netns), rng=agent.rng)
         self.log.info("nflog_rates", group=self.cfg.group, probability=self.cfg.probability,
@@ -103,22 +98,22 @@ class NflogPlugin:
         self._open(agent)
 
     @hookimpl
-    def sflow_start(self, agent: Any) -> None:
+    def sflow_start(self, agent: AgentAPI) -> None:
         self.started = True
         self._register(agent)
 
     @hookimpl
-    def sflow_tick(self, agent: Any, now: float) -> None:
-        if self.cfg is None or self.sock is not None or self.retry_at is None:
+    def sflow_tick(self, agent: AgentAPI, now: float) -> None:
+        if self.cfg is None or self.socket.sock is not None or self.retry_at is None:
             return
         if now >= self.retry_at and self._open(agent):
             self._register(agent)
 
     @hookimpl
-    def sflow_config_changed(self, agent: Any, old: Any, new: Any) -> None:
+    def sflow_config_changed(self, agent: AgentAPI, old: Any, new: Any) -> None:
         cfg = agent.module_config(MODULE)
         if cfg is None:
-            self._close(agent)
+            self.socket.close(agent)
             self.cfg = None
             return
         if self.log is None:
@@ -133,14 +128,14 @@ class NflogPlugin:
                           != self._socket_args(cfg, new))
         self.cfg = cfg
         if socket_changed:
-            self._close(agent)
+            self.socket.close(agent)
             self.reader.netns = _netns_path(cfg.netns)
             if self._open(agent):
                 self._register(agent)
 
     @hookimpl
-    def sflow_final(self, agent: Any) -> None:
-        self._close(agent)
+    def sflow_final(self, agent: AgentAPI) -> None:
+        self.socket.close(agent)
         self.started = False
 
     # ------------------------------------------------------------ socket
@@ -150,7 +145,7 @@ class NflogPlugin:
         return (cfg.group, cfg.snaplen or config.header_bytes, cfg.qthreshold, cfg.timeout,
                 cfg.netns)
 
-    def _open(self, agent: Any) -> bool:
+    def _open(self, agent: AgentAPI) -> bool:
         """Open and bind; on failure log once (naming the group), schedule a retry, False."""
         cfg = self.cfg
         assert cfg is not None and self.reader is not None
@@ -161,7 +156,7 @@ class NflogPlugin:
         except Exception as exc:  # noqa: BLE001 - any failure: log, retry later
             self._failed(agent, exc)
             return False
-        self.sock = sock
+        self.socket.sock = sock
         self.reader.reset_sequence()
         self.retry_at = None
         self.backoff = RETRY_FIRST
@@ -170,7 +165,7 @@ class NflogPlugin:
                       copy_range=sock.copy_range, qthreshold=cfg.qthreshold)
         return True
 
-    def _failed(self, agent: Any, exc: Exception) -> None:
+    def _failed(self, agent: AgentAPI, exc: Exception) -> None:
         cfg = self.cfg
         assert cfg is not None
         agent.count("nflog.bind_failures")
@@ -189,59 +184,14 @@ class NflogPlugin:
         self.retry_at = agent.now() + self.backoff
         self.backoff = min(RETRY_MAX, self.backoff * 2)
 
-    def _register(self, agent: Any) -> None:
-        if self.started and self.sock is not None and self.registered_fd < 0:
-            self.registered_fd = self.sock.fileno()
-            agent.add_reader(self.registered_fd, lambda: self._on_readable(agent))
-
-    def _close(self, agent: Any) -> None:
-        if self.registered_fd >= 0:
-            agent.remove_reader(self.registered_fd)
-            self.registered_fd = -1
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+    def _register(self, agent: AgentAPI) -> None:
+        if self.started:
+            self.socket.watch(agent, lambda: self._on_readable(agent))
 
     # ------------------------------------------------------------ packet path
 
-    def _on_readable(self, agent: Any) -> None:
+    def _on_readable(self, agent: AgentAPI) -> None:
         """Drain the socket (up to 64 kernel batches) and hand the samples over in one batch."""
-        sock, reader = self.sock, self.reader
-        if sock is None or reader is None:
-            return
-        stats = ReadStats()
-        samples: list[Any] = []
-        overruns = 0
-        for _ in range(MAX_RECVS_PER_WAKEUP):
-            try:
-                data = sock.recv()
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    overruns += 1  # the loss itself shows up as a NFULA_SEQ gap
-                    continue
-                agent.warn_once("nflog.recv", "nflog_recv_failed", error=str(exc))
-                break
-            samples.extend(reader.process(data, stats))
-        if samples:
-            agent.take_samples(samples)
-        self._account(agent, stats, overruns)
-
-    def _account(self, agent: Any, st: ReadStats, overruns: int) -> None:
-        if st.messages:
-            agent.count("nflog.messages", st.messages)
-        if overruns:
-            agent.count("nflog.overruns", overruns)
-            agent.warn_once("nflog.enobufs", "nflog_socket_overrun",
-                            hint="the agent did not keep up; lost messages are reported "
-                                 "as drops")
-        if st.lost:
-            agent.count("nflog.lost", st.lost)
-        if st.malformed:
-            agent.count("nflog.malformed", st.malformed)
-            agent.warn_once("nflog.malformed", "nflog_malformed_message", example=st.first_error)
-        if st.no_source:
-            agent.count("nflog.no_interface", st.no_source)
-        if st.not_ip:
-            agent.count("nflog.not_ip", st.not_ip)
+        sock, reader = self.socket.sock, self.reader
+        if sock is not None and reader is not None:
+            drain_log_socket(agent, MODULE, sock.recv, reader)

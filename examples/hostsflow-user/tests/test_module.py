@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import pytest
 
 from hostsflow.testing import AgentHarness
-from hostsflow_user import ExtendedUser, UserPlugin
+from hostsflow_user import ExtendedUser, UserModule
 
 CONF = "sflow {{ collector {{ ip = 127.0.0.1 }} user {{ {} }} }}"
 ME = pwd.getpwuid(os.geteuid()).pw_name
@@ -46,7 +46,7 @@ def test_both_ends_of_a_local_connection_are_named(
     connection: tuple[socket.socket, socket.socket],
 ) -> None:
     cli, _ = connection
-    with AgentHarness(CONF.format(""), plugins={"user": UserPlugin}) as h:
+    with AgentHarness(CONF.format(""), modules={"user": UserModule}) as h:
         h.feed(h.make_sample(tcp=four_tuple(cli)))
         h.tick()
         (rec,) = h.records(ExtendedUser)
@@ -62,13 +62,13 @@ def test_a_socket_of_another_user(foreign_sockets: Any) -> None:
     udp.bind(("127.0.0.1", 0))
     try:
         cli.recv(100)  # the connection is established on both sides
-        with AgentHarness(CONF.format(""), plugins={"user": UserPlugin}) as h:
+        with AgentHarness(CONF.format(""), modules={"user": UserModule}) as h:
             h.feed(h.make_sample(tcp=four_tuple(cli)),
                    h.make_sample(udp=("127.0.0.1", udp.getsockname()[1], "127.0.0.1",
                                       fs.udp_port)))
             h.tick()
             assert users(h) == [(ME, fs.user), (ME, fs.user)]
-        with AgentHarness(CONF.format("numeric = on"), plugins={"user": UserPlugin}) as h:
+        with AgentHarness(CONF.format("numeric = on"), modules={"user": UserModule}) as h:
             h.feed(h.make_sample(tcp=four_tuple(cli)))
             h.tick()
             assert users(h) == [(str(os.geteuid()), str(fs.uid))]
@@ -83,7 +83,7 @@ def test_packets_of_other_hosts_and_of_no_socket_get_no_record() -> None:
     s.listen()
     try:
         port = s.getsockname()[1]
-        with AgentHarness(CONF.format(""), plugins={"user": UserPlugin}) as h:
+        with AgentHarness(CONF.format(""), modules={"user": UserModule}) as h:
             h.feed(h.make_sample(tcp=("198.51.100.1", port, "198.51.100.2", 40000)),
                    h.make_sample(tcp=("198.51.100.2", 40000, "198.51.100.1", port)))
             # local, but no such connection: the port's listener is not its socket
@@ -100,7 +100,7 @@ def test_config_mistakes_name_file_and_line() -> None:
 
     with pytest.raises(ConfigError) as err:
         AgentHarness("sflow {\n collector { ip = 127.0.0.1 }\n user {\n numeric = maybe\n }\n}",
-                     plugins={"user": UserPlugin}, filename="t.conf")
+                     modules={"user": UserModule}, filename="t.conf")
     assert str(err.value).startswith("t.conf:4:") and "on' or 'off" in str(err.value)
 
 
@@ -109,7 +109,7 @@ def test_one_lookup_per_socket_for_many_samples(
 ) -> None:
     """The core answers every sample of a socket from one lookup (for 100 ms)."""
     cli, _ = connection
-    with AgentHarness(CONF.format(""), plugins={"user": UserPlugin}) as h:
+    with AgentHarness(CONF.format(""), modules={"user": UserModule}) as h:
         h.feed(*[h.make_sample(tcp=four_tuple(cli)) for _ in range(100)])
         h.tick()
         assert len(h.records(ExtendedUser)) == 100

@@ -1,24 +1,37 @@
-"""Helpers for capture plugins whose kernel already sampled (NFLOG, ULOG, and third-party ones):
-turning a logged packet into a :class:`~hostsflow.samples.FlowSample`.
+"""Helpers for the capture modules whose packets a firewall rule logs, already sampled by the
+kernel (NFLOG, ULOG, and third-party ones): from a readable log socket to the
+:class:`~hostsflow.samples.FlowSample` batch the core takes.
 
-* :func:`reconcile_rate` -- hsflowd's rule (behaviour notes section 4.2) for the user-space
+* :func:`rule_probability` -- the ``probability`` option of such a module's block (the rule's
+  1-in-K, above 0);
+* :func:`reconcile_rate` -- hsflowd's rule (``setSamplingRate``) for the user-space
   sub-sampling rate and the rate reported to collectors, when a rule samples 1 in K;
 * :class:`SubSampler` -- the random 1-in-``sub`` skip applied on top of the kernel's sampling;
 * :func:`build_sampled_header` -- the sampled_header record from an L3 payload and an optional
   link-layer header (frame length rebuilt from the IP length);
 * :func:`placement` -- direction, input/output ifIndex and data source from a netfilter hook;
 * :class:`Samplers` -- per data source sample pool and drop totals, and the FlowSample itself;
+* :class:`ReadResult` -- what a module's parser found in one ``recv()`` buffer;
 * :class:`LoggedPacketReader` -- what a reader of logged packets does with each one (pool,
-  sub-sampling, header record, sample), so a module only parses its own messages.
+  sub-sampling, header record, sample), so a module only parses its own messages;
+* :class:`FirewallLogModule` -- the module's block, logger and rates, for its hooks;
+* :class:`WatchedSocket` -- the log socket and its registration with the agent loop;
+* :func:`drain_log_socket` -- one wakeup of the log socket: read, hand the samples over in one
+  batch, count what happened under the module's name.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import random
-import struct
+from collections.abc import Callable
+from typing import Any
 
 import attrs
+from hostsflow.config import option, real
+from hostsflow.hookspecs import AgentAPI, hookimpl
+from hostsflow.packet import ip_length
 from hostsflow.samples import (
     DIRECTION_RECEIVED,
     DIRECTION_SENT,
@@ -36,7 +49,21 @@ from hostsflow.sflow.records import (
 
 FCS_BYTES = 4
 
+#: ``recv()`` calls per wakeup at most, so one busy socket cannot hold the loop
+MAX_RECVS_PER_WAKEUP = 64
+
 # ---------------------------------------------------------------- sampling rate
+
+
+def _above_zero(_inst: Any, _attr: Any, value: float) -> None:
+    if value <= 0.0:
+        raise ValueError("probability must be above 0 (the rule logs 1 in 1/probability)")
+
+
+def rule_probability(help: str) -> Any:
+    """The ``probability`` option of a firewall-log module's block: the probability with
+    which the rule logs a packet, in (0, 1], default 1 (every packet)."""
+    return option(1.0, help=help, converter=real(0.0, 1.0), validator=_above_zero)
 
 
 @attrs.frozen
@@ -96,24 +123,6 @@ class SubSampler:
 
 # ---------------------------------------------------------------- header record
 
-_BE16 = struct.Struct("!H")
-
-
-def ip_length(l3: bytes) -> tuple[int, int] | None:
-    """(sFlow header protocol, original IP packet length) of a packet starting at its IP
-    header, or None if it is not IPv4/IPv6 or too short to say.  A zero length field (IPv6
-    jumbogram, BIG TCP) or one shorter than what was captured falls back to the captured
-    length."""
-    if not l3:
-        return None
-    version = l3[0] >> 4
-    if version == 4 and len(l3) >= 20:
-        return HEADER_IPV4, max(_BE16.unpack_from(l3, 2)[0], len(l3))
-    if version == 6 and len(l3) >= 40:
-        plen = _BE16.unpack_from(l3, 4)[0]
-        return HEADER_IPV6, max(plen + 40 if plen else 0, len(l3))
-    return None
-
 
 def build_sampled_header(l3: bytes, mac_header: bytes | None,
                          header_bytes: int) -> SampledHeader | None:
@@ -126,18 +135,26 @@ def build_sampled_header(l3: bytes, mac_header: bytes | None,
     The original L3 length comes from the IP header (the kernel copied at most the snap
     length); a non-IP payload behind a MAC header counts as captured.  None: neither IP nor
     Ethernet, nothing sensible to report."""
-    ip = ip_length(l3)
+    version = l3[0] >> 4 if l3 else 0
+    if version == 4 and len(l3) >= 20:
+        protocol: int | None = HEADER_IPV4
+    elif version == 6 and len(l3) >= 40:
+        protocol = HEADER_IPV6
+    else:
+        protocol = None  # not IP, or too short to say
+    # a zero length field (IPv6 jumbogram, BIG TCP) or one shorter than what was captured
+    # falls back to the captured length
+    l3_len = max(ip_length(l3), len(l3)) if protocol is not None else len(l3)
     if mac_header:
-        l3_len = ip[1] if ip is not None else len(l3)
         return SampledHeader(
             protocol=HEADER_ETHERNET,
             frame_length=len(mac_header) + l3_len + FCS_BYTES,
             stripped=FCS_BYTES,
             header=(mac_header + l3[: max(0, header_bytes - len(mac_header))])[:header_bytes],
         )
-    if ip is None:
+    if protocol is None:
         return None
-    return SampledHeader(protocol=ip[0], frame_length=ip[1], stripped=0,
+    return SampledHeader(protocol=protocol, frame_length=l3_len, stripped=0,
                          header=l3[:header_bytes])
 
 
@@ -239,9 +256,27 @@ class Samplers:
 # ---------------------------------------------------------------- readers of logged packets
 
 
+@attrs.define(slots=True)
+class ReadResult:
+    """What a module's parser found in one ``recv()`` buffer: the logged packets (of the
+    module's own class), the malformed messages (how many, and why the first one was) and
+    the well-formed messages that are not packets (errors, done, config acks)."""
+
+    packets: list[Any] = attrs.Factory(list)
+    malformed: int = 0
+    first_error: str | None = None
+    other: int = 0
+
+    def bad(self, why: str) -> None:
+        """Count one malformed message (the reason of the first one is kept)."""
+        self.malformed += 1
+        if self.first_error is None:
+            self.first_error = why
+
+
 @attrs.define
 class ReadStats:
-    """Counts for one processed buffer (the plugin adds them to the agent's health counters)."""
+    """Counts for one processed buffer (the module adds them to the agent's health counters)."""
 
     messages: int = 0
     malformed: int = 0
@@ -279,6 +314,11 @@ class LoggedPacketReader:
         """``n`` logged packets never reached us (socket overrun)."""
         self.samplers.lost(n)
 
+    def process(self, data: bytes, stats: ReadStats | None = None) -> list[FlowSample]:
+        """The flow samples taken from one ``recv()`` buffer: the module parses its messages,
+        then calls :meth:`begin` and :meth:`offer`."""
+        raise NotImplementedError
+
     @staticmethod
     def begin(stats: ReadStats | None, messages: int, malformed: int,
               first_error: str | None) -> ReadStats:
@@ -305,3 +345,100 @@ class LoggedPacketReader:
             return
         out.append(self.samplers.sample(where, self.rates.actual, header, netns=self.netns))
         st.taken += 1
+
+
+class FirewallLogModule:
+    """What the hooks of a firewall-log module share: its block (``name``, ``config_class``,
+    ``help``), its logger, and the rates its rule's probability and the agent's ``sampling``
+    give.  A module subclasses it and adds its own socket and reader."""
+
+    name: str
+    config_class: type
+    help: str
+    cfg: Any = None
+    log: Any = None
+
+    @hookimpl
+    def sflow_declare_config(self, registry: Any) -> None:
+        registry.block(self.name, self.config_class, help=self.help)
+
+    def configured_rates(self, agent: AgentAPI) -> Rates | None:
+        """The start of ``sflow_configure``: the module's block (``cfg``), its logger
+        (``log``) and the reconciled rates; None when the file has no block for it."""
+        self.cfg = agent.module_config(self.name)
+        if self.cfg is None:
+            return None
+        self.log = agent.logger(self.name)
+        return reconcile_rate(agent.config.sampling, self.cfg.probability)
+
+
+class WatchedSocket:
+    """A firewall-log module's socket and its registration with the agent loop."""
+
+    def __init__(self) -> None:
+        self.sock: Any = None
+        self.fd = -1
+
+    def watch(self, agent: Any, on_readable: Callable[[], None]) -> None:
+        """Have the loop call ``on_readable()`` when the socket is readable (once; nothing
+        while there is no socket)."""
+        if self.sock is not None and self.fd < 0:
+            self.fd = self.sock.fileno()
+            agent.add_reader(self.fd, on_readable)
+
+    def close(self, agent: Any) -> None:
+        """Stop watching the socket and close it (safe to call again)."""
+        if self.fd >= 0:
+            agent.remove_reader(self.fd)
+            self.fd = -1
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def drain_log_socket(agent: Any, module: str, recv: Callable[[], bytes],
+                     reader: LoggedPacketReader, *, overruns_lose: bool = False) -> None:
+    """One wakeup of a firewall-log socket: read up to :data:`MAX_RECVS_PER_WAKEUP` buffers
+    with ``recv`` (non-blocking), turn them into samples with ``reader.process(data,
+    stats)``, hand the samples to the core in one batch and count what happened as health
+    counters ``<module>.messages``, ``.overruns``, ``.lost``, ``.malformed``,
+    ``.no_interface`` and ``.not_ip`` (overruns, malformed messages and receive errors are
+    also logged once).
+
+    :param overruns_lose: the protocol has no sequence numbers (ULOG), so each ENOBUFS counts
+        as one lost message in the drops; with them (NFLOG) the loss shows up as a gap."""
+    stats = ReadStats()
+    samples: list[FlowSample] = []
+    overruns = 0
+    for _ in range(MAX_RECVS_PER_WAKEUP):
+        try:
+            data = recv()
+        except BlockingIOError:
+            break
+        except OSError as exc:
+            if exc.errno == errno.ENOBUFS:
+                overruns += 1
+                continue
+            agent.warn_once(f"{module}.recv", f"{module}_recv_failed", error=str(exc))
+            break
+        samples.extend(reader.process(data, stats))
+    if overruns and overruns_lose:
+        reader.lost(overruns)
+    if samples:
+        agent.take_samples(samples)
+    if stats.messages:
+        agent.count(f"{module}.messages", stats.messages)
+    if overruns:
+        agent.count(f"{module}.overruns", overruns)
+        agent.warn_once(f"{module}.enobufs", f"{module}_socket_overrun",
+                        hint="the agent did not keep up; lost messages are reported as drops")
+    if stats.lost:
+        agent.count(f"{module}.lost", stats.lost)
+    if stats.malformed:
+        agent.count(f"{module}.malformed", stats.malformed)
+        agent.warn_once(f"{module}.malformed", f"{module}_malformed_message",
+                        example=stats.first_error)
+    if stats.no_source:
+        agent.count(f"{module}.no_interface", stats.no_source)
+    if stats.not_ip:
+        agent.count(f"{module}.not_ip", stats.not_ip)

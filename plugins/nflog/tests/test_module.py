@@ -1,4 +1,4 @@
-"""The nflog plugin inside an in-process agent (testing kit): config, bind conflicts, retry.
+"""The nflog module inside an in-process agent (testing kit): config, bind conflicts, retry.
 
 The socket is made in a test namespace through the ``netns`` key; traffic runs on that
 namespace's loopback, logged by an nft output-hook rule.
@@ -14,7 +14,7 @@ import structlog
 from hostsflow.config import ConfigError
 from hostsflow.sflow.records import INTERNAL_IFINDEX
 from hostsflow.testing import AgentHarness
-from hostsflow_nflog import NflogPlugin
+from hostsflow_nflog import NflogModule
 from hostsflow_nflog.nlsocket import NflogSocket
 
 GROUP = 23
@@ -35,13 +35,13 @@ def conf(extra: str = "", nflog: str = f"group = {GROUP} probability = 0.1") -> 
 ])
 def test_config_errors(body: str, message: str) -> None:
     with pytest.raises(ConfigError) as exc:
-        AgentHarness(conf(nflog=body), plugins={"nflog": NflogPlugin()})
+        AgentHarness(conf(nflog=body), modules={"nflog": NflogModule()})
     assert message in str(exc.value)
     assert "<test>:" in str(exc.value)  # FILE:LINE
 
 
 def test_config_defaults() -> None:
-    h = AgentHarness(conf(nflog="group = 5"), plugins={"nflog": NflogPlugin()})
+    h = AgentHarness(conf(nflog="group = 5"), modules={"nflog": NflogModule()})
     cfg = h.agent.module_config("nflog")
     assert (cfg.group, cfg.probability, cfg.snaplen, cfg.qthreshold, cfg.timeout, cfg.netns) \
         == (5, 1.0, None, 100, 1.0, None)
@@ -62,7 +62,7 @@ def test_group_taken_error_then_retry_with_backoff(netpair: Any, need_tools: Any
     holder = NflogSocket(GROUP, 128, 10, 10, netns=ns)
     holder.open()  # another process has the group
     h = AgentHarness(conf(nflog=f"group = {GROUP} probability = 0.1 netns = {ns} timeout = 0.1"),
-                     plugins={"nflog": NflogPlugin()})
+                     modules={"nflog": NflogModule()})
     try:
         with structlog.testing.capture_logs() as logs:
             h.start()
@@ -104,7 +104,7 @@ def test_group_taken_error_then_retry_with_backoff(netpair: Any, need_tools: Any
 def test_missing_namespace_is_an_error_not_a_crash(need_tools: Any) -> None:
     need_tools()
     h = AgentHarness(conf(nflog="group = 5 netns = /nonexistent/hsf-netns"),
-                     plugins={"nflog": NflogPlugin()})
+                     modules={"nflog": NflogModule()})
     try:
         with structlog.testing.capture_logs() as logs:
             h.start()

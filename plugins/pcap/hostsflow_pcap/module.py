@@ -1,6 +1,6 @@
 """The pcap module's hooks: keep one sampling tap per selected device, feed the agent.
 
-Every second (``sflow_tick``) the plugin compares the taps it has with what the ``pcap { }``
+Every second (``sflow_tick``) the module compares the taps it has with what the ``pcap { }``
 blocks select among ``agent.interfaces``: it opens taps on devices that appeared (or came
 back), closes taps whose device went away or was re-created under a new ifIndex, and re-attaches
 the kernel filter when a device's sampling rate changed (its speed changed, or a reload).  Each
@@ -14,7 +14,7 @@ import socket
 from typing import Any
 
 import attrs
-from hostsflow import hookimpl
+from hostsflow import AgentAPI, hookimpl
 
 from .config import PcapConfig
 from .tap import DEFAULT_TIMEOUT_MS, Tap, TapError
@@ -37,11 +37,11 @@ class Want:
     loopback: bool = False
 
 
-class PcapPlugin:
+class PcapModule:
     """hsflowd's mod_pcap: ``pcap { dev = eth0 }`` samples eth0 one packet in N, in the kernel."""
 
     def __init__(self) -> None:
-        self.agent: Any = None
+        self.agent: Any = None  # the AgentAPI, from sflow_configure on
         self.log: Any = None
         self.taps: dict[str, Tap] = {}
         self.started = False
@@ -57,7 +57,7 @@ class PcapPlugin:
         )
 
     @hookimpl
-    def sflow_configure(self, agent: Any) -> None:
+    def sflow_configure(self, agent: AgentAPI) -> None:
         self.agent = agent
         self.log = agent.logger(NAME)
         # Capture sockets need CAP_NET_RAW, also for devices that appear after start-up (as
@@ -67,38 +67,37 @@ class PcapPlugin:
         self.sync()
 
     @hookimpl
-    def sflow_start(self, agent: Any) -> None:
+    def sflow_start(self, agent: AgentAPI) -> None:
         self.started = True
         for tap in self.taps.values():
             self._watch(tap)
 
     @hookimpl
-    def sflow_tick(self, agent: Any, now: float) -> None:
+    def sflow_tick(self, agent: AgentAPI, now: float) -> None:
         self.sync()
         for tap in self.taps.values():
             tap.tick()
 
     @hookimpl
-    def sflow_config_changed(self, agent: Any, old: Any, new: Any) -> None:
+    def sflow_config_changed(self, agent: AgentAPI, old: Any, new: Any) -> None:
         self.sync()
 
     @hookimpl
-    def sflow_data_sources(self, agent: Any) -> list[Any]:
+    def sflow_data_sources(self, agent: AgentAPI) -> list[Any]:
         # hsflowd forces an interface counter poller for every tapped device
         return [tap.source for tap in self.taps.values()]
 
     @hookimpl
-    def sflow_final(self, agent: Any) -> None:
+    def sflow_final(self, agent: AgentAPI) -> None:
         for name in list(self.taps):
             self._close(name, "stopping")
 
     # ------------------------------------------------------------------ tap set
 
     def blocks(self) -> list[PcapConfig]:
-        cfg = self.agent.module_config(NAME) if self.agent is not None else None
-        if cfg is None:
+        if self.agent is None:
             return []
-        return list(cfg) if isinstance(cfg, (list, tuple)) else [cfg]
+        return list(self.agent.module_config(NAME) or ())  # repeatable: a list of blocks
 
     def wanted(self) -> dict[str, Want]:
         """The taps the config asks for among the devices present now (first block wins)."""

@@ -1,4 +1,4 @@
-"""Loading and guarding plugins: third-party distributions found through their entry points
+"""Loading and guarding modules: third-party distributions found through their entry points
 (real ``.dist-info`` directories on ``sys.path`` of a child process, as pip would leave them),
 refused with a message naming the distribution when they do not import or do not fit the hook
 specs; ``hostsflow modules`` and ``hostsflow config`` on them; guards and quarantine in-process."""
@@ -16,7 +16,7 @@ import pytest
 import structlog
 
 import hostsflow
-from hostsflow.plugins import QUARANTINE_AFTER, PluginHost, PluginLoadError
+from hostsflow.modules import QUARANTINE_AFTER, ModuleHost, ModuleLoadError
 from hostsflow.testing import AgentHarness
 
 # ---------------------------------------------------------------- throw-away distributions
@@ -32,7 +32,7 @@ class WidgetConfig:
     size: int = option(3, converter=u32(1, 9), help="how big")
     shiny: bool = option(False, converter=on_off, help="polish it")
 
-class WidgetPlugin:
+class WidgetModule:
     @hostsflow.hookimpl
     def sflow_declare_config(self, registry):
         registry.block("widget", WidgetConfig, help="a throw-away third-party module")
@@ -48,7 +48,7 @@ import hostsflow_no_such_dependency  # the import fails
 TYPO = '''
 import hostsflow
 
-class TypoPlugin:
+class TypoModule:
     @hostsflow.hookimpl
     def sflow_declare_config(self, registry):
         pass
@@ -60,24 +60,24 @@ class TypoPlugin:
 BADARGS = '''
 import hostsflow
 
-class BadArgsPlugin:
+class BadArgsModule:
     @hostsflow.hookimpl
     def sflow_tick(self, agent, when):  # the spec says (agent, now)
         pass
 '''
 NOHOOKS = '''
-class NoHooksPlugin:
+class NoHooksModule:
     def sflow_tick(self, agent, now):  # forgot @hostsflow.hookimpl
         pass
 '''
 
 DISTS = {
     # distribution: (module name, entry-point name, value, source)
-    "hostsflow-widget": ("tp_widget", "widget", "tp_widget:WidgetPlugin", GOOD),
-    "hostsflow-broken": ("tp_broken", "broken", "tp_broken:Plugin", BROKEN),
-    "hostsflow-typo": ("tp_typo", "typo", "tp_typo:TypoPlugin", TYPO),
-    "hostsflow-badargs": ("tp_badargs", "badargs", "tp_badargs:BadArgsPlugin", BADARGS),
-    "hostsflow-nohooks": ("tp_nohooks", "nohooks", "tp_nohooks:NoHooksPlugin", NOHOOKS),
+    "hostsflow-widget": ("tp_widget", "widget", "tp_widget:WidgetModule", GOOD),
+    "hostsflow-broken": ("tp_broken", "broken", "tp_broken:Module", BROKEN),
+    "hostsflow-typo": ("tp_typo", "typo", "tp_typo:TypoModule", TYPO),
+    "hostsflow-badargs": ("tp_badargs", "badargs", "tp_badargs:BadArgsModule", BADARGS),
+    "hostsflow-nohooks": ("tp_nohooks", "nohooks", "tp_nohooks:NoHooksModule", NOHOOKS),
 }
 
 
@@ -199,8 +199,8 @@ class Typo:
 
 
 def test_register_refuses_unknown_hooks_and_arguments() -> None:
-    host = PluginHost()
-    with pytest.raises(PluginLoadError, match="unknown hook sflow_tik"):
+    host = ModuleHost()
+    with pytest.raises(ModuleLoadError, match="unknown hook sflow_tik"):
         host.register("typo", Typo(), "dist-x")
 
     class Bad:
@@ -208,7 +208,7 @@ def test_register_refuses_unknown_hooks_and_arguments() -> None:
         def sflow_tock(self, agent: Any, later: float) -> None:
             pass
 
-    with pytest.raises(PluginLoadError) as err:
+    with pytest.raises(ModuleLoadError) as err:
         host.register("bad", Bad(), "dist-y")
     assert err.value.distribution == "dist-y" and "later" in str(err.value)
     assert host.states == {} and host.pm.get_plugins() == set()
@@ -238,8 +238,8 @@ def test_guard_contains_errors_and_quarantines_after_repeated_failures() -> None
     r = Raiser()
     conf = "sflow { collector { ip = 127.0.0.1 } polling = 0 }"
     with structlog.testing.capture_logs() as logs:
-        with AgentHarness(conf, plugins={"fallback": Fallback(), "raiser": r}) as h:
-            # a firstresult hook: the failing plugin's turn passes to the next one
+        with AgentHarness(conf, modules={"fallback": Fallback(), "raiser": r}) as h:
+            # a firstresult hook: the failing module's turn passes to the next one
             (intf,) = list(h.agent.interfaces)[:1]
             assert h.agent.sampling_rate(intf) == 123
             h.tick(QUARANTINE_AFTER + 5)
@@ -248,8 +248,8 @@ def test_guard_contains_errors_and_quarantines_after_repeated_failures() -> None
             assert r.calls == QUARANTINE_AFTER - 1  # + 1 sampling_rate failure
             assert len(h.datagrams) == 0  # nothing to send, but every second still ran
             assert h.agent.sampling_rate(intf) == 123
-    errors = [e for e in logs if e["event"] == "plugin_error"]
+    errors = [e for e in logs if e["event"] == "module_error"]
     assert {e["hook"] for e in errors} == {"sflow_tick", "sflow_sampling_rate"}
     assert len(errors) == 2  # once per hook, rate limited
-    quarantined = [e for e in logs if e["event"] == "plugin_quarantined"]
+    quarantined = [e for e in logs if e["event"] == "module_quarantined"]
     assert len(quarantined) == 1 and quarantined[0]["module"] == "raiser"

@@ -1,4 +1,4 @@
-"""The plugin inside the testing kit's agent, tapping the loopback device of this namespace
+"""The module inside the testing kit's agent, tapping the loopback device of this namespace
 (loopback traffic only): config, tap set, batches through the agent, re-rating on reload."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from hostsflow.samples import DIRECTION_RECEIVED
 from hostsflow.sflow.records import INTERNAL_IFINDEX
 from hostsflow.testing import AgentHarness
 from hostsflow_pcap.config import PcapConfig
-from hostsflow_pcap.plugin import PcapPlugin
+from hostsflow_pcap.module import PcapModule
 
 root = pytest.mark.skipif(os.geteuid() != 0, reason="packet capture needs root (CAP_NET_RAW)")
 
@@ -49,7 +49,7 @@ def to_port(sample: Any, port: int) -> bool:
 def test_config_blocks_are_repeatable_and_typed() -> None:
     loaded = load(conf('pcap { dev = lo sampling = 2K promisc = on }\n'
                        'pcap { dev.pattern = "eth[0-9]+" speed = 1G- buffer = 1M }'),
-                  "<t>", plugins={"pcap": PcapPlugin()})
+                  "<t>", modules={"pcap": PcapModule()})
     a, b = loaded.config.modules["pcap"]
     assert (a.dev, a.sampling, a.promisc) == ("lo", 2000, True)
     assert b.dev is None and b.dev_pattern.pattern == "eth[0-9]+" and b.buffer == 1_000_000
@@ -58,14 +58,14 @@ def test_config_blocks_are_repeatable_and_typed() -> None:
     assert not b.selects("eth0", "veth", 10**10)  # veth only when named with dev
     assert PcapConfig(dev="veth1").selects("veth1", "veth", 0)
     with pytest.raises(ConfigError, match="sampling"):
-        load(conf("pcap { dev = lo sampling = lots }"), "<t>", plugins={"pcap": PcapPlugin()})
+        load(conf("pcap { dev = lo sampling = lots }"), "<t>", modules={"pcap": PcapModule()})
 
 
 @root
 def test_loopback_tap_feeds_batches_with_pool_and_direction() -> None:
-    plugin = PcapPlugin()
+    plugin = PcapModule()
     with AgentHarness(conf("pcap { dev = lo sampling = 1 }\npcap { dev = nosuchdev0 }"),
-                      plugins={"pcap": plugin}) as h:
+                      modules={"pcap": plugin}) as h:
         assert list(plugin.taps) == ["lo"]  # the absent device is simply not tapped (yet)
         assert [str(ds) for ds in plugin.sflow_data_sources(h.agent)] == [f"0:{LO}"]
         port = blast(300)
@@ -93,10 +93,10 @@ def test_loopback_tap_feeds_batches_with_pool_and_direction() -> None:
 
 @root
 def test_reload_reattaches_a_new_rate_and_drops_unselected_taps() -> None:
-    plugin = PcapPlugin()
-    with AgentHarness(conf("pcap { dev = lo sampling = 20 }"), plugins={"pcap": plugin}) as h:
+    plugin = PcapModule()
+    with AgentHarness(conf("pcap { dev = lo sampling = 20 }"), modules={"pcap": plugin}) as h:
         tap = plugin.taps["lo"]
-        new = load(conf("pcap { dev = lo sampling = 50 }"), "<t>", plugins={"pcap": PcapPlugin()})
+        new = load(conf("pcap { dev = lo sampling = 50 }"), "<t>", modules={"pcap": PcapModule()})
         h.agent.reload(new.config)
         assert plugin.taps["lo"] is tap and tap.rate == 50  # same socket, new filter
         port = blast(5000, 64)
@@ -107,7 +107,7 @@ def test_reload_reattaches_a_new_rate_and_drops_unselected_taps() -> None:
         # loopback traffic, such as the agent's own datagrams, is left out)
         assert 50 <= len(got) <= 150, len(got)
         none = load(conf('pcap { dev.pattern = "nomatch.*" }'), "<t>",
-                    plugins={"pcap": PcapPlugin()})
+                    modules={"pcap": PcapModule()})
         h.agent.reload(none.config)
         assert plugin.taps == {} and tap.closed
 
@@ -118,30 +118,30 @@ def test_default_ring_follows_the_rate_and_a_set_buffer_stays() -> None:
     when the tap opens (a reload re-rates the same tap); a configured buffer is used as is."""
     from hostsflow_pcap.tap import BIG_RING_BYTES, SMALL_RING_BYTES
 
-    plugin = PcapPlugin()
-    with AgentHarness(conf("pcap { dev = lo sampling = 1 }"), plugins={"pcap": plugin}) as h:
+    plugin = PcapModule()
+    with AgentHarness(conf("pcap { dev = lo sampling = 1 }"), modules={"pcap": plugin}) as h:
         first = plugin.taps["lo"]
         assert first.ring_bytes == BIG_RING_BYTES
         h.agent.reload(load(conf("pcap { dev = lo sampling = 100 }"), "<t>",
-                            plugins={"pcap": PcapPlugin()}).config)
+                            modules={"pcap": PcapModule()}).config)
         assert plugin.taps["lo"] is first and first.rate == 100
         h.agent.reload(load(conf("pcap { dev = lo sampling = 1000 promisc = on }"), "<t>",
-                            plugins={"pcap": PcapPlugin()}).config)
+                            modules={"pcap": PcapModule()}).config)
         second = plugin.taps["lo"]  # re-opened for the new option, at the new rate
         assert first.closed and (second.rate, second.ring_bytes) == (1000, SMALL_RING_BYTES)
         h.agent.reload(load(conf("pcap { dev = lo sampling = 1 buffer = 2M }"), "<t>",
-                            plugins={"pcap": PcapPlugin()}).config)
+                            modules={"pcap": PcapModule()}).config)
         third = plugin.taps["lo"]
         assert (third.rate, third.ring_bytes) == (1, 2_000_000)
         h.agent.reload(load(conf("pcap { dev = lo sampling = 100 buffer = 2M }"), "<t>",
-                            plugins={"pcap": PcapPlugin()}).config)
+                            modules={"pcap": PcapModule()}).config)
         assert plugin.taps["lo"] is third and third.ring_bytes == 2_000_000
 
 
 @root
 def test_samples_built_by_the_tap_say_received_without_a_mac() -> None:
-    plugin = PcapPlugin()
-    with AgentHarness(conf("pcap { dev = lo sampling = 1 }"), plugins={"pcap": plugin}):
+    plugin = PcapModule()
+    with AgentHarness(conf("pcap { dev = lo sampling = 1 }"), modules={"pcap": plugin}):
         tap = plugin.taps["lo"]
         port = blast(10)
         batch: list[Any] = []
@@ -167,17 +167,17 @@ def test_speed_change_re_rates_the_open_tap() -> None:
         return InterfaceTable([Interface("lo", LO, speed=speed, up=True, oper_up=True,
                                          loopback=True, kind="loopback")])
 
-    plugin = PcapPlugin()
+    plugin = PcapModule()
     h = AgentHarness(conf("sampling.1G = 50\nsampling.10G = 500\npcap { dev = lo }"),
-                     plugins={"pcap": plugin}, interfaces=table(10**9))
+                     modules={"pcap": plugin}, interfaces=table(10**9))
     with h:
         tap = plugin.taps["lo"]
         assert tap.rate == 50
         # what the agent's rescan installs when it sees the new speed
-        h.agent.interfaces = table(10 * 10**9)
+        h.agent.refresh.table = table(10 * 10**9)
         h.tick()
         assert plugin.taps["lo"] is tap and tap.rate == 500
-        h.agent.interfaces = InterfaceTable([Interface("lo", LO, speed=10**9, up=False,
+        h.agent.refresh.table = InterfaceTable([Interface("lo", LO, speed=10**9, up=False,
                                                        loopback=True, kind="loopback")])
         h.tick()
         assert tap.rate == 0  # down: the filter keeps nothing

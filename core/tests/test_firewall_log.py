@@ -1,4 +1,4 @@
-"""Rate reconciliation, sub-sampling, header records and direction mapping (hostsflow.capture)."""
+"""Rate reconciliation, sub-sampling, header records and direction mapping (hostsflow.firewall_log)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from hostsflow.packet import decode_sampled_header
 from hostsflow.samples import DIRECTION_RECEIVED, DIRECTION_SENT
 from hostsflow.sflow.records import INTERNAL_IFINDEX
 from hostsflow.testing import ethernet_frame
-from hostsflow import capture as fwlog
+from hostsflow import firewall_log as fwlog
 from hypothesis import given
 from hypothesis import strategies as st
 
 
 @pytest.mark.parametrize("sampling,probability,expected", [
-    (400, 0.0025, (400, 1, 400)),     # hsflowd section 4.2 examples
+    (400, 0.0025, (400, 1, 400)),     # hsflowd setSamplingRate's examples
     (1000, 0.0025, (400, 3, 1200)),
     (10, 0.0025, (400, 1, 400)),      # issue #38: cannot report finer than the rule
     (400, 1.0, (1, 400, 400)),        # no probability: the kernel logs everything
@@ -100,9 +100,11 @@ def test_header_never_raises_and_respects_size(l3: bytes, mac, header_bytes: int
 
 def test_ip_length_from_header_not_capture() -> None:
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 1500, 0, 0, 64, 17, 0, b"\1" * 4, b"\2" * 4)
-    assert fwlog.ip_length(ip) == (11, 1500)
+    h = fwlog.build_sampled_header(ip, None, 128)
+    assert h is not None and (h.protocol, h.frame_length) == (11, 1500)
     ip6 = struct.pack("!IHBB16s16s", 6 << 28, 1000, 17, 64, b"\1" * 16, b"\2" * 16)
-    assert fwlog.ip_length(ip6) == (12, 1040)
+    h6 = fwlog.build_sampled_header(ip6, None, 128)
+    assert h6 is not None and (h6.protocol, h6.frame_length) == (12, 1040)
 
 
 @pytest.mark.parametrize("hook,indev,outdev,expected", [
@@ -141,3 +143,29 @@ def test_samplers_pool_and_drops() -> None:
     assert (a.sample_pool, b.sample_pool) == (500, 100)
     assert (a.drops, b.drops, c.drops) == (7, 0, 7)  # lost messages go to the next sample
     assert (a.source.ds_index, a.input, a.output) == (2, 2, INTERNAL_IFINDEX)
+
+
+def test_rule_probability_is_above_zero_and_at_most_one() -> None:
+    import attrs
+
+    from hostsflow.config import ConfigError
+    from hostsflow.config.registry import ConfigRegistry
+    from hostsflow.config.schema import parse_config_text
+
+    @attrs.frozen
+    class RuleConfig:
+        probability: float = fwlog.rule_probability("the rule's probability")
+
+    reg = ConfigRegistry()
+    reg.block("rule", RuleConfig)
+
+    def probability(value: str) -> float:
+        text = f"sflow {{ collector {{ ip = 127.0.0.1 }} rule {{ probability = {value} }} }}"
+        return parse_config_text(text, "t.conf", reg).modules["rule"].probability
+
+    assert probability("0.25") == 0.25 and probability("1") == 1.0
+    assert parse_config_text("sflow { collector { ip = 127.0.0.1 } rule { } }", "t.conf",
+                             reg).modules["rule"].probability == 1.0
+    for bad in ("0", "1.5", "-0.1"):
+        with pytest.raises(ConfigError):
+            probability(bad)

@@ -14,27 +14,27 @@ import socket
 from typing import Any
 
 import attrs
-from hostsflow import hookimpl
-from hostsflow.config import integer, option, real
+from hostsflow import AgentAPI, hookimpl
+from hostsflow.config import integer, option
+from hostsflow.firewall_log import (
+    FirewallLogModule,
+    WatchedSocket,
+    drain_log_socket,
+    reconcile_rate,
+    rule_probability,
+)
 
-from hostsflow.capture import reconcile_rate
 from .protocol import NETLINK_NFLOG
-from .reader import ReadStats, UlogReader
+from .reader import UlogReader
 
 MODULE = "ulog"
 RCVBUF_BYTES = 8_000_000  # hsflowd's receive buffer
 RECV_BYTES = 1 << 17
-MAX_RECVS_PER_WAKEUP = 64
 
 UNSUPPORTED = ("this kernel has no ULOG netlink protocol (NETLINK_NFLOG=5): the iptables ULOG "
                "target was removed in Linux 3.17. Use an NFLOG rule and "
                "'nflog {{ group = {group} probability = {probability} }}' instead "
                "(hostsflow-nflog); the ulog module stays idle")
-
-
-def _positive(_inst: Any, _attr: Any, value: float) -> None:
-    if value <= 0.0:
-        raise ValueError("probability must be above 0 (the rule logs 1 in 1/probability)")
 
 
 @attrs.frozen
@@ -43,9 +43,8 @@ class UlogConfig:
 
     group: int = option(help="ULOG netlink group of the rule (--ulog-nlgroup, 1..32)",
                         converter=integer(1, 32, suffixes=""), example="1")
-    probability: float = option(1.0, help="the rule's sampling probability "
-                                          "(-m statistic --probability P)",
-                                converter=real(0.0, 1.0), validator=_positive)
+    probability: float = rule_probability("the rule's sampling probability "
+                                          "(-m statistic --probability P)")
 
 
 def open_ulog_socket(group: int) -> socket.socket:
@@ -65,37 +64,31 @@ def open_ulog_socket(group: int) -> socket.socket:
     return sock
 
 
-class UlogPlugin:
-    """hostsflow module ``ulog`` (entry point ``hostsflow_ulog.plugin:UlogPlugin``)."""
+class UlogModule(FirewallLogModule):
+    """hostsflow module ``ulog`` (entry point ``hostsflow_ulog.module:UlogModule``)."""
+
+    name = MODULE
+    config_class = UlogConfig
+    help = "sample packets the legacy iptables ULOG target logs (Linux < 3.17)"
 
     def __init__(self) -> None:
         self.cfg: UlogConfig | None = None
-        self.sock: Any = None
+        self.socket = WatchedSocket()
         self.reader: UlogReader | None = None
         self.log: Any = None
-        self.registered_fd = -1
-        self.unsupported = False
 
     @hookimpl
-    def sflow_declare_config(self, registry: Any) -> None:
-        registry.block(MODULE, UlogConfig,
-                       help="sample packets the legacy iptables ULOG target logs (Linux < 3.17)")
-
-    @hookimpl
-    def sflow_configure(self, agent: Any) -> None:
-        self.cfg = agent.module_config(MODULE)
-        if self.cfg is None:
+    def sflow_configure(self, agent: AgentAPI) -> None:
+        rates = self.configured_rates(agent)
+        if rates is None:
             return
-        self.log = agent.logger(MODULE)
-        rates = reconcile_rate(agent.config.sampling, self.cfg.probability)
         self.reader = UlogReader(rates, agent.config.header_bytes,
                                  lambda name: _ifindex(agent, name), rng=agent.rng)
         try:
-            self.sock = open_ulog_socket(self.cfg.group)
+            self.socket.sock = open_ulog_socket(self.cfg.group)
         except OSError as exc:
             agent.count("ulog.open_failures")
             if exc.errno == errno.EPROTONOSUPPORT:
-                self.unsupported = True
                 self.log.error("ulog_unavailable", group=self.cfg.group,
                                reason=UNSUPPORTED.format(group=self.cfg.group,
                                                          probability=self.cfg.probability))
@@ -106,78 +99,42 @@ class UlogPlugin:
                       sub_sampling=rates.sub, reported_rate=rates.actual)
 
     @hookimpl
-    def sflow_start(self, agent: Any) -> None:
-        if self.sock is not None:
-            self.attach(agent, self.sock)
+    def sflow_start(self, agent: AgentAPI) -> None:
+        if self.socket.sock is not None:
+            self.attach(agent, self.socket.sock)
 
     @hookimpl
-    def sflow_config_changed(self, agent: Any, old: Any, new: Any) -> None:
+    def sflow_config_changed(self, agent: AgentAPI, old: Any, new: Any) -> None:
         cfg = agent.module_config(MODULE)
         if cfg is not None and self.reader is not None:
             self.reader.set_rates(reconcile_rate(new.sampling, cfg.probability),
                                   new.header_bytes)
-            if self.cfg is not None and cfg.group != self.cfg.group and self.sock is not None:
+            if self.cfg is not None and cfg.group != self.cfg.group and self.socket.sock is not None:
                 self.log.warning("ulog_group_change_needs_restart", old=self.cfg.group,
                                  new=cfg.group)
         self.cfg = cfg or self.cfg
 
     @hookimpl
-    def sflow_final(self, agent: Any) -> None:
-        if self.registered_fd >= 0:
-            agent.remove_reader(self.registered_fd)
-            self.registered_fd = -1
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+    def sflow_final(self, agent: AgentAPI) -> None:
+        self.socket.close(agent)
 
     # ------------------------------------------------------------ packet path
 
-    def attach(self, agent: Any, sock: Any) -> None:
+    def attach(self, agent: AgentAPI, sock: Any) -> None:
         """Read ULOG datagrams from ``sock`` (any non-blocking datagram socket) on the loop."""
-        self.sock = sock
-        self.registered_fd = sock.fileno()
-        agent.add_reader(self.registered_fd, lambda: self.on_readable(agent))
+        self.socket.sock = sock
+        self.socket.watch(agent, lambda: self.on_readable(agent))
 
-    def on_readable(self, agent: Any) -> None:
+    def on_readable(self, agent: AgentAPI) -> None:
         """Drain the socket and hand the samples to the core in one batch."""
-        sock, reader = self.sock, self.reader
-        if sock is None or reader is None:
-            return
-        stats = ReadStats()
-        samples: list[Any] = []
-        overruns = 0
-        for _ in range(MAX_RECVS_PER_WAKEUP):
-            try:
-                data = sock.recv(RECV_BYTES)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    overruns += 1
-                    continue
-                agent.warn_once("ulog.recv", "ulog_recv_failed", error=str(exc))
-                break
-            samples.extend(reader.process(data, stats))
-        if overruns:
+        sock, reader = self.socket.sock, self.reader
+        if sock is not None and reader is not None:
             # ULOG has no sequence numbers: each overrun lost at least one batch
-            reader.lost(overruns)
-            agent.count("ulog.overruns", overruns)
-            agent.warn_once("ulog.enobufs", "ulog_socket_overrun")
-        if samples:
-            agent.take_samples(samples)
-        if stats.messages:
-            agent.count("ulog.messages", stats.messages)
-        if stats.malformed:
-            agent.count("ulog.malformed", stats.malformed)
-            agent.warn_once("ulog.malformed", "ulog_malformed_message",
-                            example=stats.first_error)
-        if stats.no_source:
-            agent.count("ulog.no_interface", stats.no_source)
-        if stats.not_ip:
-            agent.count("ulog.not_ip", stats.not_ip)
+            drain_log_socket(agent, MODULE, lambda: sock.recv(RECV_BYTES), reader,
+                             overruns_lose=True)
 
 
-def _ifindex(agent: Any, name: str) -> int:
+def _ifindex(agent: AgentAPI, name: str) -> int:
     """ifIndex of a device name: the agent's interface table, else the kernel; 0 if gone."""
     intf = agent.interfaces.by_name(name)
     if intf is not None:

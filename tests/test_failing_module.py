@@ -1,4 +1,4 @@
-"""A plugin that raises in its hooks on every call does not stop the samples of the others.
+"""A module that raises in its hooks on every call does not stop the samples of the others.
 
 A real ``hostsflowd`` runs with ``pcap { dev = lo }``, the example ``user`` module and a
 throw-away third-party module ``failing`` (installed as a real ``.dist-info`` on the agent's
@@ -21,8 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from hostsflow.plugins import QUARANTINE_AFTER
-from hostsflow.testing import AgentProcess, UdpCollector
+from hostsflow.modules import QUARANTINE_AFTER
+from hostsflow.testing import UdpCollector, load_file_module
+
+AgentProcess = load_file_module("hostsflow_tests_agent_process",
+                                Path(__file__).with_name("agent_process.py")).AgentProcess
 
 FAILING = '''
 import attrs
@@ -32,7 +35,7 @@ import hostsflow
 class FailingConfig:
     pass
 
-class FailingPlugin:
+class FailingModule:
     """Raises in every call of its packet-path and poll-path hooks."""
 
     @hostsflow.hookimpl
@@ -66,7 +69,7 @@ def install_failing(site: Path) -> None:
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: hostsflow-failing\n"
                                    "Version: 0.0.1\n")
     (info / "entry_points.txt").write_text(
-        "[hostsflow.modules]\nfailing = tp_failing:FailingPlugin\n")
+        "[hostsflow.modules]\nfailing = tp_failing:FailingModule\n")
 
 
 def log_events(text: str) -> list[dict]:
@@ -79,7 +82,7 @@ def log_events(text: str) -> list[dict]:
     return out
 
 
-def test_failing_plugin_does_not_stop_other_samples(tmp_path: Path, monkeypatch) -> None:
+def test_failing_module_does_not_stop_other_samples(tmp_path: Path, monkeypatch) -> None:
     from hostsflow_user import ExtendedUser
 
     site = tmp_path / "site"
@@ -110,7 +113,7 @@ sflow {{
             while time.monotonic() < deadline:
                 a.sendto(b"ping", b.getsockname())
                 time.sleep(0.25)
-                q = [e for e in log_events(agent.log()) if e.get("event") == "plugin_quarantined"]
+                q = [e for e in log_events(agent.log()) if e.get("event") == "module_quarantined"]
                 if q and quarantined_at is None:
                     quarantined_at = datetime.fromisoformat(
                         q[0]["timestamp"].replace("Z", "+00:00")).timestamp()
@@ -149,12 +152,12 @@ sflow {{
         assert sum(1 for s in flows if s.record(ExtendedUser) is not None) >= 1, period
 
     events = log_events(agent.log())
-    quarantines = [e for e in events if e.get("event") == "plugin_quarantined"]
+    quarantines = [e for e in events if e.get("event") == "module_quarantined"]
     assert len(quarantines) == 1
     assert quarantines[0]["module"] == "failing"
     assert quarantines[0]["distribution"] == "hostsflow-failing"
     assert quarantines[0]["consecutive_failures"] == QUARANTINE_AFTER
-    errors = [e for e in events if e.get("event") == "plugin_error"]
+    errors = [e for e in events if e.get("event") == "module_error"]
     # flow samples went out while the module was failing on them (and on the tick)
     assert {e["hook"] for e in errors} == {"sflow_tick", "sflow_flow_sample"}
     assert len(errors) == len({e["hook"] for e in errors}) >= 1  # once per hook

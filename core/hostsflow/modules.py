@@ -1,10 +1,10 @@
-"""Finding, loading and guarding plugins.
+"""Finding, loading and guarding modules.
 
 Installed is not enabled: :func:`installed_modules` reads entry-point metadata without importing
-anything; :meth:`PluginHost.load` imports only the modules the config names.  Every hook
-implementation is wrapped in a guard: an exception is logged (once per plugin and hook, then
-rate limited), counted, and returns None so the other plugins still run; after
-``QUARANTINE_AFTER`` consecutive failures the plugin is unregistered and reported.
+anything; :meth:`ModuleHost.load` imports only the modules the config names.  Every hook
+implementation is wrapped in a guard: an exception is logged (once per module and hook, then
+rate limited), counted, and returns None so the other modules still run; after
+``QUARANTINE_AFTER`` consecutive failures the module is unregistered and reported.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import structlog
 from . import hookspecs
 
 GROUP = "hostsflow.modules"
-QUARANTINE_AFTER = 10  # consecutive failures of one plugin before it is unregistered
-LOG_EVERY = 60.0  # seconds between repeated error logs for the same plugin and hook
+QUARANTINE_AFTER = 10  # consecutive failures of one module before it is unregistered
+LOG_EVERY = 60.0  # seconds between repeated error logs for the same module and hook
 
-log = structlog.get_logger("hostsflow.plugins")
+log = structlog.get_logger("hostsflow.modules")
 
 
 @attrs.define
@@ -61,7 +61,7 @@ def installed_modules() -> dict[str, ModuleInfo]:
     return found
 
 
-class PluginLoadError(Exception):
+class ModuleLoadError(Exception):
     """A module could not be imported or does not fit the hook specs."""
 
     def __init__(self, module: str, distribution: str, reason: str) -> None:
@@ -70,13 +70,13 @@ class PluginLoadError(Exception):
 
 
 def instantiate(obj: Any) -> Any:
-    """An entry point names a plugin class (instantiated once per agent) or a module object."""
+    """An entry point names a module class (instantiated once per agent) or a module object."""
     return obj() if isinstance(obj, type) else obj
 
 
 @attrs.define
-class PluginState:
-    """What the host knows about one registered plugin."""
+class ModuleState:
+    """What the host knows about one registered module."""
 
     name: str
     plugin: Any
@@ -87,16 +87,16 @@ class PluginState:
     last_logged: dict[str, float] = attrs.Factory(dict)
 
 
-class PluginHost:
+class ModuleHost:
     """A pluggy manager for one agent, with guards and quarantine.
 
-    Tests build one with explicit plugin objects (:meth:`register`); the agent adds the
+    Tests build one with explicit module objects (:meth:`register`); the agent adds the
     entry-point modules the config names (:meth:`load`)."""
 
     def __init__(self, on_change: Callable[[], None] | None = None) -> None:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
-        self.states: dict[str, PluginState] = {}
+        self.states: dict[str, ModuleState] = {}
         self.on_change = on_change
         self.clock: Callable[[], float] = time.monotonic
 
@@ -107,20 +107,20 @@ class PluginHost:
     # ------------------------------------------------------------ registration
 
     def register(self, name: str, plugin: Any, distribution: str = "hostsflow") -> Any:
-        """Register a plugin object under ``name``; refuse one whose hooks match no spec."""
+        """Register a module object under ``name``; refuse one whose hooks match no spec."""
         plugin = instantiate(plugin)
         try:
             self.pm.register(plugin, name=name)
         except pluggy.PluginValidationError as exc:
             if self.pm.is_registered(plugin):  # pluggy leaves it half registered
                 self.pm.unregister(plugin)
-            raise PluginLoadError(name, distribution, _first_line(exc)) from None
+            raise ModuleLoadError(name, distribution, _first_line(exc)) from None
         try:
             self._check_specs(name, plugin, distribution)
-        except PluginLoadError:
+        except ModuleLoadError:
             self.pm.unregister(plugin)
             raise
-        state = PluginState(name, plugin, distribution)
+        state = ModuleState(name, plugin, distribution)
         self.states[name] = state
         for caller in self.pm.get_hookcallers(plugin) or []:
             for impl in caller.get_hookimpls():
@@ -133,35 +133,35 @@ class PluginHost:
     def _check_specs(self, name: str, plugin: Any, distribution: str) -> None:
         for caller in self.pm.get_hookcallers(plugin) or []:
             if caller.spec is None:
-                raise PluginLoadError(name, distribution,
+                raise ModuleLoadError(name, distribution,
                                       f"implements unknown hook {caller.name}")
             for impl in caller.get_hookimpls():
                 if impl.plugin is plugin:
                     extra = set(impl.argnames) - set(caller.spec.argnames)
                     if extra:
-                        raise PluginLoadError(
+                        raise ModuleLoadError(
                             name, distribution,
                             f"{caller.name} takes unknown arguments {sorted(extra)}"
                         )
 
     def load(self, info: ModuleInfo) -> Any:
-        """Import an installed module and register it; PluginLoadError names its distribution."""
+        """Import an installed module and register it; ModuleLoadError names its distribution."""
         try:
             obj = info.entry_point.load()
         except Exception as exc:  # noqa: BLE001 - any import failure is the module's fault
-            raise PluginLoadError(info.name, info.distribution, f"import failed: {exc!r}") from exc
+            raise ModuleLoadError(info.name, info.distribution, f"import failed: {exc!r}") from exc
         if not _hook_names(obj):
-            raise PluginLoadError(
+            raise ModuleLoadError(
                 info.name, info.distribution,
                 f"{info.value} implements no hostsflow hook (are the methods decorated with "
                 "@hostsflow.hookimpl?)",
             )
         try:
             return self.register(info.name, obj, info.distribution)
-        except PluginLoadError as exc:
-            raise PluginLoadError(info.name, info.distribution, exc.reason) from None
+        except ModuleLoadError as exc:
+            raise ModuleLoadError(info.name, info.distribution, exc.reason) from None
         except Exception as exc:  # noqa: BLE001
-            raise PluginLoadError(info.name, info.distribution, repr(exc)) from exc
+            raise ModuleLoadError(info.name, info.distribution, repr(exc)) from exc
 
     def unregister(self, name: str) -> None:
         state = self.states.get(name)
@@ -172,7 +172,7 @@ class PluginHost:
 
     # ------------------------------------------------------------ guards
 
-    def _guard(self, state: PluginState, hook: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def _guard(self, state: ModuleState, hook: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def guarded(*args: Any) -> Any:
             try:
                 result = fn(*args)
@@ -185,20 +185,20 @@ class PluginHost:
         guarded.__wrapped__ = fn  # type: ignore[attr-defined]
         return guarded
 
-    def _failed(self, state: PluginState, hook: str, exc: BaseException) -> None:
+    def _failed(self, state: ModuleState, hook: str, exc: BaseException) -> None:
         state.errors += 1
         state.consecutive += 1
         now = self.clock()
         if now - state.last_logged.get(hook, -1e9) >= LOG_EVERY:
             state.last_logged[hook] = now
             log.error(
-                "plugin_error", module=state.name, hook=hook, error=repr(exc),
+                "module_error", module=state.name, hook=hook, error=repr(exc),
                 errors=state.errors, exc_info=exc,
             )
         if state.consecutive >= QUARANTINE_AFTER and not state.quarantined:
             state.quarantined = True
             log.error(
-                "plugin_quarantined", module=state.name, distribution=state.distribution,
+                "module_quarantined", module=state.name, distribution=state.distribution,
                 consecutive_failures=state.consecutive,
             )
             self.unregister(state.name)
@@ -233,7 +233,7 @@ def _hook_names(obj: Any) -> list[str]:
 
 
 def implemented_hooks(plugin: Any) -> list[str]:
-    """The hooks a plugin object (or class) implements, sorted (``hostsflow modules -v``)."""
+    """The hooks a module object (or class) implements, sorted (``hostsflow modules -v``)."""
     return sorted(_hook_names(plugin))
 
 
