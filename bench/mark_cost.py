@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What the tcp plugin and systemd's markTraffic add per sampled TCP packet, with 10,000
+"""What the tcp module and systemd's markTraffic add per sampled TCP packet, with 10,000
 sockets open.
 
 Creates a network namespace (unique name, removed at the end) and re-runs itself inside it
@@ -319,8 +319,8 @@ HERE = f"/proc/{os.getpid()}/ns/net"
 def inner(a: argparse.Namespace) -> None:
     from hostsflow.host.interfaces import Interface, InterfaceTable
     from hostsflow.testing import AgentHarness
-    from hostsflow_systemd.plugin import SystemdPlugin
-    from hostsflow_tcp.plugin import TcpPlugin
+    from hostsflow_systemd.module import SystemdModule
+    from hostsflow_tcp.module import TcpModule
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < 2 * N_CONN + 200:
@@ -340,9 +340,9 @@ def inner(a: argparse.Namespace) -> None:
         conf = "sflow { collector { ip = 127.0.0.1 } %s }"
         variants = [
             ("none", conf % "", dict),
-            ("tcp", conf % "tcp { }", lambda: {"tcp": TcpPlugin()}),
+            ("tcp", conf % "tcp { }", lambda: {"tcp": TcpModule()}),
             ("tcp+systemd", conf % f"tcp {{ }} systemd {{ markTraffic = on slice = {slice_} }}",
-             lambda: {"tcp": TcpPlugin(), "systemd": SystemdPlugin()}),
+             lambda: {"tcp": TcpModule(), "systemd": SystemdModule()}),
         ]
         gen = subprocess.Popen([sys.executable, __file__, "--traffic"], stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL)
@@ -364,7 +364,7 @@ def inner(a: argparse.Namespace) -> None:
         for _ in range(ROUNDS):
             for name, text, make in variants:
                 plugins = make()
-                h = AgentHarness(text, plugins=plugins, interfaces=table)
+                h = AgentHarness(text, modules=plugins, interfaces=table)
                 harnesses.append(h)
                 h.start()
                 sd = plugins.get("systemd")

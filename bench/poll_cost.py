@@ -49,7 +49,7 @@ def main() -> None:
         sys.exit("poll_cost.py: needs root (cgroups)")
 
     from hostsflow.testing import AgentHarness
-    from hostsflow_systemd.plugin import SystemdPlugin
+    from hostsflow_systemd.module import SystemdModule
 
     slice_ = f"hfpoll{os.getpid()}.slice"
     roots = hierarchies()
@@ -70,7 +70,7 @@ def main() -> None:
                 with open(os.path.join(d, "cgroup.procs"), "w") as f:
                     f.write(str(p.pid))
             units[f"svc{k}.service"] = "/" + rel
-        plugin = SystemdPlugin()
+        plugin = SystemdModule()
         h = AgentHarness(f"sflow {{ collector {{ ip = 127.0.0.1 }} polling = 30 "
                          f"systemd {{ slice = {slice_} }} }}",
                          modules={"systemd": plugin}, host_poller=True)

@@ -79,7 +79,8 @@ def client(name: str, role: str, addr: str, port: int, log: Path, pause: float,
 
 
 class DelayedVeth:
-    """The agent's namespace and namespace ``ns`` joined through 1 ms of delay each way.
+    """The agent's namespace and namespace ``ns`` joined through ``delay_ms`` of delay each
+    way (None: a plain veth pair, no delay).
 
     ``host_dev`` (``host_ip``, in the agent's namespace) is a veth whose peer sits in a relay
     namespace, as is the peer of ``peer_dev`` (``peer_ip``, in ``ns``); tests/delay_line.py
@@ -87,7 +88,7 @@ class DelayedVeth:
     the kernel, but this kernel is built without CONFIG_NET_SCH_NETEM.)  Offloads are off on
     every end, so frames are real-sized and carry their checksums."""
 
-    def __init__(self, delay_ms: float = 1.0) -> None:
+    def __init__(self, delay_ms: float | None = 1.0) -> None:
         tag = f"{os.getpid() % 1000}{secrets.token_hex(2)}"
         octet = 100 + secrets.randbelow(100)
         self.ns, self.relay = f"hsfmk{tag}", f"hsfmr{tag}"
@@ -95,15 +96,21 @@ class DelayedVeth:
         self.host_ip, self.peer_ip = f"10.{octet}.9.1", f"10.{octet}.9.2"
         self.line: subprocess.Popen[bytes] | None = None
         try:
-            for ns in (self.ns, self.relay):
+            for ns in (self.ns, self.relay) if delay_ms is not None else (self.ns,):
                 sh("ip", "netns", "add", ns)
                 sh("ip", "-n", ns, "link", "set", "lo", "up")
-            sh("ip", "link", "add", self.host_dev, "type", "veth", "peer", "name", f"mkc{tag}",
-               "netns", self.relay)
-            sh("ip", "-n", self.ns, "link", "add", self.peer_dev, "type", "veth", "peer", "name",
-               f"mkd{tag}", "netns", self.relay)
-            ends = ((None, self.host_dev, self.host_ip), (self.ns, self.peer_dev, self.peer_ip),
-                    (self.relay, f"mkc{tag}", None), (self.relay, f"mkd{tag}", None))
+            ends: tuple[tuple[str | None, str, str | None], ...]
+            if delay_ms is None:
+                sh("ip", "link", "add", self.host_dev, "type", "veth", "peer", "name",
+                   self.peer_dev, "netns", self.ns)
+                ends = ((None, self.host_dev, self.host_ip), (self.ns, self.peer_dev, self.peer_ip))
+            else:
+                sh("ip", "link", "add", self.host_dev, "type", "veth", "peer", "name",
+                   f"mkc{tag}", "netns", self.relay)
+                sh("ip", "-n", self.ns, "link", "add", self.peer_dev, "type", "veth", "peer",
+                   "name", f"mkd{tag}", "netns", self.relay)
+                ends = ((None, self.host_dev, self.host_ip), (self.ns, self.peer_dev, self.peer_ip),
+                        (self.relay, f"mkc{tag}", None), (self.relay, f"mkd{tag}", None))
             for ns, dev, ip in ends:
                 run = ("ip", "netns", "exec", ns) if ns else ()
                 sh(*run, "sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1")
@@ -112,9 +119,10 @@ class DelayedVeth:
                 if ip:
                     sh(*run, "ip", "addr", "add", f"{ip}/24", "dev", dev)
                 sh(*run, "ip", "link", "set", dev, "up")
-            self.line = subprocess.Popen(
-                ["ip", "netns", "exec", self.relay, sys.executable, str(DELAY_LINE),
-                 f"mkc{tag}", f"mkd{tag}", str(delay_ms)])
+            if delay_ms is not None:
+                self.line = subprocess.Popen(
+                    ["ip", "netns", "exec", self.relay, sys.executable, str(DELAY_LINE),
+                     f"mkc{tag}", f"mkd{tag}", str(delay_ms)])
         except BaseException:
             self.close()
             raise
@@ -125,7 +133,7 @@ class DelayedVeth:
             self.line.wait(5)
         sh("ip", "link", "del", self.host_dev, check=False)
         for ns in (self.ns, self.relay):
-            sh("ip", "netns", "del", ns, check=False)
+            sh("ip", "netns", "del", ns, check=False)  # the relay is not there without delay
 
 
 class Scenario:

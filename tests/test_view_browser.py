@@ -3,10 +3,12 @@ page shows each service's rate.
 
 * a real ``systemd --user`` (the systemd module's test fixture, imported, not copied) runs two
   services: ``httpd`` (a TCP sink) and ``bird`` (a UDP sink);
-* the real ``hostsflowd`` runs with ``pcap { dev = lo sampling = 5 }``, ``tcp { }`` and
+* the real ``hostsflowd`` runs with ``pcap { dev = VETH sampling = 5 }``, ``tcp { }`` and
   ``systemd { markTraffic = on }``, sending to a real ``hostsflow view`` process;
-* the test sends paced traffic to both services and counts every frame on ``lo`` with its own
-  AF_PACKET socket (the truth: frame length + 4 for the FCS, as the agent reports it);
+* the test sends paced traffic to both services from a client in another network namespace
+  across a veth pair (a remote host, so the tcp module looks the service's socket up) and
+  counts every frame on the veth with its own AF_PACKET socket (the truth: frame length + 4
+  for the FCS, as the agent reports it);
 * headless Chromium (selenium + chromedriver) opens the page; the legend's rate of each service
   must be within 20% of the truth, and the TCP table must show the httpd connection's RTT.
   A screenshot is saved under ``tests/artifacts/`` and its path printed.
@@ -33,6 +35,9 @@ from typing import Any
 import pytest
 from hostsflow.testing import load_file_module
 
+from .faults_kit import socket_in
+from .marking_kit import DelayedVeth
+
 AgentProcess = load_file_module("hostsflow_tests_agent_process",
                                 Path(__file__).with_name("agent_process.py")).AgentProcess
 
@@ -51,22 +56,22 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 _sd = load_file_module("hostsflow_systemd_tests_conftest",
                        REPO / "plugins" / "systemd" / "tests" / "conftest.py")
 user_manager = _sd.user_manager  # the fixture, reused as is
-free_port, wait_listening = _sd.free_port, _sd.wait_listening
+free_port = _sd.free_port
 
 SINK_PY = textwrap.dedent('''
     import socket, sys, threading
-    kind, port = sys.argv[1], int(sys.argv[2])
+    kind, addr, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     def drain(c):
         while c.recv(65536):
             pass
     if kind == "tcp":
         srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        srv.bind(("127.0.0.1", port)); srv.listen(16)
+        srv.bind((addr, port)); srv.listen(16)
         while True:
             c, _ = srv.accept()
             threading.Thread(target=drain, args=(c,), daemon=True).start()
     else:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", port))
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((addr, port))
         while True:
             s.recv(65536)
 ''')
@@ -85,17 +90,17 @@ def _why_not() -> str | None:
 # ---------------------------------------------------------------- the truth on the wire
 
 
-class LoopbackCounter:
-    """Counts the frames on ``lo`` to or from some TCP/UDP ports (each packet once: the
-    outgoing copy), bytes as the agent reports them (frame + 4-byte FCS)."""
+class FrameCounter:
+    """Counts the frames on ``dev`` to or from some TCP/UDP ports (a veth shows each frame
+    once), bytes as the agent reports them (frame + 4-byte FCS)."""
 
-    def __init__(self, ports: dict[int, str]) -> None:
+    def __init__(self, dev: str, ports: dict[int, str]) -> None:
         self.ports = ports
         self.bytes = {name: 0 for name in ports.values()}
         self.frames = {name: 0 for name in ports.values()}
         self.counting = False
         self.s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-        self.s.bind(("lo", 0))
+        self.s.bind((dev, 0))
         self.s.settimeout(0.2)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -107,7 +112,7 @@ class LoopbackCounter:
                 data, addr = self.s.recvfrom(65536)
             except (TimeoutError, OSError):
                 continue
-            if not self.counting or addr[2] != socket.PACKET_OUTGOING or len(data) < 38:
+            if not self.counting or len(data) < 38:
                 continue
             if struct.unpack_from("!H", data, 12)[0] != 0x0800 or data[23] not in (6, 17):
                 continue
@@ -151,10 +156,10 @@ class Pacer(threading.Thread):
 # ---------------------------------------------------------------- helpers
 
 
-def udp_bound(port: int) -> bool:
+def udp_bound(addr: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((addr, port))
         except OSError:
             return True
     return False
@@ -208,19 +213,31 @@ def legend(driver: Any) -> dict[str, dict[str, float]]:
 # ---------------------------------------------------------------- the test
 
 
-def test_page_shows_traffic_by_service(user_manager, tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def remote():
+    """This host joined by a veth to a "remote" one in a namespace of its own."""
+    veth = DelayedVeth(delay_ms=None)
+    try:
+        yield veth
+    finally:
+        veth.close()
+
+
+def test_page_shows_traffic_by_service(user_manager, remote, tmp_path, monkeypatch, capsys):
     why = _why_not()
     if why:
         pytest.skip(why)
     monkeypatch.setenv("SE_OFFLINE", "true")  # selenium: never look for drivers on the network
     (tmp_path / "sink.py").write_text(SINK_PY)
+    veth = remote
+    here = veth.host_ip
     p_http, p_bird = free_port(), free_port()
-    user_manager.add_service("httpd", [sys.executable, str(tmp_path / "sink.py"), "tcp",
+    user_manager.add_service("httpd", [sys.executable, str(tmp_path / "sink.py"), "tcp", here,
                                        str(p_http)])
-    user_manager.add_service("bird", [sys.executable, str(tmp_path / "sink.py"), "udp",
+    user_manager.add_service("bird", [sys.executable, str(tmp_path / "sink.py"), "udp", here,
                                       str(p_bird)])
-    wait_listening(p_http)
-    wait_until(lambda: udp_bound(p_bird), 10, "bird listening")
+    wait_until(lambda: _accepts(here, p_http), 10, "httpd listening")
+    wait_until(lambda: udp_bound(here, p_bird), 10, "bird listening")
 
     sflow_port, http_port = free_port(), free_port()
     view = start_view(sflow_port, http_port, tmp_path / "view.log")
@@ -235,7 +252,7 @@ def test_page_shows_traffic_by_service(user_manager, tmp_path, monkeypatch, caps
         sflow {{
           collector {{ ip = 127.0.0.1 udpport = {sflow_port} }}
           polling = 2
-          pcap {{ dev = lo sampling = {SAMPLING} }}
+          pcap {{ dev = {veth.host_dev} sampling = {SAMPLING} }}
           tcp {{ }}
           systemd {{
             slice = app.slice
@@ -245,7 +262,7 @@ def test_page_shows_traffic_by_service(user_manager, tmp_path, monkeypatch, caps
         }}
         """)
     agent = AgentProcess(conf, tmp_path)
-    counter = LoopbackCounter({p_http: "httpd.service", p_bird: "bird.service"})
+    counter = FrameCounter(veth.host_dev, {p_http: "httpd.service", p_bird: "bird.service"})
     profile = tempfile.mkdtemp(prefix="hostsflow-view-chromium-")
     driver = None
     pacers: list[Pacer] = []
@@ -256,16 +273,14 @@ def test_page_shows_traffic_by_service(user_manager, tmp_path, monkeypatch, caps
         driver = browser(profile)
         driver.get(base)
 
-        # the clients use 127.0.0.2: not an interface address, so the service's end is the one
-        # local end the tcp module looks up (it skips packets with two local ends, as hsflowd)
-        tcp = socket.socket()
-        tcp.bind(("127.0.0.2", 0))
+        # the clients live in the other namespace: the service's end is the one local end,
+        # which the tcp module looks up (it skips packets with two local ends, as hsflowd)
+        tcp = socket_in(veth.ns, socket.AF_INET, socket.SOCK_STREAM)
         tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1000)
         tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        tcp.connect(("127.0.0.1", p_http))
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        udp.bind(("127.0.0.2", 0))
-        udp.connect(("127.0.0.1", p_bird))
+        tcp.connect((here, p_http))
+        udp = socket_in(veth.ns, socket.AF_INET, socket.SOCK_DGRAM)
+        udp.connect((here, p_bird))
         socks += [tcp, udp]
         pacers = [Pacer(tcp.sendall, 1000, 500), Pacer(udp.send, 500, 400)]
         counter.counting = True
@@ -295,8 +310,7 @@ def test_page_shows_traffic_by_service(user_manager, tmp_path, monkeypatch, caps
             assert abs(got - want) <= TOLERANCE * want, (name, got, want)
         rows = [r for r in conns if r and r[0] == "httpd.service"]
         assert rows, f"no httpd connection in the TCP table: {conns}"
-        assert any(r[2] == f"127.0.0.1:{p_http}" or r[1] == f"127.0.0.1:{p_http}"
-                   for r in rows)
+        assert any(r[2] == f"{here}:{p_http}" or r[1] == f"{here}:{p_http}" for r in rows)
         assert all(float(r[4]) > 0 for r in rows), rows  # RTT from extended_tcp_info
     except BaseException:
         with capsys.disabled():
@@ -328,6 +342,14 @@ def test_page_shows_traffic_by_service(user_manager, tmp_path, monkeypatch, caps
                 user_manager.stop_unit(unit)
             except Exception as exc:  # noqa: BLE001 - the manager goes away with the module
                 print(f"stopping {unit}: {exc}")
+
+
+def _accepts(addr: str, port: int) -> bool:
+    try:
+        socket.create_connection((addr, port), 1).close()
+        return True
+    except OSError:
+        return False
 
 
 def _services(base: str, unreachable: Any = frozenset()) -> Any:

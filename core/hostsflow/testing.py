@@ -70,10 +70,7 @@ class AgentHarness:
         interfaces: InterfaceTable | None = None,
         seed: int = 0,
         filename: str = "<test>",
-        plugins: dict[str, Any] | None = None,
     ) -> None:
-        if plugins is not None:  # the old name, still used by the tcp and systemd tests
-            modules = {**(modules or {}), **plugins}
         loaded = load(config_text, filename, modules=modules or {}, host_poller=host_poller)
         self.config = loaded.config
         self.host = loaded.host

@@ -3,7 +3,7 @@
 Two ways in:
 
 * :func:`lookup_socket` – a blocking one-shot lookup (a fresh netlink socket, one request, one
-  reply).  Reusable by any plugin or tool that wants "the local socket of this flow" (uid, inode,
+  reply).  Reusable by any module or tool that wants "the local socket of this flow" (uid, inode,
   cgroup id, tcp_info); costs one netlink round trip (~100 µs) plus the socket set-up.
 * :class:`DiagChannel` – a long-lived non-blocking netlink socket for the packet path: ``send``
   returns a sequence number at once, ``read`` hands back the replies that have arrived;

@@ -1,5 +1,6 @@
 """A real systemd for the tests: ``systemd --user`` in a private mount namespace, its own
-cgroup, and a private dbus-daemon (test-facilities.md, recipe R5c).  The agent reaches it
+cgroup, and a private dbus-daemon (a user manager wants a /run/systemd/system of its own,
+and registers on the bus once its own dbus.service runs).  The agent reaches it
 through ``bus = unix:path=...`` (the D-Bus address the fixture hands out).
 
 Services are real units: ``python3 -m http.server`` (or any argv) written to

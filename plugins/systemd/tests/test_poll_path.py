@@ -1,4 +1,4 @@
-"""The counter poll path of the systemd plugin: the small-file readers, the data source ->
+"""The counter poll path of the systemd module: the small-file readers, the data source ->
 service dict, and the host MemTotal read once per agent second."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The systemd plugin against a real ``systemd --user`` manager (conftest.user_manager):
+"""The systemd module against a real ``systemd --user`` manager (conftest.user_manager):
 services as data sources with their counters, discovery of new and stopped services, and
 traffic marking on real loopback packets."""
 
@@ -26,7 +26,7 @@ from hostsflow.sflow.records import (
 from hostsflow.testing import AgentHarness, samples_from
 
 from hostsflow_systemd.identity import DsIndexAllocator, unit_uuid
-from hostsflow_systemd.plugin import SystemdPlugin
+from hostsflow_systemd.module import SystemdModule
 
 from .conftest import free_port, wait_listening
 
@@ -136,8 +136,8 @@ def conf(um, mark: bool = True) -> str:
 
 @pytest.fixture
 def harness(world):
-    plugin = SystemdPlugin()
-    h = AgentHarness(conf(world["um"]), plugins={"systemd": plugin}, host_poller=True)
+    plugin = SystemdModule()
+    h = AgentHarness(conf(world["um"]), modules={"systemd": plugin}, host_poller=True)
     h.start()
     h.plugin = plugin
     try:
@@ -352,11 +352,11 @@ def test_marking_and_tcp_share_the_core_lookups(world):
     sent), the client's from its live socket; the tcp module adds nothing (both ends are
     local, hsflowd's rule)."""
     from hostsflow.sflow.records import ExtendedTcpInfo
-    from hostsflow_tcp.plugin import TcpPlugin
+    from hostsflow_tcp.module import TcpModule
 
-    tcp, sd = TcpPlugin(), SystemdPlugin()
+    tcp, sd = TcpModule(), SystemdModule()
     text = conf(world["um"]).replace("polling = 1", "polling = 1\n  tcp { }")
-    h = AgentHarness(text, plugins={"tcp": tcp, "systemd": sd})
+    h = AgentHarness(text, modules={"tcp": tcp, "systemd": sd})
     h.start()
     h.plugin = sd
     sn = LoopbackSniffer()
@@ -464,9 +464,9 @@ def test_bus_going_away_is_logged_once_and_services_dropped(user_manager_factory
     um = user_manager_factory()
     port = free_port()
     um.add_service("short", [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"])
-    plugin = SystemdPlugin()
+    plugin = SystemdModule()
     with structlog.testing.capture_logs() as logs:
-        h = AgentHarness(conf(um), plugins={"systemd": plugin}, host_poller=True)
+        h = AgentHarness(conf(um), modules={"systemd": plugin}, host_poller=True)
         h.plugin = plugin
         try:
             h.start()

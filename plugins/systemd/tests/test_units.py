@@ -1,5 +1,5 @@
 """Unit tests of the pieces that do not need systemd: identity, cgroup mounts, accounting
-fallbacks, D-Bus reply parsing, and the plugin when there is no systemd to talk to."""
+fallbacks, D-Bus reply parsing, and the module when there is no systemd to talk to."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hostsflow.testing import AgentHarness
 from hostsflow_systemd.cgroups import CgroupMounts, DeltaAccumulator, ServiceAccounting
 from hostsflow_systemd.dbus import MalformedReply, parse_units, wanted
 from hostsflow_systemd.identity import DsIndexAllocator, hash_uuid, unit_uuid
-from hostsflow_systemd.plugin import SystemdPlugin
+from hostsflow_systemd.module import SystemdModule
 from hostsflow_systemd.services import under_slice
 
 HOST = bytes.fromhex("0123456789abcdef0123456789abcdef")
@@ -223,11 +223,11 @@ def test_marker_never_reuses_a_udp_mark():
 
 
 def _run_without_systemd(bus: str, seconds: float):
-    plugin = SystemdPlugin()
+    plugin = SystemdModule()
     conf = ("sflow {\n collector { ip = 127.0.0.1 }\n polling = 1\n"
             f" systemd {{\n  bus = \"{bus}\"\n  markTraffic = on\n }}\n}}\n")
     with structlog.testing.capture_logs() as logs:
-        h = AgentHarness(conf, plugins={"systemd": plugin}, host_poller=True)
+        h = AgentHarness(conf, modules={"systemd": plugin}, host_poller=True)
         try:
             h.start()
             h.run_loop(seconds)

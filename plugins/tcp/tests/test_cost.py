@@ -16,7 +16,7 @@ from hostsflow.host.interfaces import Interface, InterfaceTable
 from hostsflow.sflow.records import ExtendedTcpInfo
 from hostsflow.testing import AgentHarness
 from hostsflow.sockets import diag
-from hostsflow_tcp.plugin import TcpPlugin
+from hostsflow_tcp.module import TcpModule
 from pyroute2.netlink.diag import inet_diag_msg
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
@@ -70,8 +70,8 @@ def test_lookup_cost_few_and_10k_sockets(kit):
     h = None
     try:
         figures = {}
-        p = TcpPlugin()
-        h = AgentHarness("sflow { collector { ip = 127.0.0.1 } tcp { } }", plugins={"tcp": p},
+        p = TcpModule()
+        h = AgentHarness("sflow { collector { ip = 127.0.0.1 } tcp { } }", modules={"tcp": p},
                          interfaces=InterfaceTable([Interface("lo", 1, addresses=["127.0.0.1"])]))
         h.start()
         pairs_by_ns = {}

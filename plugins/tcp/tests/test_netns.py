@@ -19,15 +19,15 @@ from hostsflow.host.interfaces import InterfaceTable
 from hostsflow.sflow.records import ExtendedTcpInfo
 from hostsflow.sockets import DST, SRC, lookup_socket
 from hostsflow.testing import AgentHarness
-from hostsflow_tcp.plugin import TcpPlugin
+from hostsflow_tcp.module import TcpModule
 
 pytestmark = pytest.mark.root
 
 
-def harness(udp: bool = False) -> tuple[AgentHarness, TcpPlugin]:
-    tcp = TcpPlugin()
+def harness(udp: bool = False) -> tuple[AgentHarness, TcpModule]:
+    tcp = TcpModule()
     conf = "sflow { collector { ip = 127.0.0.1 } tcp { %s } }" % ("udp = on" if udp else "")
-    h = AgentHarness(conf, plugins={"tcp": tcp}, interfaces=InterfaceTable([]))
+    h = AgentHarness(conf, modules={"tcp": tcp}, interfaces=InterfaceTable([]))
     h.start()
     return h, tcp
 

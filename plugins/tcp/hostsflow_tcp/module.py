@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hostsflow import AgentAPI, hookimpl
 from hostsflow.health import Tally
-from hostsflow.hookspecs import hookimpl
 from hostsflow.samples import FlowSample
 from hostsflow.sflow.records import TCP_DIR_RECEIVED, TCP_DIR_SENT, ExtendedTcpInfo
 from hostsflow.sockets import DST, IPPROTO_TCP, SRC
@@ -25,7 +25,7 @@ from .config import TcpConfig
 NAME = "tcp"
 
 
-class TcpPlugin:
+class TcpModule:
     """hsflowd's mod_tcp: extended_tcp_info from the local socket of sampled TCP packets."""
 
     def __init__(self) -> None:
@@ -38,15 +38,15 @@ class TcpPlugin:
         registry.block(NAME, TcpConfig, help="add extended_tcp_info to sampled packets of local TCP sockets")
 
     @hookimpl
-    def sflow_tick(self, agent: Any) -> None:
+    def sflow_tick(self, agent: AgentAPI) -> None:
         self.stats.push(agent.count)  # health counters once a second, not per sample
 
     @hookimpl
-    def sflow_final(self, agent: Any) -> None:
+    def sflow_final(self, agent: AgentAPI) -> None:
         self.stats.push(agent.count)
 
     @hookimpl
-    def sflow_flow_sample(self, agent: Any, sample: FlowSample) -> None:
+    def sflow_flow_sample(self, agent: AgentAPI, sample: FlowSample) -> None:
         pkt = sample.packet
         if pkt is None or pkt.protocol != IPPROTO_TCP:
             return

@@ -9,15 +9,15 @@ import pytest
 from hostsflow.host.interfaces import Interface, InterfaceTable
 from hostsflow.samples import DIRECTION_SENT
 from hostsflow.testing import AgentHarness
-from hostsflow_tcp.plugin import TcpPlugin
+from hostsflow_tcp.module import TcpModule
 
 HOST = InterfaceTable([Interface("eth9", 2, addresses=["192.0.2.1"])])
 
 
-def make(block: str = "") -> tuple[AgentHarness, TcpPlugin]:
-    p = TcpPlugin()
+def make(block: str = "") -> tuple[AgentHarness, TcpModule]:
+    p = TcpModule()
     h = AgentHarness("sflow { collector { ip = 127.0.0.1 } tcp { %s } }" % block,
-                     plugins={"tcp": p}, interfaces=HOST)
+                     modules={"tcp": p}, interfaces=HOST)
     h.start()
     return h, p
 

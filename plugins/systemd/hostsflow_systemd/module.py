@@ -1,4 +1,4 @@
-"""The systemd plugin: running services as sFlow data sources (3:dsIndex) with their own
+"""The systemd module: running services as sFlow data sources (3:dsIndex) with their own
 counters, and (``markTraffic = on``) sampled packets marked with the services at each end.
 
 Hooks: configure (cgroup mounts; with markTraffic the core's owner log for the slices),
@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from hostsflow import hookimpl
+from hostsflow import AgentAPI, hookimpl
 from hostsflow.samples import HOST_SOURCE, DataSource, FlowSample
 from hostsflow.sflow.records import Record
+
 from .cgroups import CgroupMounts
 from .config import SystemdConfig
 from .dbus import UnitWatcher
@@ -22,7 +23,7 @@ from .services import ServiceTable
 NAME = "systemd"
 
 
-class SystemdPlugin:
+class SystemdModule:
     """``systemd { }``: see README.md."""
 
     def __init__(self) -> None:
@@ -31,7 +32,7 @@ class SystemdPlugin:
         self.marker: Marker | None = None
         self.watcher: UnitWatcher | None = None
         self.log: Any = None
-        self.agent: Any = None
+        self.agent: AgentAPI | None = None
         self._reported_sources: dict[str, str] = {}
         self._down_logged = False
         self._covered: frozenset[str] = frozenset()
@@ -43,11 +44,11 @@ class SystemdPlugin:
         registry.block(NAME, SystemdConfig, help="systemd services as data sources (jeepney)")
 
     @hookimpl
-    def sflow_configure(self, agent: Any) -> None:
+    def sflow_configure(self, agent: AgentAPI) -> None:
         self.agent = agent
         self.log = agent.logger(NAME)
         cfg = agent.module_config(NAME)
-        self.cfg = cfg if isinstance(cfg, SystemdConfig) else SystemdConfig()
+        self.cfg = cfg
         mounts = CgroupMounts.read()
         self.log.info("cgroup_mounts", mode=mounts.mode, v2=str(mounts.v2) if mounts.v2 else None,
                       v1=sorted(mounts.v1))
@@ -84,22 +85,18 @@ class SystemdPlugin:
                                              capacity=self.cfg.markTrafficHistory)
 
     @hookimpl
-    def sflow_start(self, agent: Any) -> None:
+    def sflow_start(self, agent: AgentAPI) -> None:
         assert self.cfg is not None
         self.watcher = UnitWatcher(self.cfg.bus, float(self.cfg.refreshVMs), self._on_units,
                                    self._on_state, self._on_malformed)
-        agent.loop.call_soon(self.watcher.start)
+        agent.call_later(0, self.watcher.start)
 
     @hookimpl
-    def sflow_final(self, agent: Any) -> None:
+    def sflow_final(self, agent: AgentAPI) -> None:
         if self.marker is not None:
             self.marker.outcomes.push(agent.count)
         if self.watcher is not None:
-            loop = agent.loop
-            if loop is not None and not loop.is_running() and not loop.is_closed():
-                loop.run_until_complete(self.watcher.stop())  # testing kit: loop is idle
-            else:
-                self.watcher.cancel()
+            self.watcher.cancel()
 
     # ------------------------------------------------------------ D-Bus callbacks
 
@@ -130,18 +127,18 @@ class SystemdPlugin:
     # ------------------------------------------------------------ counters
 
     @hookimpl
-    def sflow_tick(self, agent: Any, now: float) -> None:
+    def sflow_tick(self, agent: AgentAPI, now: float) -> None:
         if self.marker is not None:
             if int(now) % 5 == 0:
                 self.marker.expire(now)
             self.marker.outcomes.push(agent.count)  # once a second, not per sample
 
     @hookimpl
-    def sflow_data_sources(self, agent: Any) -> list[DataSource] | None:
+    def sflow_data_sources(self, agent: AgentAPI) -> list[DataSource] | None:
         return self.table.data_sources() if self.table is not None else None
 
     @hookimpl
-    def sflow_poll_counters(self, agent: Any, source: DataSource) -> list[Record] | None:
+    def sflow_poll_counters(self, agent: AgentAPI, source: DataSource) -> list[Record] | None:
         if self.table is None:
             return None
         if source == HOST_SOURCE:
@@ -165,7 +162,7 @@ class SystemdPlugin:
     # ------------------------------------------------------------ marking
 
     @hookimpl
-    def sflow_flow_sample_released(self, agent: Any, sample: FlowSample) -> None:
+    def sflow_flow_sample_released(self, agent: AgentAPI, sample: FlowSample) -> None:
         if self.marker is None:
             return
         if not len(self.table or ()):
