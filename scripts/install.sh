@@ -13,6 +13,7 @@ APT_PACKAGES=(
   systemd dbus                          # a real systemd --user and dbus-daemon for the systemd module
   procps                                # ss is in iproute2; ps/pkill for tests
   chromium chromium-driver              # headless browser for the hostsflow view page test
+  mmdebstrap systemd-container          # booted Debian containers (tests/booted_kit.py)
 )
 if [ "${HOSTSFLOW_SKIP_APT:-}" != 1 ]; then
   export DEBIAN_FRONTEND=noninteractive

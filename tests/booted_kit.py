@@ -78,6 +78,10 @@ class Container:
     """One booted Debian machine on an overlay of :func:`rootfs`.  Use :meth:`write` and
     :meth:`install_hostsflow` before :meth:`boot`; :meth:`stop` removes everything."""
 
+    #: nspawn's own seccomp filter refuses bpf(2): markTraffic's owner log needs it allowed
+    #: (what an operator running hostsflowd in an nspawn container passes too)
+    NSPAWN_ARGS = ("--system-call-filter=bpf",)
+
     def __init__(self, name_prefix: str = "hsfb") -> None:
         self.name = f"{name_prefix}{secrets.token_hex(3)}"  # ve-NAME fits in 15 characters
         self.tmp = Path(tempfile.mkdtemp(prefix=f"hostsflow-{self.name}-"))
@@ -170,7 +174,8 @@ WantedBy=multi-user.target
 
         self.proc = subprocess.Popen(
             ["systemd-nspawn", "-q", "-b", "-D", str(self.root), "-M", self.name,
-             "--register=no", "--keep-unit", "--network-veth", "--console=passive"],
+             "--register=no", "--keep-unit", "--network-veth", "--console=passive",
+             *self.NSPAWN_ARGS],
             stdout=open(self.tmp / "nspawn.log", "wb"), stderr=subprocess.STDOUT,
             preexec_fn=own_cgroup)
         deadline = time.monotonic() + timeout

@@ -267,9 +267,10 @@ class UdpCollector:
     ``port`` is chosen by the kernel; ``wait_for(predicate, timeout)`` waits until the decoded
     datagrams satisfy ``predicate``."""
 
-    def __init__(self, host: str = "127.0.0.1", sock: Any = None) -> None:
+    def __init__(self, host: str = "127.0.0.1", sock: Any = None, port: int = 0) -> None:
         """:param sock: an unbound UDP socket to use instead of a new one, e.g. one made inside
-            a network namespace where the agent runs."""
+            a network namespace where the agent runs.
+        :param port: the port to listen on (0: one the kernel chooses)."""
         import socket
         import threading
 
@@ -281,7 +282,7 @@ class UdpCollector:
             self.sock.setsockopt(socket.SOL_SOCKET, 33, 32 << 20)  # SO_RCVBUFFORCE (root)
         except OSError:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-        self.sock.bind((host, 0))
+        self.sock.bind((host, port))
         self.sock.settimeout(0.2)
         self.host, self.port = host, self.sock.getsockname()[1]
         self.raw: list[bytes] = []
