@@ -214,6 +214,16 @@ class Judged:
     payload: int
 
 
+def tcp_udp_samples(datagrams: Iterable[Any]) -> Iterable[tuple[Any, Any, Any]]:
+    """(flow sample, its sampled_header, the decoded packet) of every TCP/UDP flow sample."""
+    for dg in datagrams:
+        for fs in dg.flow_samples:
+            hdr = fs.record(SampledHeader)
+            pkt = decode_sampled_header(hdr) if hdr is not None else None
+            if pkt is not None and pkt.protocol in (6, 17):
+                yield fs, hdr, pkt
+
+
 def services_by_index(datagrams: Iterable[Any]) -> dict[int, str]:
     """dsIndex -> unit name, from the host_descr of the agent's 3:* counter samples."""
     out: dict[int, str] = {}
@@ -232,28 +242,23 @@ def judge(raw: Iterable[bytes], truth: Truth) -> tuple[list[Judged], dict[int, s
     dgs = [decode_datagram(d) for d in raw]
     names = services_by_index(dgs)
     out: list[Judged] = []
-    for dg in dgs:
-        for fs in dg.flow_samples:
-            hdr = fs.record(SampledHeader)
-            pkt = decode_sampled_header(hdr) if hdr is not None else None
-            if pkt is None or pkt.protocol not in (6, 17):
-                continue
-            ent = fs.record(ExtendedEntities)
-            marks = (None, None)
-            if ent is not None:
-                marks = (names.get(ent.src_index, f"?{ent.src_index}") if ent.src_class else None,
-                         names.get(ent.dst_index, f"?{ent.dst_index}") if ent.dst_class else None)
-            ends = ((pkt.protocol, pkt.src_ip, pkt.src_port), (pkt.protocol, pkt.dst_ip, pkt.dst_port))
-            sides = []
-            for ep, marked in zip(ends, marks):
-                known, owner = truth.owner(ep)
-                parties = truth.party_of.get(ep) or set()
-                party = next(iter(parties)) if len(parties) == 1 else None
-                sides.append(Side(party, owner, marked, known,
-                                  frozenset(truth.owners.get(ep, ()))))
-            out.append(Judged(pkt.protocol, ends[0], ends[1], (sides[0], sides[1]),
-                              fs.record(ExtendedTcpInfo), pkt.tcp_flags,
-                              l4_payload(hdr.header, pkt)))
+    for fs, hdr, pkt in tcp_udp_samples(dgs):
+        ent = fs.record(ExtendedEntities)
+        marks = (None, None)
+        if ent is not None:
+            marks = (names.get(ent.src_index, f"?{ent.src_index}") if ent.src_class else None,
+                     names.get(ent.dst_index, f"?{ent.dst_index}") if ent.dst_class else None)
+        ends = ((pkt.protocol, pkt.src_ip, pkt.src_port), (pkt.protocol, pkt.dst_ip, pkt.dst_port))
+        sides = []
+        for ep, marked in zip(ends, marks):
+            known, owner = truth.owner(ep)
+            parties = truth.party_of.get(ep) or set()
+            party = next(iter(parties)) if len(parties) == 1 else None
+            sides.append(Side(party, owner, marked, known,
+                              frozenset(truth.owners.get(ep, ()))))
+        out.append(Judged(pkt.protocol, ends[0], ends[1], (sides[0], sides[1]),
+                          fs.record(ExtendedTcpInfo), pkt.tcp_flags,
+                          l4_payload(hdr.header, pkt)))
     return out, names
 
 

@@ -29,13 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostsflow.packet import decode_sampled_header
 from hostsflow.sflow.datagram import decode_datagram
-from hostsflow.sflow.records import ExtendedEntities, ExtendedTcpInfo, SampledHeader
+from hostsflow.sflow.records import ExtendedEntities, ExtendedTcpInfo
 from hostsflow.testing import UdpCollector
 
 from . import booted_kit as bk
-from .marking_kit import l4_payload, services_by_index
+from .marking_kit import l4_payload, services_by_index, tcp_udp_samples
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -202,38 +201,33 @@ def test_seed_scenario_on_a_booted_systemd(seed_host):
 
     per: dict[tuple[int, str], Counter[str]] = defaultdict(Counter)
     wrong, zeros, alive, alive_info = [], [], 0, 0
-    for dg in dgs:
-        for fs in dg.flow_samples:
-            hdr = fs.record(SampledHeader)
-            pkt = decode_sampled_header(hdr) if hdr is not None else None
-            if pkt is None or pkt.protocol not in (6, 17):
-                continue
-            ent = fs.record(ExtendedEntities)
-            marks = (ent.src_index if ent and ent.src_class else None,
-                     ent.dst_index if ent and ent.dst_class else None)
-            for side, (ip, port) in enumerate(((pkt.src_ip, pkt.src_port),
-                                               (pkt.dst_ip, pkt.dst_port))):
-                mark = names.get(marks[side]) if marks[side] else None
-                if ip == c.host_ip and mark:
-                    wrong.append(("this host's end marked", pkt, mark))
-                if ip == c.ip and port in PORTS and pkt.protocol == 6:
-                    key = (port, "out" if side == 0 else "in")
-                    per[key]["samples"] += 1
-                    want = PORTS[port]
-                    if mark == want:
-                        per[key]["right"] += 1
-                    elif mark is None:
-                        per[key]["unmarked"] += 1
-                    else:
-                        per[key]["wrong"] += 1
-                        wrong.append(("wrong service", pkt, mark))
-            info = fs.record(ExtendedTcpInfo)
-            if info is not None and (info.snd_mss == 0 or info.pmtu == 0):
-                zeros.append(info)
-            if (pkt.protocol == 6 and pkt.src_port == 80 and pkt.dst_port in long_ports
-                    and not pkt.tcp_flags & 0x05 and l4_payload(hdr.header, pkt) > 0):
-                alive += 1
-                alive_info += info is not None
+    for fs, hdr, pkt in tcp_udp_samples(dgs):
+        ent = fs.record(ExtendedEntities)
+        marks = (ent.src_index if ent and ent.src_class else None,
+                 ent.dst_index if ent and ent.dst_class else None)
+        for side, (ip, port) in enumerate(((pkt.src_ip, pkt.src_port),
+                                           (pkt.dst_ip, pkt.dst_port))):
+            mark = names.get(marks[side]) if marks[side] else None
+            if ip == c.host_ip and mark:
+                wrong.append(("this host's end marked", pkt, mark))
+            if ip == c.ip and port in PORTS and pkt.protocol == 6:
+                key = (port, "out" if side == 0 else "in")
+                per[key]["samples"] += 1
+                want = PORTS[port]
+                if mark == want:
+                    per[key]["right"] += 1
+                elif mark is None:
+                    per[key]["unmarked"] += 1
+                else:
+                    per[key]["wrong"] += 1
+                    wrong.append(("wrong service", pkt, mark))
+        info = fs.record(ExtendedTcpInfo)
+        if info is not None and (info.snd_mss == 0 or info.pmtu == 0):
+            zeros.append(info)
+        if (pkt.protocol == 6 and pkt.src_port == 80 and pkt.dst_port in long_ports
+                and not pkt.tcp_flags & 0x05 and l4_payload(hdr.header, pkt) > 0):
+            alive += 1
+            alive_info += info is not None
     table = {f"{p}/{d}": {**dict(cnt), "right_pct": round(100 * cnt["right"] / cnt["samples"], 1)}
              for (p, d), cnt in sorted(per.items())}
     ARTIFACT.parent.mkdir(exist_ok=True)

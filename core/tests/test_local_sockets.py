@@ -245,7 +245,10 @@ def real_reply(lport: int, cport: int) -> bytearray:
     return good
 
 
-def test_a_late_reply_serves_the_next_samples():
+@pytest.fixture
+def stand_in():
+    """A real connection, an agent whose sock_diag socket is a socket pair, the far end (the
+    test plays the kernel there) and a real kernel reply for the connection's server end."""
     lst = listener()
     c, a = connect(lst)
     lport, cport = lst.getsockname()[1], c.getsockname()[1]
@@ -253,52 +256,46 @@ def test_a_late_reply_serves_the_next_samples():
     h = harness()
     far = swap_kernel(h)
     try:
-        sk = h.agent.sockets
+        yield h, far, good, lport, cport, a
+    finally:
+        far.close()
+        h.stop()
+        for x in (c, a, lst):
+            x.close()
+
+
+def test_a_late_reply_serves_the_next_samples(stand_in):
+    h, far, good, lport, cport, a = stand_in
+    sk = h.agent.sockets
+    s = h.make_sample(tcp=("127.0.0.2", cport, "127.0.0.1", lport))
+    assert sk.connection(s, DST) is None and sk.stats["late"] == 1
+    req = far.recv(4096)
+    good[8:12] = req[8:12]  # the request's seq
+    far.send(bytes(good))
+    h.run_loop(0.05)
+    assert sk.connection(s, DST).inode == os.fstat(a.fileno()).st_ino
+    assert sk.stats["lookups"] == 1, "the late reply answered"
+
+
+def test_damaged_replies_counted_logged_once_and_skipped(stand_in, capsys):
+    h, far, good, lport, cport, _ = stand_in
+    sk = h.agent.sockets
+    for i in range(3):
+        h.clock.advance(1)
         s = h.make_sample(tcp=("127.0.0.2", cport, "127.0.0.1", lport))
-        assert sk.connection(s, DST) is None and sk.stats["late"] == 1
+        assert sk.connection(s, DST) is None
         req = far.recv(4096)
-        good[8:12] = req[8:12]  # the request's seq
-        far.send(bytes(good))
+        assert len(req) == 72 and req[16] == socket.AF_INET
+        bad = bytearray(good)
+        bad[8:12] = req[8:12]
+        bad[16 + 72:16 + 74] = (0xFFF0).to_bytes(2, sys.byteorder)  # attribute too long
+        far.send(bytes(bad))
         h.run_loop(0.05)
-        assert sk.connection(s, DST).inode == os.fstat(a.fileno()).st_ino
-        assert sk.stats["lookups"] == 1, "the late reply answered"
-    finally:
-        far.close()
-        h.stop()
-        for x in (c, a, lst):
-            x.close()
-
-
-def test_damaged_replies_counted_logged_once_and_skipped(capsys):
-    lst = listener()
-    c, a = connect(lst)
-    lport, cport = lst.getsockname()[1], c.getsockname()[1]
-    good = real_reply(lport, cport)
-    h = harness()
-    far = swap_kernel(h)
-    try:
-        sk = h.agent.sockets
-        for i in range(3):
-            h.clock.advance(1)
-            s = h.make_sample(tcp=("127.0.0.2", cport, "127.0.0.1", lport))
-            assert sk.connection(s, DST) is None
-            req = far.recv(4096)
-            assert len(req) == 72 and req[16] == socket.AF_INET
-            bad = bytearray(good)
-            bad[8:12] = req[8:12]
-            bad[16 + 72:16 + 74] = (0xFFF0).to_bytes(2, sys.byteorder)  # attribute too long
-            far.send(bytes(bad))
-            h.run_loop(0.05)
-        assert sk.stats["malformed"] == 3 and sk.stats["found"] == 0
-        h.tick()
-        assert h.agent.health.snapshot()["sockets.malformed"] == 3
-        out = capsys.readouterr()
-        assert (out.out + out.err).count("sock_diag_reply_malformed") == 1
-    finally:
-        far.close()
-        h.stop()
-        for x in (c, a, lst):
-            x.close()
+    assert sk.stats["malformed"] == 3 and sk.stats["found"] == 0
+    h.tick()
+    assert h.agent.health.snapshot()["sockets.malformed"] == 3
+    out = capsys.readouterr()
+    assert (out.out + out.err).count("sock_diag_reply_malformed") == 1
 
 
 def test_a_socket_that_cannot_send_is_counted_and_nothing_waits():

@@ -67,6 +67,20 @@ _K_FAMILY, _K_PROTO, _K_LPORT, _K_RPORT, _K_LADDR, _K_RADDR = (
     _KEY + 8, _KEY + 9, _KEY + 10, _KEY + 12, _KEY + 16, _KEY + 32)
 
 
+def map_call(a: Asm, helper: int, fd: int, key: int, value: int | None = None,
+             flags: int | None = None) -> None:
+    """Call a map helper on map ``fd`` with the key at stack offset ``key`` (and, for an
+    update, the value at ``value`` and ``flags``); the result is in r0."""
+    a.map_fd(R1, fd)
+    a.mov(R2, FP)
+    a.alu(R2, "+", key)
+    if value is not None:
+        a.mov(R3, FP)
+        a.alu(R3, "+", value)
+        a.alu(R4, "=", flags or 0)
+    a.call(helper)
+
+
 def count_traffic(a: Asm, traffic_fd: int, pair: int) -> None:
     """Add the packet (its length, one packet) to its socket's cgroup's counters in
     ``traffic_fd`` at ``pair`` (_RX or _TX); leaves the cgroup id at _CG (0: none)."""
@@ -74,24 +88,12 @@ def count_traffic(a: Asm, traffic_fd: int, pair: int) -> None:
     a.call(_SKB_CGROUP_ID)
     a.store(FP, _CG, R0, 8)
     a.jump("==", R0, 0, "counted")
-    a.map_fd(R1, traffic_fd)
-    a.mov(R2, FP)
-    a.alu(R2, "+", _CG)
-    a.call(_MAP_LOOKUP)
+    map_call(a, _MAP_LOOKUP, traffic_fd, _CG)
     a.jump("!=", R0, 0, "count")
     for off in range(_TRAFFIC, _TRAFFIC + TRAFFIC.size, 8):
         a.store_imm(FP, off, 0, 8)
-    a.map_fd(R1, traffic_fd)
-    a.mov(R2, FP)
-    a.alu(R2, "+", _CG)
-    a.mov(R3, FP)
-    a.alu(R3, "+", _TRAFFIC)
-    a.alu(R4, "=", bpf.NOEXIST)
-    a.call(_MAP_UPDATE)
-    a.map_fd(R1, traffic_fd)
-    a.mov(R2, FP)
-    a.alu(R2, "+", _CG)
-    a.call(_MAP_LOOKUP)
+    map_call(a, _MAP_UPDATE, traffic_fd, _CG, _TRAFFIC, bpf.NOEXIST)
+    map_call(a, _MAP_LOOKUP, traffic_fd, _CG)
     a.jump("==", R0, 0, "counted")
     a.label("count")
     a.load(R2, R6, _SKB_LEN, 4)
@@ -207,10 +209,7 @@ def program(log_fd: int, count_fd: int, traffic_fd: int) -> bytes:
     a.mov(R1, R6)
     a.call(_GET_NETNS_COOKIE)
     a.store(FP, _KEY, R0, 8)
-    a.map_fd(R1, log_fd)
-    a.mov(R2, FP)
-    a.alu(R2, "+", _KEY)
-    a.call(_MAP_LOOKUP)
+    map_call(a, _MAP_LOOKUP, log_fd, _KEY)
     a.jump("==", R0, 0, "write")
     a.load(R2, R0, 0, 8)
     a.load(R3, FP, _VAL, 8)
@@ -223,17 +222,8 @@ def program(log_fd: int, count_fd: int, traffic_fd: int) -> bytes:
     a.label("write")
     a.call(_KTIME_GET_NS)
     a.store(FP, _VAL + 8, R0, 8)
-    a.map_fd(R1, log_fd)
-    a.mov(R2, FP)
-    a.alu(R2, "+", _KEY)
-    a.mov(R3, FP)
-    a.alu(R3, "+", _VAL)
-    a.alu(R4, "=", bpf.ANY)
-    a.call(_MAP_UPDATE)
-    a.map_fd(R1, count_fd)
-    a.mov(R2, FP)
-    a.alu(R2, "+", _IDX)
-    a.call(_MAP_LOOKUP)
+    map_call(a, _MAP_UPDATE, log_fd, _KEY, _VAL, bpf.ANY)
+    map_call(a, _MAP_LOOKUP, count_fd, _IDX)
     a.jump("==", R0, 0, "out")
     a.alu(R2, "=", 1)
     a.atomic_add(R0, 0, R2, 8)
