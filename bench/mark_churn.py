@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -35,7 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from result_file import emit  # bench/, the script's own folder
+from own_netns import rerun_inside  # bench/, the script's own folder
+from result_file import emit
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -53,18 +54,8 @@ def kit() -> Any:
 
 
 def outer(a: argparse.Namespace) -> None:
-    ns = f"hfchurn{os.getpid()}{random.randint(100, 999)}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
-        # nsenter, not `ip netns exec`: that remounts /sys, and the cgroup mounts with it
-        r = subprocess.run(["nsenter", f"--net=/var/run/netns/{ns}", sys.executable, __file__,
-                            "--inner", "--out", a.out, "--rate", str(a.rate),
-                            "--sampling", str(a.sampling), "--rounds", str(a.rounds)],
-                           check=False)
-        sys.exit(r.returncode)
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
+    rerun_inside("hfchurn", __file__, ["--out", a.out, "--rate", str(a.rate), "--sampling", str(a.sampling),
+                  "--rounds", str(a.rounds)])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -137,6 +128,7 @@ def measure(um: Any, collector: Any, traffic: list[int], mark: bool, sampling: i
         code = agent.stop()
         log = agent.log()
     status = json.loads(Path(agent.status_path).read_text())
+    shutil.rmtree(work, ignore_errors=True)
     counters = status["counters"]
     wall = t1 - t0
     return {
@@ -208,7 +200,7 @@ def inner(a: argparse.Namespace) -> None:
                 p.terminate()
                 p.wait(5)
         um.stop()
-        subprocess.run(["rm", "-rf", str(build)], check=False)
+        shutil.rmtree(build, ignore_errors=True)
     emit(result, a.out)
 
 

@@ -50,7 +50,8 @@ import subprocess
 import sys
 import time
 from typing import Any
-from result_file import emit  # bench/, the script's own folder
+from own_netns import rerun_inside  # bench/, the script's own folder
+from result_file import emit
 
 N_CONN = 5000
 N_SAMPLES = 1500
@@ -65,16 +66,7 @@ ROUNDS = 3
 
 
 def outer(a: argparse.Namespace) -> None:
-    ns = f"hfmark{os.getpid()}{random.randint(100, 999)}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
-        # nsenter, not `ip netns exec`: that remounts /sys, and the cgroup mounts with it
-        r = subprocess.run(["nsenter", f"--net=/var/run/netns/{ns}", sys.executable, __file__,
-                            "--inner", "--out", a.out], check=False)
-        sys.exit(r.returncode)
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
+    rerun_inside("hfmark", __file__, ["--out", a.out])
 
 
 class Cgroup:

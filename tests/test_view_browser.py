@@ -36,7 +36,7 @@ import pytest
 from hostsflow.testing import load_file_module
 
 from .faults_kit import socket_in
-from .marking_kit import DelayedVeth
+from .marking_kit import DelayedVeth, wait_until
 
 AgentProcess = load_file_module("hostsflow_tests_agent_process",
                                 Path(__file__).with_name("agent_process.py")).AgentProcess
@@ -168,14 +168,6 @@ def udp_bound(addr: str, port: int) -> bool:
 def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=5) as r:
         return json.loads(r.read())
-
-
-def wait_until(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.2)
 
 
 def start_view(sflow_port: int, http_port: int, log: Path) -> subprocess.Popen[bytes]:
