@@ -2,31 +2,35 @@
 """What markTraffic costs with 2,000 new short connections a second, against the same traffic
 without it, in the same run.
 
-In its own network namespace (unique name, removed at the end; loopback only) it starts a real
+In its own network namespace (unique name, removed at the end) it starts a real
 ``systemd --user`` with a private bus (plugins/systemd/tests/conftest.py) and four copies of
 bench/churn.c (built here): a service acting as a server (``churn-server.service``, closes
 first) and a plain client calling it; a service acting as a client (``churn-client.service``)
-and a plain server it calls; each client at RATE connections a second.  Then, in interleaved
-rounds, a real hostsflowd (``pcap { dev = lo }`` at 1 in SAMPLING, ``systemd { }`` on the same
+and a plain server it calls; each client at RATE connections a second.  The plain peers run
+in two placements, one after the other: **remote** (a peer namespace across a veth, as other
+hosts are: each packet has one local end, the service's) and **local** (on loopback: both
+ends are this host's, so the peers' ends are looked up too).  For each, in interleaved rounds,
+a real hostsflowd (``pcap`` on the veth or lo at 1 in SAMPLING, ``systemd { }`` on the same
 bus) with ``markTraffic = off`` and ``on``, each measured over WINDOW seconds after a warm-up:
 
 * the agent's CPU (utime + stime from /proc/PID/stat), as % of one core;
-* the traffic processes' CPU (their system time holds what the owner log's kernel program
-  costs per packet they send), and the whole machine's busy time (/proc/stat);
+* the traffic processes' CPU (their system time holds what the owner log's kernel programs
+  cost per packet they send and receive), and the whole machine's busy time (/proc/stat);
 * the samples taken and sent, and markTraffic's outcomes by reason (status file).
 
-A last run with ``markTrafficHistory = 1024`` (far below two seconds of new connections)
-shows the owner log overflowing: counted, logged once, and no sample lost.
+A last remote run with ``markTrafficHistory = 1024`` (far below two seconds of new
+connections) shows the owner log overflowing: counted, logged once, and no sample lost.
 
-Prints JSON (and writes it to ``--out``).
+Prints JSON (and writes it to ``--out``); the top-level figures are the remote placement's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import os
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -78,14 +82,15 @@ def busy_seconds() -> float:
     return (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def config(um: Any, port: int, mark: bool, sampling: int, history: int | None) -> str:
+def config(um: Any, port: int, mark: bool, sampling: int, dev: str,
+           history: int | None) -> str:
     extra = f"\n    markTrafficHistory = {history}" if history else ""
     return f"""
 sflow {{
   collector {{ ip = 127.0.0.1 udpport = {port} }}
   sampling = {sampling}
   polling = 5
-  pcap {{ dev = lo sampling = {sampling} }}
+  pcap {{ dev = {dev} sampling = {sampling} }}
   systemd {{
     slice = app.slice
     bus = "{um.address}"
@@ -95,17 +100,14 @@ sflow {{
 """
 
 
-def measure(um: Any, collector: Any, traffic: list[int], mark: bool, sampling: int,
+def measure(um: Any, collector: Any, traffic: list[int], mark: bool, sampling: int, dev: str,
             history: int | None = None) -> dict[str, Any]:
-    from hostsflow.testing import load_file_module
-
-    AgentProcess = load_file_module(  # the repository's end-to-end runner
-        "hostsflow_tests_agent_process",
-        Path(__file__).resolve().parent.parent / "tests" / "agent_process.py").AgentProcess
-
     work = Path(tempfile.mkdtemp(prefix="hfchurn-"))
     os.chmod(work, 0o755)
-    agent = AgentProcess(config(um, collector.port, mark, sampling, history), work)
+    # started with `ip netns exec` (its /sys shows this namespace's interfaces), the cgroup
+    # mounts kept (tests/faults_kit.py NsAgent)
+    agent = kit().NsAgent(config(um, collector.port, mark, sampling, dev, history), work,
+                          os.environ["HOSTSFLOW_BENCH_NETNS"])
     try:
         time.sleep(WARMUP)
         if agent.proc.poll() is not None:
@@ -143,9 +145,95 @@ def measure(um: Any, collector: Any, traffic: list[int], mark: bool, sampling: i
                     if k.startswith("systemd.marking.")},
         "sockets": {k.removeprefix("sockets."): v for k, v in counters.items()
                     if k.startswith("sockets.")},
+        "log_tail": log[-1500:] if not counters.get("flow_samples_taken") else "",
         "overflow_logged": sum('"owner_log_overflow"' in line or "] owner_log_overflow" in line
                                for line in log.splitlines()),
     }
+
+
+class Veth:
+    """This namespace joined by a veth pair to a peer namespace (the remote hosts): host end
+    ``dev`` (``here``), peer end in namespace ``ns`` (``there``); offloads off."""
+
+    def __init__(self) -> None:
+        tag = f"{os.getpid() % 10000}"
+        self.ns, self.dev, peer = f"hfchp{tag}", f"hfcha{tag}", f"hfchb{tag}"
+        self.here, self.there = "10.77.0.1", "10.77.0.2"
+        run = lambda *c: subprocess.run(c, check=True)  # noqa: E731
+        run("ip", "netns", "add", self.ns)
+        run("ip", "link", "add", self.dev, "type", "veth", "peer", "name", peer, "netns", self.ns)
+        for pre, dev, ip in (((), self.dev, self.here), (("ip", "netns", "exec", self.ns), peer,
+                                                          self.there)):
+            run(*pre, "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off")
+            run(*pre, "ip", "addr", "add", f"{ip}/24", "dev", dev)
+            run(*pre, "ip", "link", "set", dev, "up")
+        run("ip", "-n", self.ns, "link", "set", "lo", "up")
+
+    def close(self) -> None:
+        subprocess.run(["ip", "link", "del", self.dev], check=False)
+        subprocess.run(["ip", "netns", "del", self.ns], check=False)
+
+
+def placement(a: argparse.Namespace, um: Any, churn: Path, fixtures: Any, collector: Any,
+              where: str) -> dict[str, Any]:
+    """markTraffic off and on with the plain peers ``where``: "remote" (a peer namespace
+    across a veth: the usual case, one local end per packet) or "local" (loopback: both ends
+    are this host's, so the peers' ends are looked up too)."""
+    veth = Veth() if where == "remote" else None
+    here, there = (veth.here, veth.there) if veth else ("127.0.0.1", "127.0.0.1")
+    dev = veth.dev if veth else "lo"
+    peer = ["ip", "netns", "exec", veth.ns] if veth else []
+    plain: list[subprocess.Popen[str]] = []
+    svc_port, plain_port = 23080, 23081
+    result: dict[str, Any] = {}
+    try:
+        um.add_service("churn-server", [str(churn), "server", here, str(svc_port)])
+        plain.append(subprocess.Popen([*peer, str(churn), "server", there, str(plain_port)],
+                                      stdout=subprocess.PIPE, text=True))
+        assert plain[0].stdout is not None and plain[0].stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection((here, svc_port), 1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        um.add_service("churn-client", [str(churn), "client", there, str(plain_port),
+                                        str(a.rate)])
+        plain.append(subprocess.Popen([*peer, str(churn), "client", here, str(svc_port),
+                                       str(a.rate)], stdout=subprocess.PIPE, text=True))
+        traffic = [p.pid for p in plain] + um.pids("churn-server") + um.pids("churn-client")
+        runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+        for _ in range(a.rounds):
+            for name in ("off", "on"):
+                runs[name].append(measure(um, collector, traffic, name == "on", a.sampling, dev))
+        for name, rs in runs.items():
+            result[name] = {"runs": rs, **{k: round(statistics.median(r[k] for r in rs), 2)
+                                           for k in ("agent_cpu_pct", "traffic_cpu_pct",
+                                                     "traffic_sys_pct", "machine_busy_pct")}}
+        for k in ("agent_cpu_pct", "traffic_sys_pct", "machine_busy_pct"):
+            result[f"added_{k}"] = round(result["on"][k] - result["off"][k], 2)
+        if where == "remote":
+            result["small_history"] = {"markTrafficHistory": SMALL_HISTORY, **measure(
+                um, collector, traffic, True, a.sampling, dev, SMALL_HISTORY)}
+        plain[1].terminate()  # the connections it made (it prints "done failed" every second)
+        result["plain_client_last_report"] = (plain[1].communicate(timeout=5)[0].splitlines()
+                                              or ["?"])[-1]
+    finally:
+        for p in plain:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(5)
+        for unit in ("churn-server", "churn-client"):
+            try:
+                um.stop_unit(unit)
+            except Exception:  # noqa: BLE001 - the manager's own stop kills what is left
+                pass
+        if veth is not None:
+            veth.close()
+    return result
 
 
 def inner(a: argparse.Namespace) -> None:
@@ -161,46 +249,18 @@ def inner(a: argparse.Namespace) -> None:
     churn = build / "churn"
     subprocess.run(["cc", "-O2", "-Wall", "-o", str(churn), str(BENCH / "churn.c")], check=True)
     um = fixtures.UserManager()
-    plain: list[subprocess.Popen[str]] = []
     result: dict[str, Any] = {"rate_per_client": a.rate, "clients": 2, "sampling": a.sampling,
                               "window_s": WINDOW, "rounds": a.rounds}
     try:
         um.start()
-        svc_port, plain_port = 23080, 23081
-        um.add_service("churn-server", [str(churn), "server", "127.0.0.1", str(svc_port)])
-        plain.append(subprocess.Popen([str(churn), "server", "127.0.0.1", str(plain_port)],
-                                      stdout=subprocess.PIPE, text=True))
-        assert plain[0].stdout is not None and plain[0].stdout.readline().strip() == "ready"
-        fixtures.wait_listening(svc_port)
-        um.add_service("churn-client", [str(churn), "client", "127.0.0.1", str(plain_port),
-                                        str(a.rate)])
-        plain.append(subprocess.Popen([str(churn), "client", "127.0.0.1", str(svc_port),
-                                       str(a.rate)], stdout=subprocess.PIPE, text=True))
-        traffic = [p.pid for p in plain] + um.pids("churn-server") + um.pids("churn-client")
         with UdpCollector() as collector:
-            runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
-            for _ in range(a.rounds):
-                for name in ("off", "on"):
-                    runs[name].append(measure(um, collector, traffic, name == "on", a.sampling))
-            small = measure(um, collector, traffic, True, a.sampling, SMALL_HISTORY)
-        for name, rs in runs.items():
-            result[name] = {"runs": rs, **{k: round(statistics.median(r[k] for r in rs), 2) for k in (
-                "agent_cpu_pct", "traffic_cpu_pct", "traffic_sys_pct", "machine_busy_pct")}}
-        for k in ("agent_cpu_pct", "traffic_sys_pct", "machine_busy_pct"):
-            result[f"added_{k}"] = round(result["on"][k] - result["off"][k], 2)
-        result["small_history"] = {"markTrafficHistory": SMALL_HISTORY, **small}
-        # the connections the clients really made (each prints "done failed" every second)
-        for p in plain[1:]:
-            p.terminate()
-        result["plain_client_last_report"] = (plain[1].communicate(timeout=5)[0].splitlines()
-                                              or ["?"])[-1]
+            for where in ("remote", "local"):
+                result[where] = placement(a, um, churn, fixtures, collector, where)
     finally:
-        for p in plain:
-            if p.poll() is None:
-                p.terminate()
-                p.wait(5)
         um.stop()
         shutil.rmtree(build, ignore_errors=True)
+    # the headline figures are the usual case's: peers on other hosts
+    result.update({k: v for k, v in result["remote"].items() if k != "plain_client_last_report"})
     emit(result, a.out)
 
 

@@ -134,8 +134,10 @@ def targets(found: dict[Any, Any], mark: Any, poll: Any, idle: Any, idle_all: An
     if churn:
         t.append((f"markTraffic with {fmt(churn['clients'] * churn['rate_per_client'])} new "
                   "short connections/s: added agent CPU < 10 % of a core",
-                  f"1 in {churn['sampling']}, services as client and as server, against "
-                  f"markTraffic off in the same run", f"+{churn['added_agent_cpu_pct']} %",
+                  f"1 in {churn['sampling']}, services as client and as server, remote peers, "
+                  f"against markTraffic off in the same run"
+                  + (f" (loopback peers: +{churn['local']['added_agent_cpu_pct']} %)"
+                     if churn.get("local") else ""), f"+{churn['added_agent_cpu_pct']} %",
                   churn["added_agent_cpu_pct"] < 10))
     if poll:
         t.append((f"counter polling, {poll['services']} services: CPU per round < 100 ms",
@@ -162,28 +164,40 @@ def targets(found: dict[Any, Any], mark: Any, poll: Any, idle: Any, idle_all: An
 
 
 def churn_section(c: Any) -> list[str]:
-    """The markTraffic churn benchmark's table (bench/mark_churn.py)."""
+    """The markTraffic churn benchmark's tables (bench/mark_churn.py), per placement."""
     L = ["## markTraffic with short connections (bench/mark_churn.py)", "",
          f"Real services under `systemd --user` in their own namespace: a service serving and a "
          f"service calling, {c['clients']} plain peers, each client at "
          f"{fmt(c['rate_per_client'])} new connections/s (servers close first); a real "
-         f"hostsflowd, pcap on lo at 1 in {c['sampling']}, markTraffic off and on in "
-         f"{c['rounds']} interleaved rounds of {c['window_s']} s (medians).", "",
-         "| markTraffic | agent CPU % of a core | traffic processes CPU % (system) "
-         "| machine busy % |", "|---|---:|---:|---:|"]
-    for k in ("off", "on"):
-        r = c[k]
-        L.append(f"| {k} | {r['agent_cpu_pct']} | {r['traffic_cpu_pct']} "
-                 f"({r['traffic_sys_pct']}) | {r['machine_busy_pct']} |")
-    on = c["on"]["runs"][0]
-    small = c["small_history"]
-    L += ["", f"Added by markTraffic: agent {c['added_agent_cpu_pct']} % of a core; the "
-          f"traffic's system time (where the owner log's kernel program runs) "
-          f"{c['added_traffic_sys_pct']:+} points.  Outcomes (first round): "
-          f"{on['marking']}.  With markTrafficHistory = {small['markTrafficHistory']} the log "
-          f"overflowed ({small['sockets'].get('log_overflow', 0)} seconds counted, logged "
-          f"{small['overflow_logged']} time(s)); samples taken {fmt(small['flow_samples_taken'])}, "
-          f"outcomes {small['marking']}.", ""]
+         f"hostsflowd, pcap at 1 in {c['sampling']}, markTraffic off and on in "
+         f"{c['rounds']} interleaved rounds of {c['window_s']} s (medians).  Peers remote: in a "
+         "namespace across a veth (one local end per packet); local: on loopback (both ends "
+         "this host's, the peers' looked up too).", "",
+         "| peers | markTraffic | agent CPU % of a core | traffic processes CPU % (system) "
+         "| machine busy % |", "|---|---|---:|---:|---:|"]
+    for where in ("remote", "local"):
+        p = c.get(where)
+        if not p:
+            continue
+        for k in ("off", "on"):
+            r = p[k]
+            L.append(f"| {where if k == 'off' else ''} | {k} | {r['agent_cpu_pct']} | "
+                     f"{r['traffic_cpu_pct']} ({r['traffic_sys_pct']}) | {r['machine_busy_pct']} |")
+    L.append("")
+    for where in ("remote", "local"):
+        p = c.get(where)
+        if p:
+            on = p["on"]["runs"][0]
+            L.append(f"- {where}: markTraffic adds {p['added_agent_cpu_pct']} % of a core to the "
+                     f"agent, {p['added_traffic_sys_pct']:+} points to the traffic's system time "
+                     f"(the kernel programs); outcomes (first round) {on['marking']}")
+    small = c.get("small_history") or (c.get("remote") or {}).get("small_history")
+    if small:
+        L.append(f"- markTrafficHistory = {small['markTrafficHistory']}: the log overflowed "
+                 f"({small['sockets'].get('log_overflow', 0)} seconds counted, logged "
+                 f"{small['overflow_logged']} time(s)); samples taken "
+                 f"{fmt(small['flow_samples_taken'])}, outcomes {small['marking']}")
+    L.append("")
     return L
 
 
