@@ -251,6 +251,7 @@ class Agent:
         self.pipeline.expire_holds(now)
         self.poll_counters()
         self.host.hook.sflow_tock(agent=self, now=now)
+        self.delivery.tick()
         self.exporter.flush()
         self._update_health()
         if self.health_log_seconds > 0 and self.seconds % self.health_log_seconds == 0:
