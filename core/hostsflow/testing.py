@@ -348,3 +348,18 @@ def load_file_module(name: str, path: Any) -> Any:
         sys.modules[name] = mod
         spec.loader.exec_module(mod)
     return mod
+
+
+def end_process(proc: Any, timeout: float = 5) -> None:
+    """SIGTERM a :class:`subprocess.Popen` still running and wait for it; SIGKILL after
+    ``timeout`` seconds."""
+    import subprocess
+
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
