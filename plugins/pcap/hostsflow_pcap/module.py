@@ -44,6 +44,9 @@ class PcapModule:
         self.agent: Any = None  # the AgentAPI, from sflow_configure on
         self.log: Any = None
         self.taps: dict[str, Tap] = {}
+        #: the last sample pool per ifIndex of a closed tap: a tap re-opened on that data
+        #: source counts on from it, as its sequence numbers do
+        self.pool_ends: dict[int, int] = {}
         self.started = False
         self.timeout_ms = DEFAULT_TIMEOUT_MS
 
@@ -149,7 +152,7 @@ class PcapModule:
             tap = Tap(
                 want.name, want.ifindex, want.mac, want.rate, snaplen=snaplen,
                 promisc=want.promisc, buffer_bytes=want.buffer, timeout_ms=self.timeout_ms,
-                loopback=want.loopback,
+                loopback=want.loopback, pool_start=self.pool_ends.get(want.ifindex, 0),
             )
         except TapError as exc:
             agent.warn_once(f"pcap_open:{want.name}", "pcap_open_failed", dev=want.name,
@@ -186,6 +189,7 @@ class PcapModule:
         if fd >= 0 and self.started:
             self.agent.remove_reader(fd)
         tap.close()
+        self.pool_ends[tap.ifindex] = tap.last_pool
         self.log.info("tap_closed", dev=name, ifindex=tap.ifindex, reason=reason,
                       samples=tap.samples)
 
