@@ -24,7 +24,7 @@ from .delivery import Delivery
 from .flow_pipeline import FlowPipeline
 from .health import Health
 from .host import identity
-from .host.agent_address import choose_agent_address
+from .host.agent_address import choose_agent_address, is_candidate
 from .host.interfaces import Interface, InterfaceTable, scan_interfaces
 from .host.refresh import InterfaceRefresh
 from .host.sampling import sampling_rate_for
@@ -35,6 +35,8 @@ from .sflow.exporter import RecordingSink, Sink
 
 HEALTH_LOG_SECONDS = 300  # one "health" log line every five minutes
 FALLBACK_ADDRESS = "127.0.0.1"  # when no interface has an address to elect
+#: seconds an elected address that left every interface is kept before another is elected
+ADDRESS_GRACE_SECONDS = 10
 
 
 class Agent:
@@ -78,6 +80,7 @@ class Agent:
         self.refresh = InterfaceRefresh(scan, self.log)
         # the core's election for now; the modules have their say once configured (start)
         self.address = self._elect_address(ask_modules=False)
+        self._address_gone_since: int | None = None  #: agent second the address left
         self.delivery = Delivery(config, self.address, clock, sink)
         self.exporter = self.delivery.exporter
         self.polling = CounterPolling(host, self, self.exporter, self.health, self.once,
@@ -246,8 +249,9 @@ class Agent:
         self.host.hook.sflow_tick(agent=self, now=now)
         if self._sockets is not None:
             self._sockets.tick(now)
-        if self.refresh.refresh(self.seconds, self.config.refresh_adaptors):
-            self._update_address()
+        if self.refresh.refresh(self.seconds, self.config.refresh_adaptors) or (
+                self._address_gone_since is not None):
+            self._update_address(refreshed=True)
         self.pipeline.expire_holds(now)
         self.poll_counters()
         self.host.hook.sflow_tock(agent=self, now=now)
@@ -292,12 +296,28 @@ class Agent:
             self.once.warn("agent_address", "no_agent_address", fallback=FALLBACK_ADDRESS)
         return FALLBACK_ADDRESS
 
-    def _update_address(self) -> None:
+    def _update_address(self, refreshed: bool = False) -> None:
+        """Elect again; a new address restarts the datagram sequence.  After an interface
+        refresh (``refreshed``), an address that left every admin-up interface is kept for
+        :data:`ADDRESS_GRACE_SECONDS` (an interface removed and re-added, or down and up, a
+        DHCP renewal) rather than swapped for a worse one and back; a better one arriving
+        while the elected one is still there wins at once."""
         address = self._elect_address()
-        if address != self.address:
-            self.log.info("agent_address_changed", old=self.address, new=address)
-            self.address = address
-            self.exporter.restart(address)
+        if address == self.address:
+            self._address_gone_since = None
+            return
+        if (refreshed and self.address != FALLBACK_ADDRESS
+                and not is_candidate(self.interfaces, self.config, self.address)):
+            if self._address_gone_since is None:
+                self._address_gone_since = self.seconds
+                self.log.info("agent_address_gone", address=self.address, elected=address,
+                              grace_seconds=ADDRESS_GRACE_SECONDS)
+            if self.seconds - self._address_gone_since < ADDRESS_GRACE_SECONDS:
+                return
+        self._address_gone_since = None
+        self.log.info("agent_address_changed", old=self.address, new=address)
+        self.address = address
+        self.exporter.restart(address)
 
 
 def recording_agent(config: Any, host: ModuleHost, **kw: Any) -> tuple[Agent, RecordingSink]:
