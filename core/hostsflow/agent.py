@@ -57,7 +57,13 @@ class Agent:
         scan: Callable[[], InterfaceTable] = scan_interfaces,
         rng: random.Random | None = None,
         user: str | None = None,
+        uuid: bytes | None = None,
+        machine_id: bytes | None = None,
     ) -> None:
+        """:param user: drop root to this user after configure (None: never drop).
+        :param uuid: the host UUID given on the command line (hsflowd's ``-u``): before the
+            config's ``uuid`` and the system's.
+        :param machine_id: the machine-id to derive the UUID from (hsflowd's ``-m``)."""
         self.config = config
         self.host = host
         self.clock = clock
@@ -73,7 +79,8 @@ class Agent:
         self._sockets: Any = None  # LocalSockets, made when a module first asks
 
         self.hostname = identity.hostname()
-        self.uuid = identity.host_uuid(getattr(config.uuid, "bytes", config.uuid))
+        self.uuid = uuid or identity.host_uuid(getattr(config.uuid, "bytes", config.uuid),
+                                               machine_id=machine_id)
         self.retention = Retention()
         self.retain_root = self.retention.retain_root
         self.retain_capabilities = self.retention.retain_capabilities
@@ -198,12 +205,14 @@ class Agent:
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Configure the modules, elect the address, drop root, then start the modules
-        inside ``loop``."""
+        inside ``loop``.
+
+        :raises PrivilegeError: the drop to :attr:`user` failed (the agent must not run on)."""
         self.loop = self.pipeline.loop = loop or asyncio.get_event_loop()
         self.refresh.watch(self.add_reader)
         self.configure()
         self._update_address()
-        self.retention.drop(self.user, self.config.drop_priv, self.log, self.health.count)
+        self.retention.drop(self.user, self.config.drop_priv, self.log)
         self.host.hook.sflow_start(agent=self)
         self.log.info(
             "started", agent_address=self.address, modules=sorted(self.host.states),

@@ -68,6 +68,23 @@ class TapError(Exception):
     """The tap cannot be opened or has stopped working (e.g. its interface went away)."""
 
 
+#: libpcap's negative status codes (pcap/pcap.h), as an operator would put them
+_PCAP_ERRORS = {
+    -1: "libpcap error",
+    -3: "capture not activated (libpcap refused it: usually missing root or CAP_NET_RAW)",
+    -4: "the device is already being captured with these settings",
+    -5: "no such device",
+    -7: "the device does not support monitor mode",
+    -8: "permission denied: capturing needs root or CAP_NET_RAW",
+    -9: "the device is not up",
+    -11: "promiscuous mode not permitted",
+}
+
+
+def _activate_error(status: int) -> str:
+    return _PCAP_ERRORS.get(status, f"libpcap status {status}")
+
+
 class Tap:
     """A sampling capture on one interface (one ``pcap { }`` block matched to one device).
 
@@ -129,12 +146,16 @@ class Tap:
             cap.set_promisc(1 if self.promisc else 0)
             cap.set_timeout(timeout_ms)
             cap.set_buffer_size(buffer_bytes)
-            cap.activate()
+            status = cap.activate()
         except pcapy.PcapError as exc:
             raise TapError(f"{self.name}: {exc}") from exc
         self._cap = cap
         try:
+            if isinstance(status, int) and status < 0:
+                raise TapError(f"{self.name}: {_activate_error(status)}")
             dlt = cap.datalink()
+            if dlt < 0:  # activation failed without saying so
+                raise TapError(f"{self.name}: {_activate_error(dlt)}")
             if dlt not in (DLT_EN10MB, DLT_RAW, DLT_RAW_ALT):
                 raise TapError(f"{self.name}: unsupported link type {dlt}")
             self._dlt = dlt
