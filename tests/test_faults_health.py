@@ -94,10 +94,10 @@ def test_status_of_a_real_agent_counts_undelivered_datagrams(tmp_path):
         assert counters["datagrams"] >= 6
         # every datagram went to the good collector; the dead one refused or was skipped
         assert counters["datagrams_delivered"] >= counters["datagrams"]
-        # UDP: the first datagram on each new socket to the closed port leaves without an
-        # error (the ICMP refusal fails the *next* send), and the socket is re-opened every
-        # 7 s, so one datagram per 7 s looks delivered
-        looks_delivered = 1 + counters["datagrams"] // 7 + 1
+        # UDP: a datagram to the closed port leaves without an error; the ICMP refusal fails
+        # the *next* send, which counts the earlier one undelivered; so only the last one (and
+        # one the kernel did not answer at once) may look delivered
+        looks_delivered = 2 + counters["datagrams"] // 10
         assert counters["dropped.undelivered"] >= counters["datagrams"] - looks_delivered
         final = [json.loads(line) for line in agent.log().splitlines()
                  if line.startswith("{") and '"stopped"' in line]

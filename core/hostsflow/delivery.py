@@ -55,7 +55,7 @@ class Delivery:
         delivered0, undelivered0, datagrams0 = self._base
         sink = self.sink
         if isinstance(sink, UdpSender):
-            sent = sink.sent
+            sent = max(0, sink.sent - sink.refused)  # a refusal is an earlier copy lost
             health.set("collectors.unresolved", sink.unresolved)
             health.set("collectors.refusing", sink.refusing)
             copies = (self.exporter.datagrams - datagrams0) * len(sink.collectors)

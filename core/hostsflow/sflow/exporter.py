@@ -170,7 +170,9 @@ class UdpSender:
         self.lookups = lookups
         self.once = OnceLog(log)
         self.errors = 0
-        self.sent = 0
+        self.sent = 0  #: datagrams the kernel took
+        #: refusals: each says an earlier datagram, counted in ``sent``, was refused (ICMP)
+        self.refused = 0
         #: collectors with an open socket, in config order (a reload hands some over open)
         self.ready: list[Collector] = [c for c in self.collectors if c.sock is not None]
         self._arrived: collections.deque[Collector] = collections.deque()  # lookups done
@@ -282,6 +284,7 @@ class UdpSender:
                 self._send_failed(c, exc)
                 return
             self.errors += 1
+            self.refused += 1
             c.clean_probes = 0
             try:
                 sock.send(datagram)
@@ -306,6 +309,7 @@ class UdpSender:
             return
         self.once.warn(c.key, "collector_send_failed", error=str(exc))
         if exc.errno in REFUSED:
+            self.refused += 1
             c.refusing, c.probed, c.clean_probes = True, False, 0
             c.probe_at = self.clock() + PROBE_SECONDS
             return
