@@ -162,6 +162,9 @@ def tools_main(argv: Sequence[str] | None = None) -> int:
         if name == "view":
             v.add_argument("--http", default="127.0.0.1:8008",
                            help="ADDR:PORT of the page (%(default)s)")
+            v.add_argument("--metrics-max-series", type=int, default=10_000,
+                           help="the most series one /metrics family may have; more are "
+                                "summed into one _overflow series and counted (%(default)s)")
         else:
             v.add_argument("--seconds", type=float, default=None, help="stop after N seconds")
     args = p.parse_args(argv)
@@ -198,7 +201,7 @@ def _view_or_top(args: argparse.Namespace) -> int:
         if args.cmd == "view":
             from .tools.view.server import run_view
 
-            return run_view(args.listen_sflow, args.http, args.window)
+            return run_view(args.listen_sflow, args.http, args.window, args.metrics_max_series)
         from .tools.top import run_top
     except ImportError as exc:
         print(f"hostsflow {args.cmd}: {exc.name} is missing: pip install 'hostsflow[view]'",

@@ -12,6 +12,8 @@ Routes:
 * ``GET /api/snapshot``: the current snapshot as JSON.
 * ``GET /api/events``: ``text/event-stream``; first a ``history`` event (the chart points kept so
   far), then a ``snapshot`` event every second (``{"snapshot": ..., "point": ...}``).
+* with a :class:`~hostsflow.tools.fleet.FleetAggregator` (the default): ``GET /api/edges``,
+  ``GET /metrics`` and ``GET /map`` (see :mod:`hostsflow.tools.fleet`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from aiohttp import web
 
 from ..aggregate import Aggregator, listen
 from ..decode import parse_listen
+from ..fleet import FleetAggregator, add_routes
+from ..fleet_metrics import DEFAULT_MAX_SERIES
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_HTTP = "127.0.0.1:8008"
@@ -42,7 +46,7 @@ class ViewServer:
 
     def __init__(self, aggregator: Aggregator | None = None, listen_sflow: str = DEFAULT_SFLOW,
                  http: str = DEFAULT_HTTP, interval: float = 1.0) -> None:
-        self.aggregator = aggregator if aggregator is not None else Aggregator()
+        self.aggregator = aggregator if aggregator is not None else FleetAggregator()
         self.listen_sflow = listen_sflow
         self.http = http
         self.interval = interval
@@ -60,6 +64,8 @@ class ViewServer:
         app.router.add_get("/api/snapshot", self._snapshot)
         app.router.add_get("/api/events", self._events)
         app.router.add_static("/static/", STATIC, follow_symlinks=False)
+        if isinstance(self.aggregator, FleetAggregator):
+            add_routes(app, self.aggregator)
         app.on_shutdown.append(self._on_shutdown)
         return app
 
@@ -156,9 +162,9 @@ def _offer(queue: asyncio.Queue[str | None], message: str | None) -> None:
     queue.put_nowait(message)
 
 
-async def serve(listen_sflow: str, http: str, window: float) -> None:
+async def serve(listen_sflow: str, http: str, window: float, max_series: int) -> None:
     """Run the view until cancelled (Ctrl-C), printing where it listens."""
-    server = ViewServer(Aggregator(window=window), listen_sflow, http)
+    server = ViewServer(FleetAggregator(window=window, max_series=max_series), listen_sflow, http)
     await server.start()
     assert server.sflow_address is not None
     host, port = server.sflow_address
@@ -170,10 +176,10 @@ async def serve(listen_sflow: str, http: str, window: float) -> None:
 
 
 def run_view(listen_sflow: str = DEFAULT_SFLOW, http: str = DEFAULT_HTTP,
-             window: float = 5.0) -> int:
+             window: float = 5.0, max_series: int = DEFAULT_MAX_SERIES) -> int:
     """``hostsflow view``: exit status 2 for an address that cannot be used."""
     try:
-        asyncio.run(serve(listen_sflow, http, window))
+        asyncio.run(serve(listen_sflow, http, window, max_series))
     except KeyboardInterrupt:
         pass
     except (ValueError, OSError) as exc:

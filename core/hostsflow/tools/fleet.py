@@ -1,0 +1,65 @@
+"""The collector across a fleet: the aggregator of ``hostsflow view`` with the dependency map
+(:mod:`hostsflow.tools.edges`) and the Prometheus metrics (:mod:`hostsflow.tools.fleet_metrics`)
+fed the same decoded datagrams, and their HTTP routes.
+
+Routes (added to the view's application by :func:`add_routes`):
+
+* ``GET /api/edges``: the map's nodes and edges over the window as JSON
+  (:meth:`~hostsflow.tools.edges.EdgeSnapshot.to_dict`);
+* ``GET /metrics``: the Prometheus text exposition;
+* ``GET /map``: the page that draws the map (``static/map.html``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..sflow.datagram import Datagram
+from .aggregate import DEFAULT_HISTORY, DEFAULT_WINDOW, Aggregator
+from .edges import EdgeJoiner
+from .exposition import CONTENT_TYPE
+from .fleet_metrics import DEFAULT_MAX_SERIES, FleetMetrics
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+STATIC = Path(__file__).parent / "view" / "static"
+
+
+class FleetAggregator(Aggregator):
+    """An :class:`Aggregator` that also joins edges (``edges``) and keeps metrics (``metrics``)
+    from every datagram it is fed."""
+
+    def __init__(self, window: float = DEFAULT_WINDOW, history: int = DEFAULT_HISTORY,
+                 clock: Callable[[], float] = time.time,
+                 max_series: int = DEFAULT_MAX_SERIES) -> None:
+        super().__init__(window=window, history=history, clock=clock)
+        self.edges = EdgeJoiner(self.names, self.agents, window=window, clock=clock)
+        self.metrics = FleetMetrics(self.edges, self.stats, max_series)
+
+    def feed_datagram(self, dgram: Datagram, now: float | None = None) -> None:
+        now = self.clock() if now is None else now
+        super().feed_datagram(dgram, now)  # learns the names first
+        self.metrics.feed(dgram, self.edges.feed_datagram(dgram, now))
+
+
+def add_routes(app: web.Application, fleet: FleetAggregator) -> None:
+    """The map's and the metrics' routes on the view's aiohttp application."""
+    from aiohttp import web
+
+    async def edges(_request: web.Request) -> web.Response:
+        return web.json_response(fleet.edges.snapshot().to_dict())
+
+    async def metrics(_request: web.Request) -> web.Response:
+        body = fleet.metrics.render().encode()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    async def map_page(_request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "map.html")
+
+    app.router.add_get("/api/edges", edges)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/map", map_page)
