@@ -120,6 +120,20 @@ def test_unplaced_and_portless_samples_are_counted_not_raised():
     assert "hostsflow_malformed_datagrams_total 1" in agg.metrics.render()
 
 
+def test_a_marked_sample_without_ports_still_counts_as_its_service_traffic():
+    agg = FleetAggregator(window=2)
+    portless = ethernet_frame(udp=(WEB, 0, "192.0.2.6", 53), payload=bytes(100))
+    agg.feed(encode_datagram(DatagramHeader(WEB, 0, 1, 1), [
+        kit.flow_sample(portless, 10, src=2), kit.flow_sample(portless, 10)]), now=T0 + 0.2)
+    assert (agg.edges.stats.portless, agg.edges.stats.placed) == (2, 0)
+    m = parse_metrics(agg.metrics.render())
+    out = [v for (n, labels), v in m.items()
+           if n == "hostsflow_service_bytes_total" and ("direction", "out") in labels]
+    assert out == [10 * (len(portless) + 4)]
+    assert not [k for k in m if k[0] == "hostsflow_service_bytes_total" and
+                ("direction", "in") in k[1]]
+
+
 def parse_metrics(text: str) -> dict[tuple[str, frozenset], float]:
     out = {}
     for line in text.splitlines():

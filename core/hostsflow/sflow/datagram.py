@@ -217,7 +217,10 @@ class DecodedFlowSample:
 
     def record(self, cls: type) -> Record | None:
         """The first record of class ``cls``, or None."""
-        return next((r for r in self.records if isinstance(r, cls)), None)
+        for r in self.records:  # a plain loop: the collectors call this for every sample
+            if isinstance(r, cls):
+                return r
+        return None
 
 
 @attrs.define(slots=True)
@@ -235,7 +238,10 @@ class DecodedCounterSample:
 
     def record(self, cls: type) -> Record | None:
         """The first record of class ``cls``, or None."""
-        return next((r for r in self.records if isinstance(r, cls)), None)
+        for r in self.records:  # a plain loop: the collectors call this for every sample
+            if isinstance(r, cls):
+                return r
+        return None
 
 
 @attrs.define(slots=True)

@@ -67,18 +67,21 @@ class EdgeStats:
 
 @attrs.define(slots=True)
 class Observation:
-    """Where one flow sample falls: its flow, the side it was observed from, the observer,
-    the client port, the services the observer marked on each end (0 when unmarked) and the
-    sample's estimates."""
+    """Where one flow sample falls: its flow (None for a sample with no ports, or beyond the
+    per-second bound), the side it was observed from, the observer, the client port, the
+    services the observer marked on the client and server ends, the sample's estimates, and
+    the services marked as the packet's source and destination (0 when unmarked)."""
 
     agent: AgentKey
-    flow: Flow
+    flow: Flow | None
     side: str
     client_port: int
     client_service: int
     server_service: int
     bytes: int
     packets: int
+    src_service: int
+    dst_service: int
 
 
 class _Cell:
@@ -207,7 +210,8 @@ class EdgeJoiner:
     # ------------------------------------------------------------ input
 
     def feed_datagram(self, dgram: Datagram, now: float | None = None) -> list[Observation]:
-        """Place every flow sample of ``dgram``; returns the observations (for the metrics)."""
+        """Place every flow sample of ``dgram``; returns the observations (for the metrics):
+        one for each sample placed on a flow or marked with a service."""
         now = self.clock() if now is None else now
         if self._first is None:
             self._first = now
@@ -237,21 +241,34 @@ class EdgeJoiner:
     def _place(self, agent: AgentKey, sample: DecodedFlowSample,
                cells: dict[tuple[Flow, str, AgentKey], _Cell]) -> Observation | None:
         self.stats.samples += 1
-        header = sample.record(SampledHeader)
-        info = decode_sampled_header(header) if header is not None else None  # type: ignore[arg-type]
+        header = ent = tcp = None
+        for rec in sample.records:  # one pass (this runs for every sample of every agent)
+            kind = type(rec)
+            if kind is SampledHeader:
+                header = rec
+            elif kind is ExtendedEntities:
+                ent = rec
+            elif kind is ExtendedTcpInfo:
+                tcp = rec
         rate = sample.sampling_rate
-        if info is None or rate == 0 or info.protocol not in PORT_PROTOCOLS or \
-                not info.src_port or not info.dst_port:
+        if header is None or rate == 0:
             self.stats.portless += 1
             return None
-        proto = info.protocol
-        ent = sample.record(ExtendedEntities)
         src_svc = dst_svc = 0
         if ent is not None:
             if ent.src_class == SERVICE_CLASS:  # type: ignore[attr-defined]
                 src_svc = ent.src_index  # type: ignore[attr-defined]
             if ent.dst_class == SERVICE_CLASS:  # type: ignore[attr-defined]
                 dst_svc = ent.dst_index  # type: ignore[attr-defined]
+        nbytes = header.frame_length * rate  # type: ignore[attr-defined]
+        info = decode_sampled_header(header)  # type: ignore[arg-type]
+        if info is None or info.protocol not in PORT_PROTOCOLS or \
+                not info.src_port or not info.dst_port:
+            self.stats.portless += 1
+            if src_svc or dst_svc:  # still a service's traffic, for the metrics
+                return Observation(agent, None, "", 0, 0, 0, nbytes, rate, src_svc, dst_svc)
+            return None
+        proto = info.protocol
         if self._dst_serves(proto, info):
             cip, cport, sip, sport = info.src_ip, info.src_port, info.dst_ip, info.dst_port
             c_svc, s_svc = src_svc, dst_svc
@@ -278,22 +295,20 @@ class EdgeJoiner:
         if cell is None:
             if len(cells) >= MAX_FLOWS_PER_SECOND:
                 self.stats.flows_dropped += 1
-                return None
+                return Observation(agent, None, "", 0, 0, 0, nbytes, rate, src_svc, dst_svc)
             cell = cells[key] = _Cell()
         self.stats.placed += 1
-        nbytes = header.frame_length * rate  # type: ignore[union-attr]
         cell.bytes += nbytes
         cell.packets += rate
         cell.samples += 1
         if len(cell.ports) < MAX_PORTS_PER_CELL:
             cell.ports.add(cport)
-        if proto == IPPROTO_TCP:
-            tcp = sample.record(ExtendedTcpInfo)
-            if tcp is not None and tcp.rtt:  # type: ignore[attr-defined]
+        if proto == IPPROTO_TCP and tcp is not None:
+            if tcp.rtt:  # type: ignore[attr-defined]
                 cell.rtt_sum += tcp.rtt  # type: ignore[attr-defined]
                 cell.rtt_n += 1
                 cell.retrans = max(cell.retrans, tcp.retrans)  # type: ignore[attr-defined]
-        return Observation(agent, flow, side, cport, c_svc, s_svc, nbytes, rate)
+        return Observation(agent, flow, side, cport, c_svc, s_svc, nbytes, rate, src_svc, dst_svc)
 
     def _dst_serves(self, proto: int, info: Any) -> bool:
         """Whether the packet's destination is the flow's server end."""

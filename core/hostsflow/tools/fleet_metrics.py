@@ -33,10 +33,8 @@ families: at each scrape (or when :data:`MAX_PENDING` keys are waiting).
 
 from __future__ import annotations
 
-from ..sflow.datagram import Datagram, DecodedCounterSample, DecodedFlowSample
+from ..sflow.datagram import Datagram, DecodedCounterSample
 from ..sflow.records import (
-    ExtendedEntities,
-    SampledHeader,
     VirtCpu,
     VirtDiskIo,
     VirtMemory,
@@ -121,38 +119,26 @@ class FleetMetrics:
     def feed(self, dgram: Datagram, observations: list[Observation]) -> None:
         agent: AgentKey = (dgram.agent_address, dgram.sub_agent_id)
         for sample in dgram.samples:
-            if isinstance(sample, DecodedFlowSample):
-                self._service_traffic(agent, sample)
-            elif isinstance(sample, DecodedCounterSample) and \
+            if isinstance(sample, DecodedCounterSample) and \
                     sample.source.ds_class == SERVICE_CLASS:
                 self._service_counters(agent, sample)
+        traffic = self._traffic
         for obs in observations:
-            self._edge(obs)
-        if len(self._edges) + len(self._traffic) > MAX_PENDING:
+            for idx, direction in ((obs.dst_service, IN), (obs.src_service, OUT)):
+                if idx:
+                    cell = traffic.get((obs.agent, idx, direction))
+                    if cell is None:
+                        traffic[(obs.agent, idx, direction)] = [obs.bytes, obs.packets]
+                    else:
+                        cell[0] += obs.bytes
+                        cell[1] += obs.packets
+            if obs.flow is not None:
+                self._edge(obs)
+        if len(self._edges) + len(traffic) > MAX_PENDING:
             self.flush()
 
     def _labels(self, agent: AgentKey, index: int) -> tuple[str, str, str]:
         return (agent[0], self.joiner.host_name(agent), self.joiner.service_name((agent, index)))
-
-    def _service_traffic(self, agent: AgentKey, sample: DecodedFlowSample) -> None:
-        ent = sample.record(ExtendedEntities)
-        if ent is None:
-            return
-        header = sample.record(SampledHeader)
-        rate = sample.sampling_rate
-        if header is None or rate == 0:
-            return
-        nbytes = header.frame_length * rate  # type: ignore[attr-defined]
-        pending = self._traffic
-        for cls, idx, direction in ((ent.dst_class, ent.dst_index, IN),  # type: ignore[attr-defined]
-                                    (ent.src_class, ent.src_index, OUT)):  # type: ignore[attr-defined]
-            if cls == SERVICE_CLASS and idx:
-                cell = pending.get((agent, idx, direction))
-                if cell is None:
-                    pending[(agent, idx, direction)] = [nbytes, rate]
-                else:
-                    cell[0] += nbytes
-                    cell[1] += rate
 
     def _service_counters(self, agent: AgentKey, sample: DecodedCounterSample) -> None:
         idx = sample.source.ds_index
@@ -173,7 +159,7 @@ class FleetMetrics:
                 self.counters[suffix].inc(labels, step * scale)
 
     def _edge(self, obs: Observation) -> None:
-        key = (obs.agent, obs.side, obs.flow, bool(obs.client_service))
+        key = (obs.agent, obs.side, obs.flow, bool(obs.client_service))  # type: ignore[arg-type]
         cell = self._edges.get(key)
         if cell is None:
             self._edges[key] = [obs.bytes, obs.packets, 1]
