@@ -14,7 +14,23 @@ const state = {
   colours: {},
   plot: null,
   plotKey: "",
+  agent: "",           // the agent picked (its address), "" for all
 };
+
+// with several agents a label is "ADDRESS/unit": the picker keeps one agent's
+function picked(label) { return !state.agent || label.startsWith(state.agent + "/"); }
+
+function renderPicker(agents) {
+  const sel = document.getElementById("agent-pick");
+  const addrs = Object.keys(agents).sort();
+  document.getElementById("agent-box").hidden = addrs.length < 2;
+  const want = ["", ...addrs].join("\n");
+  if (sel.dataset.options === want) return;
+  sel.dataset.options = want;
+  sel.replaceChildren(new Option("all agents", ""),
+                      ...addrs.map(a => new Option(agents[a] + " (" + a + ")", a)));
+  sel.value = addrs.includes(state.agent) ? state.agent : "";
+}
 
 function fmtRate(bps) {
   const units = [["Gb/s", 1e9], ["Mb/s", 1e6], ["kb/s", 1e3]];
@@ -38,7 +54,7 @@ function learn(labels) {
   }
 }
 
-function stackLabels() { return [...state.order, OTHER]; }
+function stackLabels() { return [...state.order.filter(picked), OTHER]; }
 
 // uPlot has no stacking: draw cumulative sums, the top of the stack first, each filled opaque
 // down to zero, so every band shows one service's share.
@@ -88,7 +104,8 @@ function redraw() {
 function renderLegend(snap) {
   const ul = document.getElementById("legend");
   ul.innerHTML = "";
-  const rows = snap.services.map(s => ({label: s.label, bps: s.bps, inb: s.in.bps, outb: s.out.bps}));
+  const rows = snap.services.filter(s => !state.agent || s.agent === state.agent)
+    .map(s => ({label: s.label, bps: s.bps, inb: s.in.bps, outb: s.out.bps}));
   rows.push({label: OTHER, bps: snap.other.bps, inb: null, outb: null});
   if (!snap.services.length) {
     const li = document.createElement("li");
@@ -143,13 +160,13 @@ function fillTable(id, rows, cells, ncols) {
 }
 
 function renderTables(snap) {
-  fillTable("connections", snap.connections.slice(0, 10), c => [
+  fillTable("connections", snap.connections.filter(c => picked(c.service)).slice(0, 10), c => [
     [c.service || "-"], [c.local], [c.remote], [fmtRate(c.bps), 1], [c.rtt_ms.toFixed(3), 1],
     [c.min_rtt_ms.toFixed(3), 1], [c.rttvar_ms.toFixed(3), 1], [String(c.retrans), 1],
     [String(c.lost), 1], [String(c.snd_cwnd), 1]], 10);
-  fillTable("protocols", snap.protocols.slice(0, 10),
+  fillTable("protocols", snap.protocols.filter(p => picked(p.service)).slice(0, 10),
             p => [[p.service], [p.direction], [p.key], [fmtRate(p.bps), 1]], 4);
-  fillTable("remotes", snap.remotes.slice(0, 10),
+  fillTable("remotes", snap.remotes.filter(p => picked(p.service)).slice(0, 10),
             p => [[p.service], [p.direction], [p.key], [fmtRate(p.bps), 1]], 4);
 }
 
@@ -166,6 +183,8 @@ function renderStatus(snap) {
 }
 
 function onSnapshot(snap) {
+  state.last = snap;
+  renderPicker(snap.agents);
   learn(snap.services.map(s => s.label));
   renderLegend(snap);
   renderTables(snap);
@@ -195,4 +214,9 @@ function connect() {
 }
 
 window.addEventListener("resize", () => { if (state.plot) makePlot(); });
+document.getElementById("agent-pick").addEventListener("change", ev => {
+  state.agent = ev.target.value;
+  if (state.last) onSnapshot(state.last);
+  redraw();
+});
 connect();
