@@ -86,7 +86,8 @@ function drawMap(doc) {
   svg.replaceChildren();
   const defs = svgEl("defs");
   const marker = svgEl("marker", {id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5,
-                                  markerWidth: 6, markerHeight: 6, orient: "auto"});
+                                  markerWidth: 10, markerHeight: 10, markerUnits: "userSpaceOnUse",
+                                  orient: "auto"});
   marker.append(svgEl("path", {d: "M0,0 L10,5 L0,10 z", fill: "#2563eb"}));
   defs.append(marker);
   svg.append(defs);
