@@ -377,6 +377,10 @@ def test_fleet_map_of_three_booted_tiers(fleet, monkeypatch, capsys):
             failures.append(f"PromQL {src} -> {dst}: error {err}% outside {bound}%")
     except AssertionError as exc:
         failures.append(f"PromQL: no single row for {src} -> {dst}: {exc}")
+    for c in (web, app, db):  # each agent's health counters (the tcp module's among them)
+        (ARTIFACTS / f"booted-fleet-status-{c.hostname}.txt").write_text(
+            c.exec("/usr/local/bin/hostsflow", "status", check=False) + "\n" +
+            c.journal("hostsflowd")[-6000:])
     (ARTIFACTS / "booted-fleet.json").write_text(json.dumps(report, indent=1))
     with capsys.disabled():
         print(f"\n  steps: {figures}; requests {clients.ok} ok, {clients.failed} failed")
@@ -387,7 +391,13 @@ def test_fleet_map_of_three_booted_tiers(fleet, monkeypatch, capsys):
     assert not failures, failures
     middle = report["edges"]["middle"]
     assert middle["side"] == "server" and middle["observers"] == ["app"], middle
-    assert middle["connections"] > 10 and middle["rtt_ms"] is not None, middle
+    # nginx opens a connection to app for every request (a few ms long): many connections;
+    # whether the agent's socket lookup still finds one open (and so has an RTT) is a race
+    assert middle["connections"] > 10, middle
+    # the client's keep-alive connections and app's one database connection live on: their
+    # samples carry extended_tcp_info, so those edges have an RTT
+    for key in ("front", "back"):
+        assert report["edges"][key]["rtt_ms"], report["edges"][key]
 
 
 def _get_ok(host: str) -> bool:
