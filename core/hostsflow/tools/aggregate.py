@@ -241,6 +241,8 @@ class Aggregator:
         self.window = float(window)
         self.clock = clock
         self.stats = AggregatorStats()
+        #: the sampled_header decoder (the fleet collector shares one decoding per record)
+        self.decode_header: Callable[[SampledHeader], Any] = decode_sampled_header
         self.names: dict[ServiceId, str] = {}
         self.agents: dict[AgentKey, str] = {}  # agent -> hostname (from 2:1 host_descr)
         self.connections: dict[tuple[Any, ...], Connection] = {}
@@ -321,7 +323,7 @@ class Aggregator:
                 ends.append(((agent, ent.dst_index), IN))  # type: ignore[attr-defined]
             if ent.src_class == SERVICE_CLASS and ent.src_index:  # type: ignore[attr-defined]
                 ends.append(((agent, ent.src_index), OUT))  # type: ignore[attr-defined]
-        info = decode_sampled_header(header)  # type: ignore[arg-type]
+        info = self.decode_header(header)  # type: ignore[arg-type]
         if not ends:
             bucket.other[0] += nbytes
             bucket.other[1] += rate

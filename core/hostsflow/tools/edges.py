@@ -199,6 +199,8 @@ class EdgeJoiner:
         self.window = float(window)
         self.clock = clock
         self.stats = EdgeStats()
+        #: the sampled_header decoder (the fleet collector shares one decoding per record)
+        self.decode_header: Callable[[SampledHeader], Any] = decode_sampled_header
         self.servers: dict[ServerEnd, tuple[AgentKey, int]] = {}
         self.listeners: dict[ServerEnd, bool] = {}
         self.clients: dict[Flow, tuple[AgentKey, int]] = {}
@@ -261,7 +263,7 @@ class EdgeJoiner:
             if ent.dst_class == SERVICE_CLASS:  # type: ignore[attr-defined]
                 dst_svc = ent.dst_index  # type: ignore[attr-defined]
         nbytes = header.frame_length * rate  # type: ignore[attr-defined]
-        info = decode_sampled_header(header)  # type: ignore[arg-type]
+        info = self.decode_header(header)  # type: ignore[arg-type]
         if info is None or info.protocol not in PORT_PROTOCOLS or \
                 not info.src_port or not info.dst_port:
             self.stats.portless += 1

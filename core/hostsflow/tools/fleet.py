@@ -17,7 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..packet import PacketInfo, decode_sampled_header
 from ..sflow.datagram import Datagram
+from ..sflow.records import SampledHeader
 from .aggregate import DEFAULT_HISTORY, DEFAULT_WINDOW, Aggregator
 from .edges import EdgeJoiner
 from .exposition import CONTENT_TYPE
@@ -27,6 +29,25 @@ if TYPE_CHECKING:
     from aiohttp import web
 
 STATIC = Path(__file__).parent / "view" / "static"
+
+
+class HeaderMemo:
+    """:func:`~hostsflow.packet.decode_sampled_header` once per record while one datagram is
+    handled (keyed by the record's identity: :meth:`clear` before the next datagram)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, PacketInfo | None] = {}
+
+    def __call__(self, header: SampledHeader) -> PacketInfo | None:
+        key = id(header)
+        seen = self._seen
+        if key in seen:
+            return seen[key]
+        info = seen[key] = decode_sampled_header(header)
+        return info
+
+    def clear(self) -> None:
+        self._seen.clear()
 
 
 class FleetAggregator(Aggregator):
@@ -39,11 +60,16 @@ class FleetAggregator(Aggregator):
         super().__init__(window=window, history=history, clock=clock)
         self.edges = EdgeJoiner(self.names, self.agents, window=window, clock=clock)
         self.metrics = FleetMetrics(self.edges, self.stats, max_series)
+        self._memo = HeaderMemo()
+        self.decode_header = self.edges.decode_header = self._memo
 
     def feed_datagram(self, dgram: Datagram, now: float | None = None) -> None:
         now = self.clock() if now is None else now
-        super().feed_datagram(dgram, now)  # learns the names first
-        self.metrics.feed(dgram, self.edges.feed_datagram(dgram, now))
+        try:
+            super().feed_datagram(dgram, now)  # learns the names first
+            self.metrics.feed(dgram, self.edges.feed_datagram(dgram, now))
+        finally:
+            self._memo.clear()
 
 
 def add_routes(app: web.Application, fleet: FleetAggregator) -> None:
