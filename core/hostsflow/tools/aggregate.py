@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
 import time
 from collections.abc import Callable
 from typing import Any
@@ -379,11 +380,18 @@ class Aggregator:
 
     # ------------------------------------------------------------ output
 
-    def label(self, svc: ServiceId) -> str:
+    def several_agents(self) -> bool:
+        """Whether more than one agent is heard (then labels name the agent)."""
+        return len({a for a, _ in self.names} | set(self.agents)) > 1
+
+    def label(self, svc: ServiceId, several: bool | None = None) -> str:
         """The service's unit name (``3:INDEX`` until its counters arrive), prefixed with the
-        agent's address when more than one agent is heard."""
+        agent's address when more than one agent is heard (``several``: that answer, when the
+        caller has it already)."""
         name = self.names.get(svc, f"3:{svc[1]}")
-        if len({a for a, _ in self.names} | set(self.agents)) > 1:
+        if several is None:
+            several = self.several_agents()
+        if several:
             return f"{svc[0][0]}/{name}"
         return name
 
@@ -422,23 +430,30 @@ class Aggregator:
                 return Rate()
             return Rate(cell[0] * 8 / span, cell[1] / span)
 
+        several = self.several_agents()
+        label = self.label
         ids = set(self.names) | {s for s, _ in service}
         services = [
-            ServiceRates(self.label(s), s[0][0], s[1], to_rate(service.get((s, IN))),
+            ServiceRates(label(s, several), s[0][0], s[1], to_rate(service.get((s, IN))),
                          to_rate(service.get((s, OUT))))
             for s in ids]
         services.sort(key=lambda s: (-s.bps, s.label))
-        protocols = sorted(
-            (KeyedRate(self.label(s), d, f"{p}/{port}" if port else p, nb * 8 / span, npk / span)
-             for (s, d, p, port), (nb, npk) in proto.items()), key=lambda r: -r.bps)[:top]
-        remotes = sorted(
-            (KeyedRate(self.label(s), d, addr, nb * 8 / span, npk / span)
-             for (s, d, addr), (nb, npk) in remote.items()), key=lambda r: -r.bps)[:top]
+
+        def most(table: dict[Any, list[int]]) -> list[tuple[Any, list[int]]]:
+            # the top by bytes, in the order a stable sort gives (only those get labels)
+            return heapq.nlargest(top, table.items(), key=lambda kv: kv[1][0])
+
+        protocols = [
+            KeyedRate(label(s, several), d, f"{p}/{port}" if port else p, nb * 8 / span,
+                      npk / span)
+            for (s, d, p, port), (nb, npk) in most(proto)]
+        remotes = [KeyedRate(label(s, several), d, addr, nb * 8 / span, npk / span)
+                   for (s, d, addr), (nb, npk) in most(remote)]
         conns = []
         for key, c in self.connections.items():
             nb, npk = conn.get(key, (0, 0))
             conns.append(ConnectionRates(
-                self.label(c.service) if c.service else "", c.local, c.remote,
+                label(c.service, several) if c.service else "", c.local, c.remote,
                 nb * 8 / span, npk / span, c.rtt_us / 1000, c.rttvar_us / 1000,
                 c.min_rtt_us / 1000, c.retrans, c.lost, c.snd_cwnd, now - c.last_seen))
         conns.sort(key=lambda c: (-c.bps, c.age))

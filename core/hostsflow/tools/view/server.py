@@ -113,6 +113,8 @@ class ViewServer:
     def broadcast(self) -> None:
         """Take a snapshot (one chart point) and send it to every open page."""
         snap, point = self.aggregator.tick()
+        if not self.clients:  # the point is in the history; nobody to send it to
+            return
         message = _sse("snapshot", {"snapshot": snap.to_dict(), "point": point})
         for q in list(self.clients):
             _offer(q, message)
