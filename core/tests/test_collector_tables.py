@@ -278,3 +278,19 @@ def test_top_other_in_the_total_column_and_remotes_not_repeated():
     remote_line = next(line for line in text.splitlines() if PEER_A in line)
     assert remote_line.count("httpd.service") == 2  # once in each of two tables, side by side
     assert f"httpd.service in {PEER_A}" not in text  # not "service dir key" run together
+
+
+# ---------------------------------------------------------------- kept apart from the agent
+
+
+def test_the_agent_never_imports_the_collector_tools():
+    import subprocess
+    import sys
+
+    code = ("import sys, hostsflow.cli, hostsflow.agent, hostsflow.run_loop, hostsflow.bootstrap\n"
+            "from hostsflow.cli import agent_main\n"
+            "print(sorted(m for m in sys.modules if m.startswith('hostsflow.tools')"
+            " or m in ('aiohttp', 'rich')))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
