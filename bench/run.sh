@@ -113,6 +113,11 @@ if has rig; then
   done
 fi
 
+export PATH="$(dirname "$PY"):$PATH"  # the venv's tools (py-spy) before the system's
+if has profile || has churn; then
+  command -v py-spy >/dev/null || "$PY" -m pip install -q 'py-spy>=0.3,<1'
+fi
+
 if has profile; then
   echo "== profile: py-spy on the agent, 1 in 1, generator max"
   "$PY" "$BENCH/profile_agent.py" --bin-dir "$OUT" --out "$OUT/profile.json" \

@@ -41,7 +41,7 @@ case "$mode" in
       (sleep 2; xdg-open http://127.0.0.1:8008/ >/dev/null 2>&1 || true) &
     fi ;;
   top)
-    hostsflowd -f "$conf" --status-file /tmp/hostsflow-status.json >/tmp/hostsflowd.log 2>&1 &
+    hostsflowd -f "$conf" >/tmp/hostsflowd.log 2>&1 &
     agent=$!
     trap 'kill $agent 2>/dev/null' EXIT
     echo "agent log: /tmp/hostsflowd.log"
@@ -50,4 +50,4 @@ case "$mode" in
 esac
 decoder=$!
 trap 'kill $decoder 2>/dev/null' EXIT
-hostsflowd -f "$conf" --status-file /tmp/hostsflow-status.json
+hostsflowd -f "$conf"

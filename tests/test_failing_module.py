@@ -104,7 +104,9 @@ sflow {{
   failing {{ }}
 }}
 """
-        with AgentProcess(conf, tmp_path) as agent:
+        # -P: the test's module lives where nobody cannot read it (an agent that cannot
+        # drop privileges stops, and this test is about modules, not privileges)
+        with AgentProcess(conf, tmp_path, args=("-P",)) as agent:
             quarantined_at = None
             deadline = time.monotonic() + 30
             # one packet every 0.25 s: with the samples of the agent's own datagrams and its

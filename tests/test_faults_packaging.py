@@ -71,15 +71,17 @@ def test_sandbox_settings():
     assert families == {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK", "AF_PACKET"}
     # the status file the agent writes by default is in a writable directory
     assert str(Path(DEFAULT_STATUS).parent) in " ".join(s["ReadWritePaths"])
-    assert s["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    # "+": systemd sends it with full privileges (the agent is nobody by then)
+    assert s["ExecReload"] == ["+/bin/kill -HUP $MAINPID"]
+    assert "--run-as nobody" in s["ExecStart"][0] and " -u " not in s["ExecStart"][0]
     assert "2" in s["RestartPreventExitStatus"][0]  # config errors are not retried
 
 
 def test_bounding_set_covers_what_modules_ask_for():
     bounding = set(" ".join(settings()["CapabilityBoundingSet"]).split())
     assert bounding <= set(CAPABILITIES), bounding - set(CAPABILITIES)
-    # dropping to the -u user needs these two
-    assert {"CAP_SETUID", "CAP_SETGID"} <= bounding
+    # dropping to the --run-as user needs these two, the agent's own bounding set CAP_SETPCAP
+    assert {"CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"} <= bounding
     asked: set[str] = set()
     for path in (REPO / "plugins").glob("*/hostsflow_*/*.py"):
         text = path.read_text()

@@ -24,7 +24,7 @@ from .delivery import Delivery
 from .flow_pipeline import FlowPipeline
 from .health import Health
 from .host import identity
-from .host.agent_address import choose_agent_address
+from .host.agent_address import choose_agent_address, is_candidate
 from .host.interfaces import Interface, InterfaceTable, scan_interfaces
 from .host.refresh import InterfaceRefresh
 from .host.sampling import sampling_rate_for
@@ -35,6 +35,8 @@ from .sflow.exporter import RecordingSink, Sink
 
 HEALTH_LOG_SECONDS = 300  # one "health" log line every five minutes
 FALLBACK_ADDRESS = "127.0.0.1"  # when no interface has an address to elect
+#: seconds an elected address that left every interface is kept before another is elected
+ADDRESS_GRACE_SECONDS = 10
 
 
 class Agent:
@@ -55,7 +57,13 @@ class Agent:
         scan: Callable[[], InterfaceTable] = scan_interfaces,
         rng: random.Random | None = None,
         user: str | None = None,
+        uuid: bytes | None = None,
+        machine_id: bytes | None = None,
     ) -> None:
+        """:param user: drop root to this user after configure (None: never drop).
+        :param uuid: the host UUID given on the command line (hsflowd's ``-u``): before the
+            config's ``uuid`` and the system's.
+        :param machine_id: the machine-id to derive the UUID from (hsflowd's ``-m``)."""
         self.config = config
         self.host = host
         self.clock = clock
@@ -71,13 +79,15 @@ class Agent:
         self._sockets: Any = None  # LocalSockets, made when a module first asks
 
         self.hostname = identity.hostname()
-        self.uuid = identity.host_uuid(getattr(config.uuid, "bytes", config.uuid))
+        self.uuid = uuid or identity.host_uuid(getattr(config.uuid, "bytes", config.uuid),
+                                               machine_id=machine_id)
         self.retention = Retention()
         self.retain_root = self.retention.retain_root
         self.retain_capabilities = self.retention.retain_capabilities
         self.refresh = InterfaceRefresh(scan, self.log)
         # the core's election for now; the modules have their say once configured (start)
         self.address = self._elect_address(ask_modules=False)
+        self._address_gone_since: int | None = None  #: agent second the address left
         self.delivery = Delivery(config, self.address, clock, sink)
         self.exporter = self.delivery.exporter
         self.polling = CounterPolling(host, self, self.exporter, self.health, self.once,
@@ -195,12 +205,14 @@ class Agent:
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Configure the modules, elect the address, drop root, then start the modules
-        inside ``loop``."""
+        inside ``loop``.
+
+        :raises PrivilegeError: the drop to :attr:`user` failed (the agent must not run on)."""
         self.loop = self.pipeline.loop = loop or asyncio.get_event_loop()
         self.refresh.watch(self.add_reader)
         self.configure()
         self._update_address()
-        self.retention.drop(self.user, self.config.drop_priv, self.log, self.health.count)
+        self.retention.drop(self.user, self.config.drop_priv, self.log)
         self.host.hook.sflow_start(agent=self)
         self.log.info(
             "started", agent_address=self.address, modules=sorted(self.host.states),
@@ -246,8 +258,9 @@ class Agent:
         self.host.hook.sflow_tick(agent=self, now=now)
         if self._sockets is not None:
             self._sockets.tick(now)
-        if self.refresh.refresh(self.seconds, self.config.refresh_adaptors):
-            self._update_address()
+        if self.refresh.refresh(self.seconds, self.config.refresh_adaptors) or (
+                self._address_gone_since is not None):
+            self._update_address(refreshed=True)
         self.pipeline.expire_holds(now)
         self.poll_counters()
         self.host.hook.sflow_tock(agent=self, now=now)
@@ -292,12 +305,28 @@ class Agent:
             self.once.warn("agent_address", "no_agent_address", fallback=FALLBACK_ADDRESS)
         return FALLBACK_ADDRESS
 
-    def _update_address(self) -> None:
+    def _update_address(self, refreshed: bool = False) -> None:
+        """Elect again; a new address restarts the datagram sequence.  After an interface
+        refresh (``refreshed``), an address that left every admin-up interface is kept for
+        :data:`ADDRESS_GRACE_SECONDS` (an interface removed and re-added, or down and up, a
+        DHCP renewal) rather than swapped for a worse one and back; a better one arriving
+        while the elected one is still there wins at once."""
         address = self._elect_address()
-        if address != self.address:
-            self.log.info("agent_address_changed", old=self.address, new=address)
-            self.address = address
-            self.exporter.restart(address)
+        if address == self.address:
+            self._address_gone_since = None
+            return
+        if (refreshed and self.address != FALLBACK_ADDRESS
+                and not is_candidate(self.interfaces, self.config, self.address)):
+            if self._address_gone_since is None:
+                self._address_gone_since = self.seconds
+                self.log.info("agent_address_gone", address=self.address, elected=address,
+                              grace_seconds=ADDRESS_GRACE_SECONDS)
+            if self.seconds - self._address_gone_since < ADDRESS_GRACE_SECONDS:
+                return
+        self._address_gone_since = None
+        self.log.info("agent_address_changed", old=self.address, new=address)
+        self.address = address
+        self.exporter.restart(address)
 
 
 def recording_agent(config: Any, host: ModuleHost, **kw: Any) -> tuple[Agent, RecordingSink]:

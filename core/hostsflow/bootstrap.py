@@ -12,7 +12,7 @@ import structlog
 
 from .config.parser import ConfigError
 from .config.registry import ConfigRegistry
-from .config.schema import module_blocks, parse_config_text
+from .config.schema import module_blocks, parse_config_text, read_config_text
 from .host.poller import HostPoller
 from .modules import ModuleInfo, ModuleHost, ModuleLoadError, installed_modules
 
@@ -80,9 +80,6 @@ def load(
 
 
 def load_file(path: str, **kw: Any) -> Loaded:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
-    except OSError as exc:
-        raise ConfigError(path, 0, f"cannot read config: {exc.strerror or exc}") from None
-    return load(text, path, **kw)
+    """:func:`load` on the text of config file ``path`` (refused unless a regular file of
+    sane size: :func:`~hostsflow.config.schema.read_config_text`)."""
+    return load(read_config_text(path), path, **kw)

@@ -15,10 +15,12 @@ if TYPE_CHECKING:
 SUSPEND_SECONDS = 5  # a second this late means the host was suspended: do not replay
 
 
-async def run_agent(agent: "Agent", reload: Callable[[], Any] | None = None) -> None:
+async def run_agent(agent: "Agent", reload: Callable[[], Any] | None = None,
+                    every_second: Callable[[], None] | None = None) -> None:
     """Start ``agent`` and run it until SIGTERM/SIGINT; SIGHUP calls ``reload()`` (which
     returns a new config or raises a config error that is logged while the old config stays
-    in force)."""
+    in force).  ``every_second()`` runs after each agent second; what it raises ends the run
+    (the agent is stopped, then the exception propagates)."""
     loop = asyncio.get_running_loop()
     stop: asyncio.Future[None] = loop.create_future()
 
@@ -44,6 +46,8 @@ async def run_agent(agent: "Agent", reload: Callable[[], Any] | None = None) -> 
             return
         try:
             agent.second()
+            if every_second is not None:
+                every_second()
         except Exception as exc:  # an error in the core's own second ends the run
             stop.set_exception(exc)
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import uuid
 from typing import Any
 
@@ -31,6 +32,7 @@ from hostsflow.config import (
     u32,
 )
 from hostsflow.config.options import device
+from hostsflow.config.schema import MAX_CONFIG_BYTES
 
 
 # A module's config classes, declared the way a module does it.
@@ -240,8 +242,13 @@ SCHEMA_ERRORS = [
      "udpport)"),
     # the first mistake in file order is reported, whether a key or a block
     ("sflow {\n foo { }\n collector { ip = 1.2.3.4 }\n bar = 1\n}",
-     "a.conf:2: unknown module 'foo' (installed: capture, nflog, tcp; perhaps pip install "
-     "hostsflow-foo)"),
+     "a.conf:2: unknown module 'foo' (installed: capture, nflog, tcp)"),
+    # a typo: the installed module it resembles, else the in-repo one (never a made-up name)
+    ("sflow {\n collector { ip = 1.2.3.4 }\n tpc { }\n}",
+     "a.conf:3: unknown module 'tpc'; did you mean 'tcp'? (installed: capture, nflog, tcp)"),
+    ("sflow {\n collector { ip = 1.2.3.4 }\n pcp { }\n}",
+     "a.conf:3: unknown module 'pcp'; did you mean 'pcap'? It is not installed: it comes with "
+     "hostsflow as hostsflow-pcap (plugins/pcap; installed: capture, nflog, tcp)"),
     ("sflow {\n bar = 1\n foo { }\n}", "a.conf:2: unknown key 'bar' in 'sflow' block "
      "(valid keys: agent, agent.cidr, agentIP, checkAdaptors, collector { }, datagramBytes, "
      "dropPriv, forgetVMs, headerBytes, polling, polling.<name>, refreshAdaptors, refreshVMs, "
@@ -314,8 +321,7 @@ def test_not_loaded_reason_and_empty_install_list() -> None:
                                "loaded: ImportError: no module named pyroute2")
     with pytest.raises(ConfigError) as info:
         parse_config_text("sflow { collector { ip = ::1 } Foo { } }", "b.conf")
-    assert str(info.value) == ("b.conf:1: unknown module 'Foo' (installed: none; perhaps pip "
-                               "install hostsflow-foo)")
+    assert str(info.value) == "b.conf:1: unknown module 'Foo' (installed: none)"
 
 
 def test_registry_status_and_module_mistakes() -> None:
@@ -406,8 +412,29 @@ def test_load_config_from_files(tmp_path: Any) -> None:
     latin1.write_bytes(b"# caf\xe9 au lait\n" + MINIMAL.encode())
     assert load_config(str(latin1)).collectors == [CollectorConfig("127.0.0.1")]
 
-    with pytest.raises(ConfigError, match="cannot read config file: Is a directory"):
+    with pytest.raises(ConfigError, match=r"not a regular file \(a directory\)"):
         load_config(str(tmp_path))
+
+
+def test_config_files_must_be_regular_files_of_sane_size(tmp_path):
+    """A FIFO is refused at once (no writer is waited for), /dev/zero is not read to the end
+    of memory, and a file over the limit is refused before it is read."""
+    fifo = tmp_path / "fifo.conf"
+    os.mkfifo(fifo)
+    for path, message in ((str(fifo), "not a regular file (a FIFO)"),
+                          ("/dev/zero", "not a regular file (a character device)")):
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        assert str(info.value) == f"{path}: {message}: a config file must be one"
+    huge = tmp_path / "huge.conf"
+    with open(huge, "wb") as f:
+        f.write(MINIMAL.encode())
+        f.truncate(MAX_CONFIG_BYTES + 1)
+    with pytest.raises(ConfigError, match=f"{MAX_CONFIG_BYTES + 1} bytes is too big"):
+        load_config(str(huge))
+    at_limit = tmp_path / "limit.conf"
+    at_limit.write_bytes(MINIMAL.encode() + b"#" * (MAX_CONFIG_BYTES - len(MINIMAL) - 1) + b"\n")
+    assert load_config(str(at_limit)).collectors == [CollectorConfig("127.0.0.1")]
 
 
 def test_installed_modules_render_valid_samples() -> None:

@@ -67,7 +67,7 @@ def c_derive(tmp_path_factory):
 
 def test_uuid_derivation_matches_c(c_derive):
     mids = list(MACHINE_IDS)
-    real = identity.machine_id()
+    real = identity.read_machine_id()
     if real is not None:
         mids.append(real.hex())
     mids += [os.urandom(16).hex() for _ in range(50)]
@@ -99,7 +99,7 @@ def test_machine_id_and_host_uuid():
             with open(path) as f:
                 text = f.read().strip()
             break
-    mid = identity.machine_id()
+    mid = identity.read_machine_id()
     if text is None:
         assert mid is None
     else:

@@ -161,32 +161,39 @@ def test_agent_runs_a_third_party_module(site: Path, tmp_path: Path) -> None:
 def test_config_prints_annotated_blocks_for_third_party_modules(site: Path) -> None:
     r = run(site, "config", "widget")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == [
-        "# a throw-away third-party module",
-        "widget {",
-        "  # the widget's colour [text]",
-        "  # colour = blue",
-        "  # how big [integer 1..9]",
-        "  # size = 3",
-        "  # polish it [on/off]",
-        "  # shiny = off",
+    lines = r.stdout.splitlines()
+    assert lines[lines.index("  widget {") - 1:lines.index("  widget {") + 9] == [
+        "  # a throw-away third-party module",
+        "  widget {",
+        "    # the widget's colour [text]",
+        "    # colour = blue",
+        "    # how big [integer 1..9]",
+        "    # size = 3",
+        "    # polish it [on/off]",
+        "    # shiny = off",
+        "  }",
         "}",
     ]
+    assert lines[1] == "sflow {"  # one block: the module's inside the agent's
     everything = run(site, "config")
     assert everything.returncode == 1  # the broken ones are named
-    assert "sflow {" in everything.stdout and "widget {" in everything.stdout
+    assert "sflow {" in everything.stdout and "  # widget {" in everything.stdout
     assert "# broken: not loaded: module 'broken' (hostsflow-broken)" in everything.stdout
     unknown = run(site, "config", "nosuch")
     assert unknown.returncode == 2 and "unknown module 'nosuch'" in unknown.stderr
 
 
 def test_sample_config_from_hostsflow_config_is_valid(site: Path, tmp_path: Path) -> None:
-    """What ``hostsflow config widget`` prints is a valid block: paste it and run."""
-    block = run(site, "config", "widget").stdout
+    """What ``hostsflow config widget`` prints is a valid config: save it and run."""
     conf = tmp_path / "h.conf"
-    conf.write_text("sflow {\n collector { ip = 127.0.0.1 }\n" + block + "}\n")
+    conf.write_text(run(site, "config", "widget").stdout)
     r = run(site, "-f", str(conf), "--test", "--test-seconds", "0", tool="agent_main")
     assert r.returncode == 0, r.stderr
+    assert '"widget"' in r.stderr  # enabled: the started line lists it among the modules
+    # everything, as printed: loads, and enables none of the modules
+    conf.write_text(run(site, "config").stdout)
+    r = run(site, "-f", str(conf), "--test", "--test-seconds", "0", tool="agent_main")
+    assert r.returncode == 0 and '"widget"' not in r.stderr, r.stderr
 
 
 # ---------------------------------------------------------------- in-process: specs and guards

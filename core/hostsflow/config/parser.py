@@ -9,6 +9,9 @@ This module knows the syntax only (no key names, no types).  The grammar is hsfl
 * ``{`` and ``}`` are tokens of their own even when glued to a word (``collector{ip=1.2.3.4}``);
 * ``"..."`` makes one token that may hold separators and braces (regexes); it ends on the same
   line;
+* a value may itself hold ``=`` and ``:`` unquoted (``bus = unix:path=/run/dbus/socket``): an
+  ``=`` glued on both sides to the value's text continues the value (hsflowd would split
+  there and then fail on the rest, so no file it accepts reads differently);
 * ``name {`` opens a block (the ``{`` may be on a later line), ``}`` closes it; blocks nest at
   most 3 deep (``sflow { opx { port { } } }``);
 * keys match case-insensitively (:attr:`Entry.norm`, :meth:`Block.get`).
@@ -97,6 +100,8 @@ class Token:
     text: str
     line: int
     kind: str  # "{", "}", "word" or "quoted"
+    #: a word that follows the previous token with a single ``=`` and no space in between
+    glued: bool = attrs.field(default=False, eq=False)
 
 
 def tokenize(text: str, file: str) -> Iterator[Token]:
@@ -105,12 +110,16 @@ def tokenize(text: str, file: str) -> Iterator[Token]:
     for lineno, raw in enumerate(text.split("\n"), 1):
         line = raw.split("#", 1)[0]
         pos, end = 0, len(line)
+        after_text = False  # the previous token on this line was a word or a quoted string
         while pos < end:
             m = _TOKEN_RE.match(line, pos)
             if m is None or m.end() == pos:  # only separators left
                 break
+            start = m.start(m.lastindex or 0)
+            glued = after_text and line[pos:start] == "="
             pos = m.end()
             brace, quoted, word = m.groups()
+            after_text = not brace
             if len(quoted or word or "") > MAX_TOKEN + (2 if quoted else 0):
                 raise ConfigError(file, lineno, f"'{(quoted or word)[:20]}...' is longer than "
                                   f"{MAX_TOKEN} characters")
@@ -128,7 +137,7 @@ def tokenize(text: str, file: str) -> Iterator[Token]:
                 if pos < end and line[pos] == '"':
                     raise ConfigError(file, lineno, f"stray '\"' after '{word}' (put the whole "
                                       "value in quotes)")
-                yield Token(word, lineno, "word")
+                yield Token(word, lineno, "word", glued)
 
 
 def parse(text: str, file: str) -> Block:
@@ -139,7 +148,19 @@ def parse(text: str, file: str) -> Block:
     stack = [root]
     pending: Token | None = None  # a key/block name waiting for its value or '{'
     last_entry: Entry | None = None
+    value_just_read = False  # the previous token was last_entry's value
     for tok in tokenize(text, file):
+        if value_just_read and tok.glued and last_entry is not None:
+            # ``key = a=b``: the value goes on through the '='
+            value = f"{last_entry.value}={tok.text}"
+            if len(value) > MAX_TOKEN:
+                raise ConfigError(file, tok.line, f"'{value[:20]}...' is longer than "
+                                  f"{MAX_TOKEN} characters")
+            glued = Entry(last_entry.key, value, last_entry.line)
+            stack[-1].entries[-1] = glued
+            last_entry = glued
+            continue
+        value_just_read = False
         if pending is not None:
             if tok.kind == "{":
                 if len(stack) > MAX_DEPTH:
@@ -155,6 +176,7 @@ def parse(text: str, file: str) -> Block:
             last_entry = Entry(pending.text, tok.text, pending.line)
             stack[-1].entries.append(last_entry)
             pending = None
+            value_just_read = True
             continue
         if tok.kind == "}":
             if len(stack) == 1:

@@ -9,6 +9,7 @@ name that nobody declared is then either an installed module that did not load, 
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,6 +40,8 @@ from .options import (  # noqa: F401  (re-exported: modules import them from her
 
 #: block names the core itself owns; a module cannot declare them
 RESERVED = frozenset({"sflow", "collector"})
+#: the modules that come with hostsflow (plugins/NAME): module name -> distribution
+KNOWN_MODULES = {name: f"hostsflow-{name}" for name in ("pcap", "nflog", "ulog", "systemd", "tcp")}
 
 
 @attrs.frozen
@@ -97,14 +100,24 @@ class ConfigRegistry:
         return "installed" if key in self.installed else "unknown"
 
     def problem(self, name: str) -> str:
-        """The message for a block ``name`` that was not declared."""
+        """The message for a block ``name`` that was not declared: the installed module it
+        resembles, else the in-repo module it resembles (never a made-up distribution name)."""
         key = name.lower()
         if key in self.installed:
             why = self.load_errors.get(key)
             return (f"module '{name}' is installed ({self.installed[key]}) but not loaded"
                     + (f": {why}" if why else ""))
-        names = ", ".join(sorted(set(self.installed) | set(self.specs))) or "none"
-        return f"unknown module '{name}' (installed: {names}; perhaps pip install hostsflow-{key})"
+        present = sorted(set(self.installed) | set(self.specs))
+        names = ", ".join(present) or "none"
+        close = difflib.get_close_matches(key, sorted(set(present) | set(KNOWN_MODULES)), n=1,
+                                          cutoff=0.6)
+        if close and close[0] in present:
+            return f"unknown module '{name}'; did you mean '{close[0]}'? (installed: {names})"
+        if close:
+            return (f"unknown module '{name}'; did you mean '{close[0]}'? It is not installed: "
+                    f"it comes with hostsflow as {KNOWN_MODULES[close[0]]} (plugins/{close[0]}; "
+                    f"installed: {names})")
+        return f"unknown module '{name}' (installed: {names})"
 
 
 # ---------------------------------------------------------------- sample config

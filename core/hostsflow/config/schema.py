@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
 import re
+import stat
 from typing import Any
 
 import attrs
@@ -389,16 +391,46 @@ def parse_config_text(text: str, filename: str, registry: ConfigRegistry | None 
     return config
 
 
+#: the largest config file read (hsflowd configs are a few kB; 10,000 collectors fit)
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def read_config_text(path: str) -> str:
-    """The text of config file ``path``; :class:`ConfigError` if unreadable."""
+    """The text of config file ``path``; :class:`ConfigError` if it is unreadable, not a
+    regular file (a FIFO would block, /dev/zero never ends) or over :data:`MAX_CONFIG_BYTES`."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise ConfigError(path, 0, f"cannot read config file: {exc.strerror or exc}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ConfigError(path, 0, f"not a regular file ({_file_kind(st.st_mode)}): a "
+                          "config file must be one")
+    with os.fdopen(fd, "rb") as f:
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(path, 0, f"{st.st_size} bytes is too big for a config file "
+                              f"(at most {MAX_CONFIG_BYTES})")
+        try:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(path, 0, f"cannot read config file: {exc.strerror or exc}") from None
+        if len(data) > MAX_CONFIG_BYTES:  # it grew while being read
+            raise ConfigError(path, 0, f"more than {MAX_CONFIG_BYTES} bytes is too big for a "
+                              "config file")
     # hsflowd reads bytes: old files may hold Latin-1 comments.  Undecodable bytes become U+FFFD,
     # which the parser refuses outside comments.
     return data.decode("utf-8", errors="replace")
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a plain file"
 
 
 def load_config(path: str, registry: ConfigRegistry | None = None, *,
@@ -409,18 +441,32 @@ def load_config(path: str, registry: ConfigRegistry | None = None, *,
 
 
 def render_config(registry: ConfigRegistry | None = None,
-                  modules: list[str] | None = None) -> str:
+                  modules: list[str] | None = None,
+                  enabled: list[str] | None = None, notes: list[str] = ()) -> str:
     """An annotated sample config: the sflow block with a collector, plus the ``modules``
-    blocks (default: every declared one), for ``hostsflow config``."""
+    blocks (default: every declared one) inside it, for ``hostsflow config``.  Blocks not in
+    ``enabled`` (default: all are) are commented out, so the text loads as it stands and
+    enables only what was asked for; ``notes`` are comment lines added inside the block."""
     from .registry import render_block
 
     text = render_block("sflow", AgentConfig, "hostsflow agent settings")
     specs = registry.specs if registry is not None else {}
-    names = modules if modules is not None else list(specs)
+    names = modules if modules is not None else sorted(specs)
     unknown = [m for m in names if m.lower() not in specs]
     if unknown:
         raise ValueError(f"no declared block named {', '.join(unknown)}")
-    chosen = [specs[m.lower()] for m in names]
-    blocks = [render_block(s.name, s.cls, s.help, 1, s.repeatable) for s in chosen]
+    on = {m.lower() for m in (names if enabled is None else enabled)}
+    blocks = []
+    for spec in (specs[m.lower()] for m in names):
+        block = render_block(spec.name, spec.cls, spec.help, 1, spec.repeatable)
+        if spec.name not in on:
+            block = "\n".join(_commented(line) for line in block.splitlines())
+        blocks.append(block)
     lines = text.splitlines()
-    return "\n".join(lines[:-1] + blocks + lines[-1:]) + "\n"
+    return "\n".join(lines[:-1] + [f"  # {n}" for n in notes] + blocks + lines[-1:]) + "\n"
+
+
+def _commented(line: str) -> str:
+    """``line`` as a comment, at its own indentation."""
+    body = line.lstrip(" ")
+    return f"{line[:len(line) - len(body)]}# {body}"

@@ -255,6 +255,15 @@ def elect_agent_address(
     return None
 
 
+def is_candidate(interfaces: InterfaceTable, config: Any, address: str) -> bool:
+    """True while ``address`` is still one an election could choose: on an admin-up
+    interface (or ``agentIP`` itself)."""
+    if address == config.agent_ip:
+        return True
+    cidrs = [str(c) for c in config.agent_cidr]
+    return any(c.address == address for c in candidates(interfaces, config.agent, cidrs))
+
+
 def choose_agent_address(
     interfaces: InterfaceTable, config: Any, ask: Callable[[list[str]], str | None] | None,
 ) -> str | None:

@@ -52,7 +52,7 @@ def parse_hex_id(text: str, length: int = 16) -> bytes | None:
     return raw if len(raw) == length else None
 
 
-def machine_id() -> bytes | None:
+def read_machine_id() -> bytes | None:
     """The 16-byte machine-id from /etc/machine-id (or the D-Bus copy), or None."""
     for path in MACHINE_ID_PATHS:
         try:
@@ -62,6 +62,10 @@ def machine_id() -> bytes | None:
         if mid is not None:
             return mid
     return None
+
+
+#: the name the host package exports
+machine_id = read_machine_id
 
 
 def system_uuid() -> bytes | None:
@@ -107,9 +111,10 @@ def uuid_from_machine_id(
     return bytes(u)
 
 
-def host_uuid(override: str | bytes | None = None) -> bytes:
+def host_uuid(override: str | bytes | None = None, machine_id: bytes | None = None) -> bytes:
     """The host UUID: ``override`` (config ``uuid=`` or ``-u``), else the system UUID, else
-    derived from the machine-id, else 16 zero bytes (hsflowd then sends zeros too)."""
+    derived from the machine-id (``machine_id``, hsflowd's ``-m``, else the host's), else 16
+    zero bytes (hsflowd then sends zeros too)."""
     if isinstance(override, bytes) and len(override) == 16:
         return override
     if isinstance(override, str):
@@ -120,7 +125,7 @@ def host_uuid(override: str | bytes | None = None) -> bytes:
     u = system_uuid()
     if u is not None:
         return u
-    mid = machine_id()
+    mid = machine_id or read_machine_id()
     return uuid_from_machine_id(mid) if mid is not None else b"\0" * 16
 
 

@@ -10,11 +10,13 @@ batch to ``agent.take_batch``.
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
 import attrs
 from hostsflow import AgentAPI, hookimpl
+from hostsflow.privileges import has_capability
 
 from .config import PcapConfig
 from .tap import DEFAULT_TIMEOUT_MS, Tap, TapError
@@ -44,8 +46,13 @@ class PcapModule:
         self.agent: Any = None  # the AgentAPI, from sflow_configure on
         self.log: Any = None
         self.taps: dict[str, Tap] = {}
+        #: the last sample pool per ifIndex of a closed tap: a tap re-opened on that data
+        #: source counts on from it, as its sequence numbers do
+        self.pool_ends: dict[int, int] = {}
         self.started = False
         self.timeout_ms = DEFAULT_TIMEOUT_MS
+        self.unprivileged = False  #: no CAP_NET_RAW: no tap can open, said once at configure
+        self.missing: set[str] = set()  #: devices named with dev = that do not exist (logged)
 
     # ------------------------------------------------------------------ hooks
 
@@ -62,6 +69,16 @@ class PcapModule:
         self.log = agent.logger(NAME)
         # Capture sockets need CAP_NET_RAW, also for devices that appear after start-up (as
         # nobody with only this capability libpcap opens, sets promiscuous mode and the ring).
+        if not has_capability("CAP_NET_RAW"):
+            # libpcap would fail on every device with an obscure status (lo: "unsupported link
+            # type -3"): say what is missing, once, and stay out of the way
+            self.unprivileged = True
+            self.log.error("pcap_not_permitted", uid=os.geteuid(),
+                           detail="capturing packets needs root or CAP_NET_RAW, which this "
+                                  "agent does not have: the pcap module samples nothing "
+                                  "(run hostsflowd as root, or give it CAP_NET_RAW)")
+            agent.count("faults.pcap_not_permitted")
+            return
         agent.retain_capabilities(
             "CAP_NET_RAW", reason="pcap: open taps on devices that appear or come back later")
         self.sync()
@@ -103,6 +120,14 @@ class PcapModule:
         """The taps the config asks for among the devices present now (first block wins)."""
         agent = self.agent
         out: dict[str, Want] = {}
+        present = {iface.name for iface in agent.interfaces}
+        missing = {b.dev for b in self.blocks() if b.dev is not None and b.dev not in present}
+        for dev in sorted(missing - self.missing):
+            self.log.warning("pcap_device_missing", dev=dev,
+                             detail="no such device (yet): tapped as soon as it appears")
+        for dev in sorted(self.missing - missing):
+            self.log.info("pcap_device_appeared", dev=dev)
+        self.missing = missing
         for block in self.blocks():
             for iface in agent.interfaces:
                 if iface.name in out or not block.selects(iface.name, iface.kind, iface.speed):
@@ -122,7 +147,7 @@ class PcapModule:
 
     def sync(self) -> None:
         """Bring the open taps in line with the config and the interface table."""
-        if self.agent is None:
+        if self.agent is None or self.unprivileged:
             return
         wanted = self.wanted()
         for name, tap in list(self.taps.items()):
@@ -149,7 +174,7 @@ class PcapModule:
             tap = Tap(
                 want.name, want.ifindex, want.mac, want.rate, snaplen=snaplen,
                 promisc=want.promisc, buffer_bytes=want.buffer, timeout_ms=self.timeout_ms,
-                loopback=want.loopback,
+                loopback=want.loopback, pool_start=self.pool_ends.get(want.ifindex, 0),
             )
         except TapError as exc:
             agent.warn_once(f"pcap_open:{want.name}", "pcap_open_failed", dev=want.name,
@@ -186,6 +211,7 @@ class PcapModule:
         if fd >= 0 and self.started:
             self.agent.remove_reader(fd)
         tap.close()
+        self.pool_ends[tap.ifindex] = tap.last_pool
         self.log.info("tap_closed", dev=name, ifindex=tap.ifindex, reason=reason,
                       samples=tap.samples)
 

@@ -96,10 +96,10 @@ class SamplePool:
 
     __slots__ = ("_last_raw", "counter", "prev_total", "total")
 
-    def __init__(self, counter: PacketCounter) -> None:
+    def __init__(self, counter: PacketCounter, start: int = 0) -> None:
         self.counter = counter
-        self.total = 0
-        self.prev_total = 0
+        self.total = start  #: where a re-opened tap's data source left off
+        self.prev_total = start
         self._last_raw = counter.read()
 
     def update(self) -> tuple[int, int]:

@@ -9,6 +9,7 @@ batches (``next_batch`` until a short read) and hands the sampled packets over a
 
 from __future__ import annotations
 
+import math
 import struct
 import time
 from typing import Any
@@ -67,6 +68,23 @@ class TapError(Exception):
     """The tap cannot be opened or has stopped working (e.g. its interface went away)."""
 
 
+#: libpcap's negative status codes (pcap/pcap.h), as an operator would put them
+_PCAP_ERRORS = {
+    -1: "libpcap error",
+    -3: "capture not activated (libpcap refused it: usually missing root or CAP_NET_RAW)",
+    -4: "the device is already being captured with these settings",
+    -5: "no such device",
+    -7: "the device does not support monitor mode",
+    -8: "permission denied: capturing needs root or CAP_NET_RAW",
+    -9: "the device is not up",
+    -11: "promiscuous mode not permitted",
+}
+
+
+def _activate_error(status: int) -> str:
+    return _PCAP_ERRORS.get(status, f"libpcap status {status}")
+
+
 class Tap:
     """A sampling capture on one interface (one ``pcap { }`` block matched to one device).
 
@@ -77,6 +95,8 @@ class Tap:
     :param snaplen: bytes kept per sampled frame (``headerBytes``).
     :param buffer_bytes: capture ring size (None: :func:`default_ring_bytes` for ``rate``).
     :param loopback: the device is a loopback (libpcap shows each packet once, not twice).
+    :param pool_start: the sample pool to count on from (a tap re-opened on the data source
+        of one before it).
     """
 
     def __init__(
@@ -90,6 +110,7 @@ class Tap:
         buffer_bytes: int | None = None,
         timeout_ms: int = DEFAULT_TIMEOUT_MS,
         loopback: bool = False,
+        pool_start: int = 0,
     ) -> None:
         self.name = name
         self.ifindex = ifindex
@@ -109,6 +130,10 @@ class Tap:
         self.drops_total = 0
         self.new_drops = 0  #: ring drops the kernel reported since the previous batch
         self._pool: SamplePool | None = None
+        #: the pool given to the last sample (a tap re-opened on the same data source starts
+        #: where the previous one left off: the data source's sequence numbers run on)
+        self._last_pool = pool_start
+        self._last_time = time.time()  #: when the packet at ``_last_pool`` passed (about)
         self.ring_bytes = buffer_bytes or default_ring_bytes(rate)  #: the ring it opened with
         self._open(self.ring_bytes, timeout_ms)
 
@@ -121,12 +146,16 @@ class Tap:
             cap.set_promisc(1 if self.promisc else 0)
             cap.set_timeout(timeout_ms)
             cap.set_buffer_size(buffer_bytes)
-            cap.activate()
+            status = cap.activate()
         except pcapy.PcapError as exc:
             raise TapError(f"{self.name}: {exc}") from exc
         self._cap = cap
         try:
+            if isinstance(status, int) and status < 0:
+                raise TapError(f"{self.name}: {_activate_error(status)}")
             dlt = cap.datalink()
+            if dlt < 0:  # activation failed without saying so
+                raise TapError(f"{self.name}: {_activate_error(dlt)}")
             if dlt not in (DLT_EN10MB, DLT_RAW, DLT_RAW_ALT):
                 raise TapError(f"{self.name}: unsupported link type {dlt}")
             self._dlt = dlt
@@ -137,7 +166,8 @@ class Tap:
             # away, then start counting the pool and the drops from here.
             self._discard()
             self._last_drop = self._drops_now()
-            self._pool = SamplePool(PacketCounter(self.name, self.ifindex, self.loopback))
+            self._pool = SamplePool(PacketCounter(self.name, self.ifindex, self.loopback),
+                                    start=self._last_pool)
         except (pcapy.PcapError, OSError) as exc:
             self.close()
             raise TapError(f"{self.name}: {exc}") from exc
@@ -202,6 +232,11 @@ class Tap:
             if len(meta) < BATCH * 16:
                 return
 
+    @property
+    def last_pool(self) -> int:
+        """The sample pool of the last sample taken (where a re-opened tap starts)."""
+        return self._last_pool
+
     def tick(self) -> None:
         """Once a second: read the interface counters, so the interpolation window after an
         idle spell is short."""
@@ -237,20 +272,48 @@ class Tap:
         length.  This loop runs for every sampled packet: plain tuples, locals only."""
         pool = self._pool
         assert pool is not None
-        p0, p1 = pool.update()
+        _, p1 = pool.update()
+        now = time.time()
         k = 0
         for _, meta in chunks:
             k += len(meta) >> 4
-        # the i-th of k samples sits on average at (i+1)/(k+1) of the packets counted since
-        # the previous reading (a uniform random subset), whatever the timing
-        step = (p1 - p0) / (k + 1)
-        rank = 0
         # sFlow's drops is the sampler's running total: add only the kernel's increase since
         # the last read (hsflowd adds the cumulative count again on every sample)
         drop_now = self._drops_now()
         self.new_drops = max(drop_now - self._last_drop, 0)
         self.drops_total += self.new_drops
         self._last_drop = drop_now
+        # These k frames are a uniform random subset of the packets counted since the last
+        # sample (pool ``base`` at ``self._last_time``), but only of those up to the last
+        # frame: the reading also counts packets after it, whose sampled frames the ring has
+        # not handed over yet.  So the batch covers n of the counted packets: the share that
+        # passed by its last frame's time, and no more than k frames (plus the ring's drops)
+        # can stand for at 1 in r: r per frame on average, three standard deviations above
+        # (none at 1 in 1, where every packet is a frame).  The i-th frame sits on average at
+        # packet i(n+1)/(k+1); the rest carries over to the next batch.  A pool never falls
+        # behind the samples it holds: if the counters show fewer packets than frames (a
+        # driver that updates its statistics late), each sample adds one.
+        base = self._last_pool
+        span = p1 - base
+        since = self._last_time
+        self._last_time = now
+        if span > k:
+            meta = chunks[-1][1]
+            sec, usec = _META.unpack_from(meta, len(meta) - 16)[:2]
+            last_time = sec + usec * 1e-6
+            if 0.0 < last_time - since < now - since:
+                span = int(span * (last_time - since) / (now - since))
+                self._last_time = last_time
+            rate = self.rate if self.rate > 0 else 1
+            mean = (k + self.new_drops) * rate
+            most = int(mean + 3.0 * math.sqrt(mean * (rate - 1)))
+            if span > most:
+                span = most
+                self._last_time = last_time
+            if span < k:
+                span = k
+        step = (span + 1) / (k + 1) if span >= k else 1.0
+        rank = 0
 
         snaplen, mac, ifindex = self.snaplen, self.mac, self.ifindex
         packets: list[tuple[int, int, int, int, int, int, bytes, float]] = []
@@ -267,10 +330,10 @@ class Tap:
                     else:
                         flen = ethernet_length(pkt, caplen, snaplen) + FCS
                     if mac is not None and pkt[6:12] == mac:
-                        append((p0 + int(rank * step), INTERNAL_IFINDEX, ifindex, DIRECTION_SENT,
+                        append((base + int(rank * step), INTERNAL_IFINDEX, ifindex, DIRECTION_SENT,
                                 HEADER_ETHERNET, flen, pkt, sec + usec * 1e-6))
                     else:
-                        append((p0 + int(rank * step), ifindex, INTERNAL_IFINDEX,
+                        append((base + int(rank * step), ifindex, INTERNAL_IFINDEX,
                                 DIRECTION_RECEIVED, HEADER_ETHERNET, flen, pkt, sec + usec * 1e-6))
         else:
             # hsflowd: a link without a MAC header counts 14 bytes of it as stripped
@@ -289,9 +352,10 @@ class Tap:
                         continue
                     rank += 1
                     flen = raw_ip_length(pkt, caplen, snaplen) + FCS + ETH_HLEN
-                    append((p0 + int(rank * step), 0, 0, DIRECTION_UNKNOWN, proto, flen, pkt,
+                    append((base + int(rank * step), 0, 0, DIRECTION_UNKNOWN, proto, flen, pkt,
                             sec + usec * 1e-6))
         self.samples += len(packets)
+        self._last_pool = base + int(rank * step)
         return PacketBatch(self.source, self.rate, self.drops_total & 0xFFFFFFFF, stripped,
                            packets)
 

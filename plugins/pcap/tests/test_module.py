@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import pytest
+import structlog
 from hostsflow.bootstrap import load
 from hostsflow.config import ConfigError
 from hostsflow.packet import decode_sampled_header
@@ -89,6 +90,20 @@ def test_loopback_tap_feeds_batches_with_pool_and_direction() -> None:
         assert pools == sorted(pools) and pools[-1] >= len(samples) - 2 >= 298
         assert plugin.status()["lo"]["samples"] == len(samples)
     assert plugin.taps == {}  # sflow_final closed it
+
+
+@root
+def test_a_named_device_that_does_not_exist_is_said_once() -> None:
+    """``pcap { dev = nosuchif }``: a warning naming the device (once, not every second) and
+    the module keeps watching for it."""
+    plugin = PcapModule()
+    with structlog.testing.capture_logs() as logs:
+        with AgentHarness(conf("pcap { dev = nosuchif0 }"), modules={"pcap": plugin}) as h:
+            h.tick(3)
+            assert plugin.missing == {"nosuchif0"} and plugin.taps == {}
+    missing = [e for e in logs if e.get("event") == "pcap_device_missing"]
+    assert len(missing) == 1 and missing[0]["dev"] == "nosuchif0", logs
+    assert "no such device" in missing[0]["detail"] and missing[0]["log_level"] == "warning"
 
 
 @root

@@ -28,7 +28,8 @@ class SystemdConfig:
              "keep it above two seconds' worth of new connections")
     dropPriv: bool = option(
         False, converter=on_off,
-        help="allow the agent to drop root (per-process /proc/PID/io fallback is then skipped)")
+        help="off: keep CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH after the drop, for the "
+             "per-process /proc/PID/io fallback; on: skip that fallback and keep neither")
 
     def slices(self) -> list[str]:
         return list(self.slice) or ["system.slice"]

@@ -126,7 +126,9 @@ class UnitWatcher:
             except DBusErrorResponse as exc:
                 reason = f"{exc.name}: {exc.data[0] if exc.data else ''}"
             except (OSError, EOFError, ConnectionError, asyncio.TimeoutError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
+                # the bus address, which an OSError from connect() does not name
+                reason = (f"cannot reach D-Bus at {describe_bus(self.address)}: "
+                          f"{type(exc).__name__}: {exc}")
             except Exception as exc:  # jeepney RouterClosed, auth failure, parser errors
                 reason = f"{type(exc).__name__}: {exc}"
             if self.connected:

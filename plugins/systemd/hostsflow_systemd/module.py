@@ -56,7 +56,10 @@ class SystemdModule:
                                   lambda: agent.address, allow_proc_io=not self.cfg.dropPriv,
                                   now=agent.now)
         if not self.cfg.dropPriv:
-            agent.retain_root("systemd: read /proc/PID/io of services' processes")
+            # /proc/PID/io of another user's process: mode 0400 (CAP_DAC_READ_SEARCH) and a
+            # ptrace read check (CAP_SYS_PTRACE); root itself is not needed
+            agent.retain_capabilities("CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH",
+                                      reason="systemd: read /proc/PID/io of services' processes")
         if self.cfg.markTraffic:
             self.marker = Marker(self.table, agent.sockets, agent.now)
             if mounts.v2 is None:
@@ -69,9 +72,8 @@ class SystemdModule:
                 self._cover(mounts.find_dirs(self.cfg.slices()))
                 if agent.sockets.recording:  # the owner log counts each service's traffic
                     self.table.traffic = agent.sockets.cgroup_traffic
-                if self.cfg.dropPriv:
-                    agent.retain_capabilities("CAP_BPF", "CAP_NET_ADMIN",
-                                              reason="systemd: trace connections of new slices")
+                agent.retain_capabilities("CAP_BPF", "CAP_NET_ADMIN",
+                                          reason="systemd: trace connections of new slices")
 
     def _cover(self, directories: Any) -> None:
         """Have the owner log cover these cgroup2 directories (the slices' own)."""

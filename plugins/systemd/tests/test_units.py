@@ -225,7 +225,7 @@ def test_marker_never_reuses_a_udp_mark():
 def _run_without_systemd(bus: str, seconds: float):
     plugin = SystemdModule()
     conf = ("sflow {\n collector { ip = 127.0.0.1 }\n polling = 1\n"
-            f" systemd {{\n  bus = \"{bus}\"\n  markTraffic = on\n }}\n}}\n")
+            f" systemd {{\n  bus = {bus}\n  markTraffic = on\n }}\n}}\n")  # unquoted
     with structlog.testing.capture_logs() as logs:
         h = AgentHarness(conf, modules={"systemd": plugin}, host_poller=True)
         try:
@@ -248,7 +248,25 @@ def test_no_systemd_one_message_and_retries():
     plugin, msgs = _run_without_systemd("unix:path=/nonexistent/hostsflow-test-bus", 3.5)
     assert len(msgs) == 1, msgs
     assert "FileNotFoundError" in msgs[0]["detail"] or "No such file" in msgs[0]["detail"]
+    # the message names where the bus was looked for
+    assert "unix:path=/nonexistent/hostsflow-test-bus" in msgs[0]["detail"], msgs[0]
     assert plugin.watcher is not None and plugin.watcher.syncs == 0
+
+
+def test_unreachable_system_bus_names_its_address(monkeypatch):
+    """No ``bus =``: the system bus, whose address (DBUS_SYSTEM_BUS_ADDRESS here) is named."""
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent/hostsflow-system-bus")
+    plugin = SystemdModule()
+    conf = "sflow {\n collector { ip = 127.0.0.1 }\n systemd { }\n}\n"
+    with structlog.testing.capture_logs() as logs:
+        h = AgentHarness(conf, modules={"systemd": plugin}, host_poller=True)
+        try:
+            h.start()
+            h.run_loop(1.5)
+        finally:
+            h.stop()
+    msgs = [e for e in logs if e.get("event") == "systemd_unreachable"]
+    assert msgs and "unix:path=/nonexistent/hostsflow-system-bus" in msgs[0]["detail"], msgs
 
 
 @pytest.fixture
@@ -280,3 +298,19 @@ def test_bus_without_systemd_one_message(bare_bus):
     plugin, msgs = _run_without_systemd(bare_bus, 3.5)
     assert len(msgs) == 1, msgs
     assert "ServiceUnknown" in msgs[0]["detail"] or "NameHasNoOwner" in msgs[0]["detail"]
+
+
+@pytest.mark.parametrize("drop_priv, kept", [("off", {"CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH"}),
+                                             ("on", set())])
+def test_reading_proc_io_keeps_two_capabilities_not_root(drop_priv, kept):
+    """/proc/PID/io of another user's process needs CAP_DAC_READ_SEARCH (the file is 0400)
+    and CAP_SYS_PTRACE (its ptrace read check); the module asks for those, never for root."""
+    conf = ("sflow {\n collector { ip = 127.0.0.1 }\n"
+            f" systemd {{ bus = unix:path=/nonexistent/hsf dropPriv = {drop_priv} }}\n}}\n")
+    h = AgentHarness(conf, modules={"systemd": SystemdModule()})
+    try:
+        h.start()
+        assert h.agent.root_reasons == []
+        assert set().union(*h.agent.kept_capabilities.values()) == kept
+    finally:
+        h.stop()
