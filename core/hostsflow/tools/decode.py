@@ -274,8 +274,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_args(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Run with parsed options; returns the exit status (1 if any datagram was malformed
-    when reading a file, or the address cannot be listened on; 2 for a file that cannot be
-    read).  Every failure is one line on stderr."""
+    when reading a file, or the address cannot be listened on; 2 for an address that is not
+    one or a file that cannot be read).  Every failure is one line on stderr."""
     out = out if out is not None else sys.stdout
     try:
         if args.file:
@@ -288,9 +288,12 @@ def run_args(args: argparse.Namespace, out: TextIO | None = None) -> int:
         try:
             run_decode(args.listen, json=args.json, count=args.count, out=out,
                        timeout=args.timeout, allow=source_filter(args.allow))
-        except (ValueError, OSError) as exc:
+        except ValueError as exc:  # an address that is not one
+            print(f"hostsflow decode: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
             print(f"hostsflow decode: cannot listen on {args.listen}: "
-                  f"{getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+                  f"{exc.strerror or exc}", file=sys.stderr)
             return 1
     except KeyboardInterrupt:
         pass
