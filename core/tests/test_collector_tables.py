@@ -239,7 +239,10 @@ def test_hints_name_the_real_cause():
     assert "name no service" in unknown
     stale = _status({})
     stale.age = 1000
-    assert any("1000 s ago" in n for n in notices(snap, stale))
+    assert any("1000 s ago" in n and "may be gone" in n for n in notices(snap, stale))
+    gone = _status({}, pid=2**22 + 1)  # above pid_max's default ceiling: no such process
+    gone.age = 1000
+    assert any(f"(pid {2**22 + 1}) that wrote it is gone" in n for n in notices(snap, gone))
 
 
 # ---------------------------------------------------------------- top's screen

@@ -20,6 +20,8 @@ from typing import Any
 
 import attrs
 
+from ..daemon_args import agent_alive
+
 MAX_STATUS_BYTES = 4 << 20
 STALE_AFTER = 60.0  # seconds: the agent rewrites its status every few seconds
 
@@ -148,9 +150,13 @@ def notices(snap: Any, status: AgentStatus | None) -> list[str]:
         out.append(hint)
     if status is not None and status.age is not None and status.age > STALE_AFTER:
         pid = status.raw.get("pid")
-        who = f" (pid {pid})" if isinstance(pid, int) else ""
+        if isinstance(pid, int) and not isinstance(pid, bool):
+            fate = "is gone" if not agent_alive(pid) else "runs but has stopped writing it"
+            who = f" (pid {pid})"
+        else:
+            fate, who = "may be gone", ""
         out.append(f"The agent's status file {status.path} was last written "
-                   f"{status.age:.0f} s ago: the agent{who} that wrote it may be gone.")
+                   f"{status.age:.0f} s ago: the agent{who} that wrote it {fate}.")
     st = snap.stats
     refused = [(st.services_refused, "service names"), (st.agents_refused, "agents"),
                (st.keys_refused, "per-second keys")]
