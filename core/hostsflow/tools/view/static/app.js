@@ -276,10 +276,12 @@ async function queryFlows() {
     top: document.getElementById("flow-top").value});
   if (state.zoom) { params.set("start", state.zoom[0]); params.set("end", state.zoom[1]); }
   const err = document.getElementById("flow-error");
+  const asked = state.flowAsked = (state.flowAsked || 0) + 1;
   let res;
   try {
     const r = await fetch("/api/flows?" + params.toString());
     res = await r.json();
+    if (asked !== state.flowAsked) return;  // a later question was asked: its answer counts
     if (!r.ok) { err.textContent = res.error || ("error " + r.status); return; }
   } catch (e) {
     err.textContent = "breakdown unavailable: " + e; return;
