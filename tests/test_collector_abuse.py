@@ -345,3 +345,41 @@ def test_decode_json_never_prints_nan_or_infinity(tmp_path):
     rec = doc["samples"][0]["records"][0]
     assert (rec["load_one"], rec["load_five"], rec["load_fifteen"]) == \
         ("NaN", "Infinity", "-Infinity")
+
+
+# ---------------------------------------------------------------- top on a terminal
+
+
+def test_top_quits_on_q_with_status_0(tmp_path):
+    """``hostsflow top`` on a real terminal (a pty): it draws, ``q`` ends it with status 0 and
+    the terminal's mode is given back."""
+    pytest.importorskip("rich")
+    import os
+    import pty
+    import select
+    import termios
+
+    port = kit.free_port(socket.SOCK_DGRAM)
+    controller, terminal = pty.openpty()
+    before = termios.tcgetattr(terminal)
+    proc = subprocess.Popen([sys.executable, "-c", kit.TOOLS, "top", "--listen-sflow",
+                             f"127.0.0.1:{port}", "--status-file", str(tmp_path / "none.json")],
+                            stdin=terminal, stdout=terminal, stderr=terminal,
+                            env={**os.environ, "TERM": "xterm", "COLUMNS": "140"})
+    screen = b""
+    try:
+        deadline = time.monotonic() + 20
+        while b"Traffic by service" not in screen and time.monotonic() < deadline:
+            if select.select([controller], [], [], 0.5)[0]:
+                screen += os.read(controller, 65536)
+        assert b"Traffic by service" in screen, screen[-2000:]
+        assert b"none yet" in screen
+        os.write(controller, b"q")
+        assert proc.wait(10) == 0
+        assert termios.tcgetattr(terminal)[3] == before[3]  # echo and canonical mode back
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(controller)
+        os.close(terminal)
