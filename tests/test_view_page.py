@@ -7,6 +7,7 @@ what a person reads when the numbers need explaining, and names chosen to break 
 * services named ``toString``, ``__proto__``, ``constructor`` and ``other``: each is a legend
   row of its own, with its own rate, apart from "other (no service)";
 * "Break down other" lists the unmarked traffic by protocol, addresses and port;
+* the chart's time axis has short labels (``12:05:30``) at least 60 px apart, not run together;
 * the browser logs no error (the page runs under its Content-Security-Policy).
 
 Screenshots are kept under ``tests/artifacts/``.
@@ -138,11 +139,21 @@ def test_page_explains_itself_and_keeps_hostile_names_apart(tmp_path, capsys):
             "the breakdown of other")
         assert cells[0][:4] == ["udp", "198.51.100.9", "192.0.2.1", "53"], cells
         driver.save_screenshot(str(ARTIFACTS / "view-other-broken-down.png"))
+        # the chart's time axis: short labels, far enough apart not to run together
+        axis = _poll(lambda: driver.execute_script("""
+            const u = state.plot, a = u && u.axes[0];
+            if (!a || !a._values || a._values.length < 2) return null;
+            return a._splits.map((t, i) => [String(a._values[i]), u.valToPos(t, "x")]);"""),
+            30, "two labelled ticks on the chart's time axis")
+        labels = [text for text, _ in axis]
+        assert all(len(t) <= 8 and t.count(":") in (1, 2) for t in labels), labels
+        gaps = [b[1] - a[1] for a, b in zip(axis, axis[1:])]
+        assert min(gaps) >= 60, (labels, gaps)  # a label is ~50 px wide
         errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
         assert not errors, errors
         with capsys.disabled():
             print(f"\npage: hint {hints[0][:70]!r}...; legend {sorted(rows)}; other broken "
-                  f"down: {cells[0]}")
+                  f"down: {cells[0]}; time axis {labels}, {min(gaps):.0f} px apart at least")
     finally:
         driver.quit()
         sender.stop()
