@@ -75,8 +75,10 @@ SINK_PY = textwrap.dedent('''
 ''')
 
 
-def _why_not() -> str | None:
-    for mod in ("hostsflow_pcap", "hostsflow_systemd", "hostsflow_tcp", "aiohttp", "selenium"):
+def _why_not(modules: tuple[str, ...] = ("hostsflow_pcap", "hostsflow_systemd", "hostsflow_tcp",
+                                         "aiohttp", "selenium")) -> str | None:
+    """Why the browser test cannot run here (a module or the browser missing), or None."""
+    for mod in modules:
         if importlib.util.find_spec(mod) is None:
             return f"{mod} is not installed (scripts/install.sh installs it)"
     return chromium.why_not()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..packet import PacketInfo, decode_sampled_header
 from ..sflow.datagram import Datagram
@@ -56,9 +56,10 @@ class FleetAggregator(Aggregator):
 
     def __init__(self, window: float = DEFAULT_WINDOW, history: int = DEFAULT_HISTORY,
                  clock: Callable[[], float] = time.time,
-                 max_series: int = DEFAULT_MAX_SERIES) -> None:
-        super().__init__(window=window, history=history, clock=clock)
-        self.edges = EdgeJoiner(self.names, self.agents, window=window, clock=clock)
+                 max_series: int = DEFAULT_MAX_SERIES, **limits: Any) -> None:
+        # limits: the Aggregator's table bounds and ``allow`` filter
+        super().__init__(window=window, history=history, clock=clock, **limits)
+        self.edges = EdgeJoiner(self.services, self.agent_names, window=window, clock=clock)
         self.metrics = FleetMetrics(self.edges, self.stats, max_series)
         self._memo = HeaderMemo()
         self.decode_header = self.edges.decode_header = self._memo
