@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 from hostsflow.testing import ethernet_frame, load_file_module
 
-from .test_view_browser import ARTIFACTS, _why_not, browser
+from .chromium import browser
+from .test_view_browser import ARTIFACTS, _why_not
 
 kit = load_file_module("hostsflow_tests_collector_kit", Path(__file__).with_name("collector_kit.py"))
 
@@ -95,7 +96,8 @@ def _texts(driver, selector: str) -> list[str]:
         "return [...document.querySelectorAll(arguments[0])].map(e => e.textContent);", selector)
 
 
-def test_page_explains_itself_and_keeps_hostile_names_apart(tmp_path, capsys):
+def test_page_explains_itself_and_keeps_hostile_names_apart(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SE_OFFLINE", "true")  # selenium: never look for drivers on the network
     why = _why_not(("aiohttp", "selenium"))
     if why:
         pytest.skip(why)
