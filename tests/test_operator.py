@@ -250,7 +250,9 @@ def test_status_file_problems_never_stop_the_agent(tmp_path, case):
         agent = AgentProcess(conf(col.port), tmp_path, wrapper=wrapper,
                              args=("--status-file", str(status)))
         try:
-            col.wait_for(lambda d: len(d) >= 8, 20)  # past a status write or two
+            # the first status write fails (logged), then the agent sends on past more writes
+            agent.wait_for_log('"status_file_failed"', 30)
+            col.wait_for(lambda d: len(d) >= 8, 20, since=time.time())
             assert agent.proc.poll() is None, agent.log()
             log = agent.log()
             assert "Traceback" not in log

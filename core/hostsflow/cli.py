@@ -244,9 +244,10 @@ def _tools(argv: Sequence[str] | None) -> int:
     p = argparse.ArgumentParser(prog="hostsflow", description="hostsflow tools")
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("decode", help="a small collector: print every datagram received")
-    d.add_argument("--listen", default="0.0.0.0:6343", help="ADDR:PORT (%(default)s)")
-    d.add_argument("--json", action="store_true", help="one JSON object per datagram")
-    d.add_argument("--count", type=int, default=None, help="stop after N datagrams")
+    from .tools.allow import add_allow_argument
+    from .tools.decode import add_arguments as add_decode_arguments
+
+    add_decode_arguments(d)
     mo = sub.add_parser("modules", help="installed modules, their distribution and version")
     mo.add_argument("-f", "--config", default=None,
                     help=f"to show which are enabled (default {DEFAULT_CONFIG}, if present)")
@@ -264,26 +265,24 @@ def _tools(argv: Sequence[str] | None) -> int:
                        help="UDP ADDR:PORT to receive sFlow on (%(default)s)")
         v.add_argument("--window", type=float, default=5.0,
                        help="seconds the rates are averaged over (%(default)s)")
+        add_allow_argument(v)
+        v.add_argument("--status-file", default=DEFAULT_STATUS,
+                       help="the local agent's status file, read for hints (%(default)s)")
         if name == "view":
             v.add_argument("--http", default="127.0.0.1:8008",
                            help="ADDR:PORT of the page (%(default)s)")
+            v.add_argument("--metrics-max-series", type=int, default=10_000,
+                           help="the most series one /metrics family may have; more are "
+                                "summed into one _overflow series and counted (%(default)s)")
         else:
             v.add_argument("--seconds", type=float, default=None, help="stop after N seconds")
     args = p.parse_args(argv)
     configure_logging()
     if args.cmd == "decode":
-        from .tools.decode import run_decode
+        from .tools.decode import run_args
 
         _import_record_classes()
-        try:
-            run_decode(listen=args.listen, json=args.json, count=args.count)
-        except (ValueError, OSError) as exc:
-            print(f"hostsflow decode: cannot listen on {args.listen}: "
-                  f"{getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 0
-        return 0
+        return run_args(args)
     if args.cmd in ("view", "top"):
         return _view_or_top(args)
     if args.cmd == "modules":
@@ -372,13 +371,15 @@ def _view_or_top(args: argparse.Namespace) -> int:
         if args.cmd == "view":
             from .tools.view.server import run_view
 
-            return run_view(args.listen_sflow, args.http, args.window)
+            return run_view(args.listen_sflow, args.http, args.window, args.metrics_max_series,
+                            allow=args.allow, status_file=args.status_file)
         from .tools.top import run_top
     except ImportError as exc:
         print(f"hostsflow {args.cmd}: {exc.name} is missing: pip install 'hostsflow[view]'",
               file=sys.stderr)
         return EXIT_CONFIG
-    return run_top(args.listen_sflow, args.window, args.seconds)
+    return run_top(args.listen_sflow, args.window, args.seconds, allow=args.allow,
+                   status_file=args.status_file)
 
 
 def _import_record_classes() -> None:

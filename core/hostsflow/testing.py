@@ -350,16 +350,16 @@ def load_file_module(name: str, path: Any) -> Any:
     return mod
 
 
-def end_process(proc: Any, timeout: float = 5) -> None:
-    """SIGTERM a :class:`subprocess.Popen` still running and wait for it; SIGKILL after
-    ``timeout`` seconds."""
+def end_process(proc: Any, sig: int | None = None, timeout: float = 10.0) -> int:
+    """Stop a child process started by a test or bench: ``sig`` (SIGTERM by default), then
+    SIGKILL if it has not exited within ``timeout`` seconds; returns its exit status."""
+    import signal
     import subprocess
 
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM if sig is None else sig)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()

@@ -15,15 +15,24 @@ agent that sends ``extended_entities`` (0:2210) with its flow samples (hostsflow
   the last ``window`` complete seconds into rates (bits/s, packets/s).
 * TCP connections: a flow sample that carries ``extended_tcp_info`` (0:2209) updates the
   connection's latest RTT, retransmissions and so on; its bytes are windowed like the rest.
+* Every flow sample also goes into a :class:`~hostsflow.tools.flows.FlowHistory` by the keys
+  sFlow carries (agent, services, protocol, addresses, ports), for the view's breakdown.
 
-Malformed datagrams are counted (``stats.malformed``) and skipped; nothing here raises on bad
-input.  Not thread-safe: feed and read from one thread (the view and top use one asyncio loop).
+The senders are not trusted (sFlow has no authentication): every table a sender can grow is
+bounded and expires (services, in all and per agent, and agents by
+:class:`~hostsflow.tools.keytable.KeyTable`, the per-second tables by a cap on their keys); a key that does not fit is counted in ``stats``
+(``services_refused``, ``agents_refused``, ``keys_refused``; a datagram from an agent that does
+not fit is skipped) and a snapshot costs O(keys).  ``--allow`` (:class:`.allow.SourceFilter`)
+takes datagrams only from listed networks.  Malformed datagrams are counted
+(``stats.malformed``) and skipped; nothing here raises on bad input.  Not thread-safe: feed and
+read from one thread (the view and top use one asyncio loop).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +40,9 @@ from typing import Any
 import attrs
 
 from ..packet import IPPROTO_TCP, decode_sampled_header
+from .allow import SourceFilter
+from .flows import FlowHistory
+from .keytable import KeyTable
 from ..sflow.datagram import (
     Datagram,
     DecodedCounterSample,
@@ -53,7 +65,17 @@ DEFAULT_WINDOW = 5.0
 DEFAULT_HISTORY = 300  # seconds of per-second points kept for the chart
 CONNECTION_TTL = 30.0  # seconds a TCP connection stays listed after its last sample
 MAX_CONNECTIONS = 4096
-MAX_REMOTES_PER_BUCKET = 4096
+MAX_KEYS_PER_BUCKET = 4096  # (service, protocol, port) and (service, remote) keys in one second
+MAX_SERVICES = 4096  # services (all agents together) known at once
+#: services of one agent known at once (a host runs tens to a few hundred services), so one
+#: sender flooding names leaves room for the services of the others
+MAX_SERVICES_PER_AGENT = 512
+MAX_AGENTS = 1024
+#: seconds a service or agent stays known after its last counter or flow sample (hsflowd polls
+#: every 30 s by default; a service is listed at zero for a while after its traffic stops)
+SERVICE_TTL = 600.0
+SNAPSHOT_SERVICES = 100  # services listed in a snapshot (the rest summed in ``more``)
+CHART_SERVICES = 12  # services drawn in a chart point (the rest summed in ``more``)
 
 PROTOCOL_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp", 136: "udplite"}
 
@@ -79,6 +101,13 @@ class AggregatorStats:
     marked_samples: int = 0
     headerless_samples: int = 0
     counter_samples: int = 0
+    #: datagrams from a sender outside ``--allow`` (not decoded)
+    sources_refused: int = 0
+    #: new service names / agents turned away because their table was full (a flood of keys)
+    services_refused: int = 0
+    agents_refused: int = 0
+    #: per-second protocol, remote, connection and flow keys turned away (table full)
+    keys_refused: int = 0
 
 
 class _Bucket:
@@ -103,6 +132,66 @@ def _add(table: dict[Any, list[int]], key: Any, nbytes: int, npkts: int) -> None
     else:
         cell[0] += nbytes
         cell[1] += npkts
+
+
+class _WindowSums:
+    """Running totals over the complete seconds of the window: a second is added once, when a
+    newer one exists (no sample can reach it then), and taken off when it leaves the window, so
+    a snapshot does not sum every second again.  The newest second is added on top at each
+    snapshot (the one second that may still change)."""
+
+    def __init__(self) -> None:
+        self.sums = _Bucket(0)
+        self.held: list[_Bucket] = []
+
+    @staticmethod
+    def _tables(b: _Bucket) -> tuple[dict[Any, list[int]], ...]:
+        return (b.service, b.proto, b.remote, b.conn)
+
+    def _apply(self, b: _Bucket, sign: int) -> None:
+        for table, into in zip(self._tables(b), self._tables(self.sums)):
+            for k, (nb, npk) in table.items():
+                cell = into.get(k)
+                if cell is None:
+                    into[k] = [nb, npk]
+                    continue
+                cell[0] += sign * nb
+                cell[1] += sign * npk
+                if sign < 0 and not cell[0] and not cell[1]:
+                    del into[k]
+        for mine, theirs in ((self.sums.other, b.other), (self.sums.total, b.total)):
+            mine[0] += sign * theirs[0]
+            mine[1] += sign * theirs[1]
+
+    def over(self, chosen: list[_Bucket], newest: _Bucket | None) -> _Bucket:
+        """The sums of ``chosen`` (the seconds of the window); ``newest`` is the bucket that
+        may still change.  The result is only read."""
+        settled = [b for b in chosen if b is not newest]
+        want = {id(b) for b in settled}
+        kept = []
+        for b in self.held:
+            if id(b) in want:
+                kept.append(b)
+            else:
+                self._apply(b, -1)
+        have = {id(b) for b in kept}
+        for b in settled:
+            if id(b) not in have:
+                self._apply(b, +1)
+                kept.append(b)
+        self.held = kept
+        if newest is None or all(b is not newest for b in chosen):
+            return self.sums
+        out = _Bucket(0)
+        for table, base, into in zip(self._tables(newest), self._tables(self.sums),
+                                     self._tables(out)):
+            into.update(base)
+            for k, (nb, npk) in table.items():
+                cell = into.get(k)
+                into[k] = [nb, npk] if cell is None else [cell[0] + nb, cell[1] + npk]
+        out.other = [self.sums.other[0] + newest.other[0], self.sums.other[1] + newest.other[1]]
+        out.total = [self.sums.total[0] + newest.total[0], self.sums.total[1] + newest.total[1]]
+        return out
 
 
 @attrs.define(slots=True)
@@ -202,6 +291,10 @@ class Snapshot:
     connections: list[ConnectionRates]
     agents: dict[str, str]
     stats: AggregatorStats
+    #: services known (``services`` lists at most SNAPSHOT_SERVICES of them, highest first)
+    services_total: int = 0
+    #: the traffic of the known services not in ``services``
+    more: Rate = attrs.Factory(Rate)
 
     def service(self, label: str) -> ServiceRates | None:
         """The rates of the service called ``label``, or None."""
@@ -224,6 +317,7 @@ class Snapshot:
             "connections": [attrs.asdict(c) for c in self.connections],
             "agents": dict(self.agents),
             "stats": attrs.asdict(self.stats),
+            "services_total": self.services_total, "more": rate(self.more),
         }
 
 
@@ -232,24 +326,56 @@ class Aggregator:
 
     ``feed(data)`` takes one raw datagram (``feed_datagram`` a decoded one); ``snapshot()``
     gives the rates; ``tick()`` (once a second) records a point of per-service rates into
-    ``history`` for the chart.  ``clock`` gives wall-clock seconds (tests pass their own)."""
+    ``history`` for the chart; ``flows`` keeps the last ``history`` seconds by flow key.
+    ``clock`` gives wall-clock seconds (tests pass their own).  ``max_services``,
+    ``max_services_per_agent`` and ``max_agents`` bound what senders can make it remember
+    (refusals are counted)."""
 
     def __init__(self, window: float = DEFAULT_WINDOW, history: int = DEFAULT_HISTORY,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, max_services: int = MAX_SERVICES,
+                 max_agents: int = MAX_AGENTS, allow: SourceFilter | None = None,
+                 max_services_per_agent: int = MAX_SERVICES_PER_AGENT) -> None:
         if window < 1:
             raise ValueError("window must be at least 1 second")
         self.window = float(window)
         self.clock = clock
         self.stats = AggregatorStats()
-        self.names: dict[ServiceId, str] = {}
-        self.agents: dict[AgentKey, str] = {}  # agent -> hostname (from 2:1 host_descr)
+        #: the sampled_header decoder (the fleet collector shares one decoding per record)
+        self.decode_header: Callable[[SampledHeader], Any] = decode_sampled_header
+        #: service -> its unit name (None until its counter samples arrive)
+        self.services: KeyTable[ServiceId, str | None] = KeyTable(
+            max_services, SERVICE_TTL, per_group=min(max_services_per_agent, max_services),
+            group=_agent_of)
+        #: agent -> hostname (from its 2:1 host_descr; "" until then)
+        self.agent_names: KeyTable[AgentKey, str] = KeyTable(max_agents, SERVICE_TTL)
         self.connections: dict[tuple[Any, ...], Connection] = {}
         self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=history)
+        self.flows = FlowHistory(history)
+        self.allow = allow
         self._buckets: collections.deque[_Bucket] = collections.deque()
+        self._sums = _WindowSums()
         self._keep = int(window) + 2
         self._first: float | None = None
 
+    @property
+    def names(self) -> dict[ServiceId, str]:
+        """Service -> unit name, for the services whose counter samples arrived."""
+        return {k: v for k, v in self.services.items() if v is not None}
+
+    @property
+    def agents(self) -> dict[AgentKey, str]:
+        """Agent -> hostname, for the agents whose host counters arrived."""
+        return {k: v for k, v in self.agent_names.items() if v}
+
     # ------------------------------------------------------------ input
+
+    def accepts(self, source: str) -> bool:
+        """Whether datagrams from the sender address ``source`` are taken (``--allow``);
+        a refusal is counted in ``stats.sources_refused``."""
+        if self.allow is None or self.allow.allows(source):
+            return True
+        self.stats.sources_refused += 1
+        return False
 
     def feed(self, data: bytes, now: float | None = None) -> bool:
         """Decode one datagram and add it; False (and counted) if it is malformed."""
@@ -270,24 +396,48 @@ class Aggregator:
             self._first = now
         self.stats.datagrams += 1
         agent: AgentKey = (dgram.agent_address, dgram.sub_agent_id)
+        if not self._touch_agent(agent, "", now):
+            return
         for sample in dgram.samples:
             if isinstance(sample, DecodedCounterSample):
                 self.stats.counter_samples += 1
-                self._learn(agent, sample)
+                self._learn(agent, sample, now)
         bucket = self._bucket(now)
         for sample in dgram.samples:
             if isinstance(sample, DecodedFlowSample):
                 self._add_flow(agent, sample, bucket, now)
 
-    def _learn(self, agent: AgentKey, sample: DecodedCounterSample) -> None:
+    def _touch_agent(self, agent: AgentKey, hostname: str, now: float) -> bool:
+        table = self.agent_names
+        if agent in table:
+            table.put(agent, hostname or table.values[agent], now)
+            return True
+        if table.put(agent, hostname, now):
+            return True
+        self.stats.agents_refused += 1
+        return False
+
+    def _learn(self, agent: AgentKey, sample: DecodedCounterSample, now: float) -> None:
         descr = sample.record(HostDescr)
         if descr is None:
             return
         src = sample.source
         if src.ds_class == SERVICE_CLASS:
-            self.names[(agent, src.ds_index)] = descr.hostname  # type: ignore[attr-defined]
+            if not self.services.put((agent, src.ds_index), descr.hostname, now):  # type: ignore[attr-defined]
+                self.stats.services_refused += 1
         elif src.ds_class == 2 and src.ds_index == 1:
-            self.agents[agent] = descr.hostname  # type: ignore[attr-defined]
+            self._touch_agent(agent, descr.hostname, now)  # type: ignore[attr-defined]
+
+    def _known(self, svc: ServiceId, now: float) -> bool:
+        """Mark a service heard from a flow sample (added unnamed if new and there is room)."""
+        services = self.services
+        if svc in services:
+            services.touch(svc, None, now)
+            return True
+        if services.put(svc, None, now):
+            return True
+        self.stats.services_refused += 1
+        return False
 
     def _bucket(self, now: float) -> _Bucket:
         second = int(now)
@@ -301,6 +451,17 @@ class Aggregator:
         while buckets and buckets[0].second < second - self._keep:
             buckets.popleft()
         return bucket
+
+    def _add_keyed(self, table: dict[Any, list[int]], key: Any, nbytes: int, npkts: int) -> None:
+        """Add to a per-second table unless it is full of other keys (then counted)."""
+        cell = table.get(key)
+        if cell is not None:
+            cell[0] += nbytes
+            cell[1] += npkts
+        elif len(table) < MAX_KEYS_PER_BUCKET:
+            table[key] = [nbytes, npkts]
+        else:
+            self.stats.keys_refused += 1
 
     def _add_flow(self, agent: AgentKey, sample: DecodedFlowSample, bucket: _Bucket,
                   now: float) -> None:
@@ -316,26 +477,39 @@ class Aggregator:
         total[1] += rate
         ent = sample.record(ExtendedEntities)
         ends: list[tuple[ServiceId, str]] = []
+        src_svc = dst_svc = None
         if ent is not None:
             if ent.dst_class == SERVICE_CLASS and ent.dst_index:  # type: ignore[attr-defined]
-                ends.append(((agent, ent.dst_index), IN))  # type: ignore[attr-defined]
+                dst_svc = (agent, ent.dst_index)  # type: ignore[attr-defined]
+                if self._known(dst_svc, now):
+                    ends.append((dst_svc, IN))
             if ent.src_class == SERVICE_CLASS and ent.src_index:  # type: ignore[attr-defined]
-                ends.append(((agent, ent.src_index), OUT))  # type: ignore[attr-defined]
-        info = decode_sampled_header(header)  # type: ignore[arg-type]
-        if not ends:
+                src_svc = (agent, ent.src_index)  # type: ignore[attr-defined]
+                if self._known(src_svc, now):
+                    ends.append((src_svc, OUT))
+        info = self.decode_header(header)  # type: ignore[arg-type]
+        if src_svc is None and dst_svc is None:
             bucket.other[0] += nbytes
             bucket.other[1] += rate
         else:
             self.stats.marked_samples += 1
+        if info is None:
+            self.flows.add(bucket.second, (agent[0], src_svc, dst_svc, "non-ip", "", 0, "", 0),
+                           nbytes, rate)
+        else:
+            self.flows.add(bucket.second,
+                           (agent[0], src_svc, dst_svc, protocol_name(info.protocol),
+                            info.src_ip, info.src_port, info.dst_ip, info.dst_port),
+                           nbytes, rate)
         for svc, direction in ends:
-            _add(bucket.service, (svc, direction), nbytes, rate)
+            _add(bucket.service, (svc, direction), nbytes, rate)  # bounded by self.services
             if info is None:
                 continue
             port = info.dst_port if direction == IN else info.src_port
-            _add(bucket.proto, (svc, direction, protocol_name(info.protocol), port), nbytes, rate)
+            self._add_keyed(bucket.proto, (svc, direction, protocol_name(info.protocol), port),
+                            nbytes, rate)
             remote = info.src_ip if direction == IN else info.dst_ip
-            if (svc, direction, remote) in bucket.remote or len(bucket.remote) < MAX_REMOTES_PER_BUCKET:
-                _add(bucket.remote, (svc, direction, remote), nbytes, rate)
+            self._add_keyed(bucket.remote, (svc, direction, remote), nbytes, rate)
         tcp = sample.record(ExtendedTcpInfo)
         if tcp is not None and info is not None and info.protocol == IPPROTO_TCP:
             self._add_connection(agent, tcp, info, ends, bucket, nbytes, rate, now)  # type: ignore[arg-type]
@@ -364,7 +538,7 @@ class Aggregator:
         conn.snd_cwnd, conn.snd_mss = tcp.snd_cwnd, tcp.snd_mss
         conn.last_seen = now
         conn.samples += 1
-        _add(bucket.conn, key, nbytes, rate)
+        self._add_keyed(bucket.conn, key, nbytes, rate)
 
     def _expire_connections(self, now: float, force: bool = False) -> None:
         stale = [k for k, c in self.connections.items() if now - c.last_seen > CONNECTION_TTL]
@@ -374,16 +548,27 @@ class Aggregator:
             oldest = sorted(self.connections, key=lambda k: self.connections[k].last_seen)
             for k in oldest[: len(oldest) // 4 or 1]:
                 del self.connections[k]
+            self.stats.keys_refused += 1
 
     # ------------------------------------------------------------ output
 
+    def _labeller(self) -> Callable[[ServiceId], str]:
+        """A function naming services for one snapshot: the unit name (``3:INDEX`` until its
+        counters arrive), prefixed with the agent's address when more than one agent is
+        heard.  Costs O(services + agents) once, then O(1) a name."""
+        agents = {a for a, _ in self.services.values} | set(self.agent_names.values)
+        multi = len(agents) > 1
+        values = self.services.values
+
+        def label(svc: ServiceId) -> str:
+            name = values.get(svc) or f"3:{svc[1]}"
+            return f"{svc[0][0]}/{name}" if multi else name
+
+        return label
+
     def label(self, svc: ServiceId) -> str:
-        """The service's unit name (``3:INDEX`` until its counters arrive), prefixed with the
-        agent's address when more than one agent is heard."""
-        name = self.names.get(svc, f"3:{svc[1]}")
-        if len({a for a, _ in self.names} | set(self.agents)) > 1:
-            return f"{svc[0][0]}/{name}"
-        return name
+        """The label of one service (as in a snapshot)."""
+        return self._labeller()(svc)
 
     def _window(self, now: float) -> tuple[list[_Bucket], float]:
         """The complete seconds in the window and the span they cover."""
@@ -394,64 +579,102 @@ class Aggregator:
         span = float(min(self.window, max(1, current - max(first, start))))
         return chosen, span
 
-    def snapshot(self, now: float | None = None, top: int = 20) -> Snapshot:
-        """Rates over the last ``window`` complete seconds (all services heard of, even those
-        at zero; the ``top`` highest protocols, remotes and connections)."""
-        now = self.clock() if now is None else now
+    def expire(self, now: float) -> None:
+        """Forget services, agents and connections not heard from for their time to live."""
+        self.services.expire(now)
+        self.agent_names.expire(now)
         self._expire_connections(now)
+
+    def snapshot(self, now: float | None = None, top: int = 20,
+                 services_top: int = SNAPSHOT_SERVICES) -> Snapshot:
+        """Rates over the last ``window`` complete seconds: the ``services_top`` busiest
+        services known (those at zero too, while there is room; the rest summed in ``more``),
+        the ``top`` highest protocols, remotes and connections.  O(keys)."""
+        now = self.clock() if now is None else now
+        self.expire(now)
         buckets, span = self._window(now)
-        service: dict[tuple[ServiceId, str], list[int]] = {}
-        proto: dict[Any, list[int]] = {}
-        remote: dict[Any, list[int]] = {}
-        conn: dict[Any, list[int]] = {}
-        other, total = [0, 0], [0, 0]
-        for b in buckets:
-            for table, into in ((b.service, service), (b.proto, proto), (b.remote, remote),
-                                (b.conn, conn)):
-                for k, (nb, npk) in table.items():
-                    _add(into, k, nb, npk)
-            other[0] += b.other[0]
-            other[1] += b.other[1]
-            total[0] += b.total[0]
-            total[1] += b.total[1]
+        sums = self._sums.over(buckets, self._buckets[-1] if self._buckets else None)
+        service, proto, remote, conn = sums.service, sums.proto, sums.remote, sums.conn
+        other, total = sums.other, sums.total
 
         def to_rate(cell: list[int] | None) -> Rate:
             if not cell:
                 return Rate()
             return Rate(cell[0] * 8 / span, cell[1] / span)
 
-        ids = set(self.names) | {s for s, _ in service}
-        services = [
-            ServiceRates(self.label(s), s[0][0], s[1], to_rate(service.get((s, IN))),
-                         to_rate(service.get((s, OUT))))
-            for s in ids]
-        services.sort(key=lambda s: (-s.bps, s.label))
-        protocols = sorted(
-            (KeyedRate(self.label(s), d, f"{p}/{port}" if port else p, nb * 8 / span, npk / span)
-             for (s, d, p, port), (nb, npk) in proto.items()), key=lambda r: -r.bps)[:top]
-        remotes = sorted(
-            (KeyedRate(self.label(s), d, addr, nb * 8 / span, npk / span)
-             for (s, d, addr), (nb, npk) in remote.items()), key=lambda r: -r.bps)[:top]
+        label = self._labeller()
+        ids = set(self.services) | {s for s, _ in service}
+        rated = [(s, to_rate(service.get((s, IN))), to_rate(service.get((s, OUT)))) for s in ids]
+        listed = heapq.nsmallest(services_top, rated,
+                                 key=lambda r: (-(r[1].bps + r[2].bps), label(r[0]), r[0][1]))
+        more = Rate()
+        if len(rated) > len(listed):
+            chosen = {r[0] for r in listed}
+            for s, i, o in rated:
+                if s not in chosen:
+                    more.bps += i.bps + o.bps
+                    more.pps += i.pps + o.pps
+        services = _unique_labels([ServiceRates(label(s), s[0][0], s[1], i, o)
+                                   for s, i, o in listed])
+        protocols = [KeyedRate(label(s), d, f"{p}/{port}" if port else p, nb * 8 / span,
+                               npk / span)
+                     for (s, d, p, port), (nb, npk) in
+                     heapq.nlargest(top, proto.items(), key=lambda kv: kv[1][0])]
+        remotes = [KeyedRate(label(s), d, addr, nb * 8 / span, npk / span)
+                   for (s, d, addr), (nb, npk) in
+                   heapq.nlargest(top, remote.items(), key=lambda kv: kv[1][0])]
+        busiest = heapq.nsmallest(
+            top, self.connections.items(),
+            key=lambda kv: (-conn.get(kv[0], (0, 0))[0], now - kv[1].last_seen))
         conns = []
-        for key, c in self.connections.items():
+        for key, c in busiest:
             nb, npk = conn.get(key, (0, 0))
             conns.append(ConnectionRates(
-                self.label(c.service) if c.service else "", c.local, c.remote,
+                label(c.service) if c.service else "", c.local, c.remote,
                 nb * 8 / span, npk / span, c.rtt_us / 1000, c.rttvar_us / 1000,
                 c.min_rtt_us / 1000, c.retrans, c.lost, c.snd_cwnd, now - c.last_seen))
-        conns.sort(key=lambda c: (-c.bps, c.age))
-        agents = {a[0]: h for a, h in self.agents.items()}
+        agents = {a[0]: h for a, h in self.agent_names.items() if h}
         return Snapshot(now, self.window, span, services, to_rate(other), to_rate(total),
-                        protocols, remotes, conns[:top], agents, attrs.evolve(self.stats))
+                        protocols, remotes, conns, agents, attrs.evolve(self.stats),
+                        services_total=len(ids), more=more)
 
     def tick(self, now: float | None = None) -> tuple[Snapshot, dict[str, Any]]:
-        """Take a snapshot and record its per-service bits/s as one chart point
-        (``{"t": seconds, "bps": {label: bits/s}, "other": bits/s}``) in ``history``."""
+        """Take a snapshot and record one chart point in ``history``:
+        ``{"t": seconds, "bps": {label: bits/s}, "more": bits/s, "other": bits/s}`` with the
+        CHART_SERVICES busiest services that have traffic (``more``: the rest of the services,
+        ``other``: traffic marked with no service)."""
         snap = self.snapshot(now)
-        point = {"t": round(snap.time, 3), "bps": {s.label: round(s.bps, 1) for s in snap.services},
-                 "other": round(snap.other.bps, 1)}
+        drawn = [s for s in snap.services[:CHART_SERVICES] if s.bps > 0]
+        rest = sum(s.bps for s in snap.services[CHART_SERVICES:]) + snap.more.bps
+        point = {"t": round(snap.time, 3), "bps": {s.label: round(s.bps, 1) for s in drawn},
+                 "more": round(rest, 1), "other": round(snap.other.bps, 1)}
         self.history.append(point)
         return snap, point
+
+    def flow_query(self, keys: tuple[str, ...], conditions: list[tuple[str, bool, str]],
+                   start: float | None = None, end: float | None = None, top: int = 10,
+                   now: float | None = None) -> dict[str, Any]:
+        """The breakdown of the kept seconds in [start, end) (default: the last ``window``
+        complete seconds) by ``keys`` after ``conditions`` (see :mod:`.flows`)."""
+        now = self.clock() if now is None else now
+        end = int(now) if end is None else min(end, int(now))
+        start = end - int(self.window) if start is None else start
+        start = max(start, end - self.history.maxlen if self.history.maxlen else start)
+        return self.flows.query(keys, conditions, start, end, self._labeller(), top)
+
+
+def _agent_of(svc: ServiceId) -> AgentKey:
+    return svc[0]
+
+
+def _unique_labels(services: list[ServiceRates]) -> list[ServiceRates]:
+    """Two services with one label (one agent naming two data sources alike) get their
+    dsIndex appended, so no chart or legend row merges them."""
+    seen: collections.Counter[str] = collections.Counter(s.label for s in services)
+    for s in services:
+        if seen[s.label] > 1:
+            s.label = f"{s.label}#{s.index}"
+    return services
 
 
 def _endpoint(ip: str, port: int) -> str:
@@ -466,7 +689,8 @@ class _Receiver(asyncio.DatagramProtocol):
         self.aggregator = aggregator
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.aggregator.feed(data)
+        if self.aggregator.accepts(addr[0]):
+            self.aggregator.feed(data)
 
 
 async def listen(aggregator: Aggregator, listen_addr: str) -> asyncio.DatagramTransport:

@@ -21,6 +21,7 @@ from typing import Callable, Iterator, TextIO
 import attrs
 
 from ..sflow.datagram import SflowDecodeError, decode_datagram
+from .allow import SourceFilter, add_allow_argument, source_filter
 from .render import datagram_dict, datagram_lines
 
 DEFAULT_LISTEN = "0.0.0.0:6343"
@@ -29,10 +30,12 @@ MAX_DATAGRAM = 65535
 
 @attrs.define(slots=True)
 class DecodeStats:
-    """What a decode run saw: datagrams received, and how many of them were malformed."""
+    """What a decode run saw: datagrams received, how many of them were malformed, and how
+    many were refused (sender outside ``--allow``; not decoded, not counted as received)."""
 
     received: int = 0
     malformed: int = 0
+    refused: int = 0
 
 
 def parse_listen(listen: str, default_port: int = 6343) -> tuple[socket.AddressFamily, str, int]:
@@ -110,13 +113,14 @@ class Printer:
                 err = {"error": str(exc), "size": len(data)}
                 if source is not None:
                     err["source"] = source
-                self.out.write(jsonlib.dumps(err) + "\n")
+                self.out.write(jsonlib.dumps(err, allow_nan=False) + "\n")
             else:
                 where = f" from {source}" if source is not None else ""
                 self.out.write(f"ERROR{where}: malformed datagram ({len(data)} bytes): {exc}\n")
         else:
             if self.json:
-                self.out.write(jsonlib.dumps(datagram_dict(dgram, source)) + "\n")
+                self.out.write(jsonlib.dumps(datagram_dict(dgram, source), allow_nan=False)
+                               + "\n")
             else:
                 self.out.write("\n".join(datagram_lines(dgram, source)) + "\n")
         self.out.flush()
@@ -129,14 +133,28 @@ def run_decode(
     out: TextIO | None = None,
     timeout: float | None = None,
     on_ready: Callable[[tuple], None] | None = None,
+    allow: SourceFilter | None = None,
 ) -> DecodeStats:
     """Listen on ``listen`` and print each datagram until ``count`` datagrams (malformed ones
     included) were received, ``timeout`` seconds passed, or Ctrl-C.
 
     ``on_ready`` is called with the bound socket address once listening (port 0 picks a free
-    port; tests use this).  Returns the counts."""
+    port; tests use this).  With ``allow``, datagrams from other senders are dropped undecoded
+    and counted (the first one, and the count at the end, are said on stderr).  Returns the
+    counts."""
     out = out if out is not None else sys.stdout
     printer = Printer(out, json)
+    try:
+        _receive(listen, printer, count, timeout, on_ready, allow)
+    finally:
+        if printer.stats.refused:
+            print(f"hostsflow decode: {printer.stats.refused} datagram(s) refused "
+                  f"(sender not in --allow {allow})", file=sys.stderr, flush=True)
+    return printer.stats
+
+
+def _receive(listen: str, printer: Printer, count: int | None, timeout: float | None,
+             on_ready: Callable[[tuple], None] | None, allow: SourceFilter | None) -> None:
     deadline = None if timeout is None else time.monotonic() + timeout
     with open_socket(listen) as sock:
         if on_ready is not None:
@@ -151,8 +169,13 @@ def run_decode(
                 data, peer = sock.recvfrom(MAX_DATAGRAM)
             except socket.timeout:
                 break
+            if allow is not None and not allow.allows(peer[0]):
+                if not printer.stats.refused:
+                    print(f"hostsflow decode: refusing datagrams from {peer[0]} (not in "
+                          f"--allow {allow}); counting them", file=sys.stderr, flush=True)
+                printer.stats.refused += 1
+                continue
             printer.feed(data, _format_peer(peer))
-    return printer.stats
 
 
 # ---------------------------------------------------------------- files
@@ -246,20 +269,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop after this many seconds")
     parser.add_argument("-r", "--file", default=None,
                         help="read a pcap file or a bare datagram instead of listening")
+    add_allow_argument(parser)
 
 
 def run_args(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Run with parsed options; returns the exit status (1 if any datagram was malformed
-    when reading a file, 2 for a bad listen address or file)."""
+    when reading a file, or the address cannot be listened on; 2 for an address that is not
+    one or a file that cannot be read).  Every failure is one line on stderr."""
     out = out if out is not None else sys.stdout
     try:
         if args.file:
-            stats = decode_file(args.file, json=args.json, out=out)
+            try:
+                stats = decode_file(args.file, json=args.json, out=out)
+            except (ValueError, OSError) as exc:
+                print(f"hostsflow decode: {exc}", file=sys.stderr)
+                return 2
             return 1 if stats.malformed else 0
-        run_decode(args.listen, json=args.json, count=args.count, out=out, timeout=args.timeout)
-    except (ValueError, OSError) as exc:
-        print(f"hostsflow decode: {exc}", file=sys.stderr)
-        return 2
+        try:
+            run_decode(args.listen, json=args.json, count=args.count, out=out,
+                       timeout=args.timeout, allow=source_filter(args.allow))
+        except ValueError as exc:  # an address that is not one
+            print(f"hostsflow decode: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"hostsflow decode: cannot listen on {args.listen}: "
+                  f"{exc.strerror or exc}", file=sys.stderr)
+            return 1
     except KeyboardInterrupt:
         pass
     return 0

@@ -3,12 +3,15 @@
 Called on: each datagram that ``hostsflow decode`` (or a test) wants to show.  Field names are
 the attrs field names of the record classes; record names are the class names in snake_case
 (``SampledHeader`` -> ``sampled_header``).  Byte fields print as hex, except a 16-byte ``uuid``
-(8-4-4-4-12 text) and 6-byte MACs (``aa:bb:cc:dd:ee:ff``).  A sampled_header also gets a
+(8-4-4-4-12 text) and 6-byte MACs (``aa:bb:cc:dd:ee:ff``); a float that is not finite (a
+datagram may carry any bit pattern) as the text ``NaN``, ``Infinity`` or ``-Infinity``, so the
+dict is always valid JSON.  A sampled_header also gets a
 ``packet`` entry: what :mod:`hostsflow.packet` reads from it.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from typing import Any
@@ -39,6 +42,8 @@ def _value(name: str, value: Any) -> Any:
             return value.hex(":")
         return value.hex()
     if isinstance(value, float):
+        if not math.isfinite(value):  # JSON has no NaN or Infinity: the protobuf JSON words
+            return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
         return float(f"{value:.7g}")
     if isinstance(value, list):
         return [_value(name, v) for v in value]
