@@ -2,7 +2,7 @@
 # bench/run.sh - the whole benchmark suite, as root; writes bench/RESULTS.md.
 #
 #   bench/run.sh                 everything (about 25 minutes on 2 cores)
-#   STAGES="rig report" bench/run.sh   only some stages: rig tcp churn poll idle latency profile report
+#   STAGES="rig report" bench/run.sh   only some stages: rig tcp churn collector poll idle latency profile report
 #   RATES=10000,50000,100000,0 SAMPLINGS="1 10" bench/run.sh
 #
 # pipeline: the per-sample path in one process, no kernel (bench/pipeline.py).
@@ -22,7 +22,7 @@ REPO=$(dirname "$BENCH")
 OUT=$BENCH/out
 # the venv scripts/install.sh makes (core, modules), else whatever python3 is on the PATH
 if [ -x "$REPO/.venv/bin/python" ]; then PY=$REPO/.venv/bin/python; else PY=$(python3 -c 'import sys; print(sys.executable)'); fi
-STAGES=${STAGES:-"pipeline rig tcp churn poll idle latency profile report"}
+STAGES=${STAGES:-"pipeline rig tcp churn collector poll idle latency profile report"}
 RATES=${RATES:-10000,50000,100000,0}
 SAMPLINGS=${SAMPLINGS:-"1 10"}
 TRIES=${TRIES:-2}                      # attempts per rate point while other load is seen
@@ -137,6 +137,11 @@ fi
 if has churn; then
   echo "== markTraffic with 2,000 new short connections a second, off against on"
   "$PY" "$BENCH/mark_churn.py" --out "$OUT/mark_churn.json"
+fi
+
+if has collector; then
+  echo "== the fleet collector at 100 agents x 500 samples/s, against sfacctd"
+  "$PY" "$BENCH/collector_cost.py" --out "$OUT/collector_cost.json"
 fi
 
 if has poll; then

@@ -14,6 +14,8 @@ APT_PACKAGES=(
   procps                                # ss is in iproute2; ps/pkill for tests
   chromium chromium-driver              # headless browser for the hostsflow view page test
   mmdebstrap systemd-container          # booted Debian containers (tests/booted_kit.py)
+  prometheus                            # a real Prometheus scraping collectors (fleet tests)
+  dnsmasq-base                          # dnsmasq, a real DNS server for the DNS-SD tests (no service)
 )
 if [ "${HOSTSFLOW_SKIP_APT:-}" != 1 ]; then
   export DEBIAN_FRONTEND=noninteractive

@@ -7,7 +7,12 @@
   it, hostsflow installed as a host installs it (``scripts/install-agent.sh``, run inside
   before boot, with the host's network for pip), then ``systemd-nspawn --boot`` from a cgroup
   of its own with a veth pair (``ve-NAME`` here, ``host0`` inside, addressed by a oneshot unit
-  written into it); commands run inside it through nsenter (``exec``, ``systemctl``).
+  written into it); commands run inside it through nsenter (``exec``, ``systemctl``);
+* :class:`Bridge` one network for several containers (``--network-bridge``: ``vb-NAME`` here,
+  each container's ``host0`` on the bridge's subnet, this host at ``.1``), so they talk to each
+  other directly;
+* :func:`hostsflow_layer` this checkout installed once (scripts/install-agent.sh) into an
+  overlay layer that several containers then boot from, above the cached tree.
 
 Facts this rests on (tested on this machine, kernel 6.18, systemd 252): nspawn needs
 ``--register=no --keep-unit`` without a host systemd; pip inside needs the host's CA bundle;
@@ -33,6 +38,8 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE = Path("/var/cache/hostsflow-tests")
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "nginx",
             "openssh-server", "bird2", "libpcap0.8", "iproute2", "procps", "ca-certificates")
+#: the tree of multi-tier tests: the above with PostgreSQL and a client library for it
+PACKAGES_DB = PACKAGES + ("postgresql", "python3-psycopg2")
 CGROUP_ROOTS = ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified")
 
 
@@ -74,37 +81,92 @@ def sh(*args: str, check: bool = True, timeout: float = 60) -> str:
     return r.stdout
 
 
+class Bridge:
+    """A bridge on this host (``prefix`` + 6 hex digits, at most 15 characters) with an address
+    of its own in a random 10.x.y.0/24; :meth:`address` hands out the next one to a container."""
+
+    def __init__(self, prefix: str = "hsfbr") -> None:
+        self.name = f"{prefix}{secrets.token_hex(3)}"
+        self.subnet = f"10.{16 + secrets.randbelow(200)}.{secrets.randbelow(250) + 1}"
+        self.host_ip = f"{self.subnet}.1"
+        self._next = 2
+        sh("ip", "link", "add", self.name, "type", "bridge")
+        sh("ip", "addr", "add", f"{self.host_ip}/24", "dev", self.name)
+        sh("ip", "link", "set", self.name, "up")
+
+    def address(self) -> str:
+        ip = f"{self.subnet}.{self._next}"
+        self._next += 1
+        return ip
+
+    def remove(self) -> None:
+        sh("ip", "link", "del", self.name, check=False)
+
+
+def hostsflow_layer(packages: Iterable[str] = PACKAGES, prefix: str = "hsfl") -> Path:
+    """This checkout installed by scripts/install-agent.sh into an overlay layer over the cached
+    tree of ``packages`` (a directory to pass as ``Container(layers=...)``, removed by the
+    caller); returns its path."""
+    builder = Container(prefix, packages=packages)
+    try:
+        builder.prepare(mark=False)
+        builder.install_hostsflow()
+        sh("umount", str(builder.root))
+        builder.mounted = False
+        layer = Path(tempfile.mkdtemp(prefix="hostsflow-layer-"))
+        os.rmdir(layer)
+        os.rename(builder.tmp / "upper", layer)
+        return layer
+    finally:
+        builder.stop()
+
+
 class Container:
-    """One booted Debian machine on an overlay of :func:`rootfs`.  Use :meth:`write` and
-    :meth:`install_hostsflow` before :meth:`boot`; :meth:`stop` removes everything."""
+    """One booted Debian machine on an overlay of :func:`rootfs` (and ``layers`` above it,
+    highest first).  Use :meth:`write` and :meth:`install_hostsflow` before :meth:`boot`;
+    :meth:`stop` removes everything.  With a ``bridge`` it joins that network instead of a veth
+    of its own; ``hostname`` is its name inside (default: the container's name)."""
 
     #: nspawn's own seccomp filter refuses bpf(2): markTraffic's owner log needs it allowed
     #: (what an operator running hostsflowd in an nspawn container passes too)
     NSPAWN_ARGS = ("--system-call-filter=bpf",)
 
-    def __init__(self, name_prefix: str = "hsfb") -> None:
+    def __init__(self, name_prefix: str = "hsfb", packages: Iterable[str] = PACKAGES,
+                 layers: Iterable[Path] = (), bridge: Bridge | None = None,
+                 hostname: str | None = None) -> None:
         self.name = f"{name_prefix}{secrets.token_hex(3)}"  # ve-NAME fits in 15 characters
+        self.packages = tuple(packages)
+        self.layers = tuple(layers)
+        self.bridge = bridge
+        self.hostname = hostname or self.name
         self.tmp = Path(tempfile.mkdtemp(prefix=f"hostsflow-{self.name}-"))
         os.chmod(self.tmp, 0o755)
         self.root = self.tmp / "merged"
-        octet = 16 + secrets.randbelow(200)
-        self.subnet = f"10.{octet}.{secrets.randbelow(250) + 1}"
-        self.host_ip, self.ip = f"{self.subnet}.1", f"{self.subnet}.2"
-        self.host_dev = f"ve-{self.name}"
+        if bridge is not None:
+            self.subnet, self.host_ip, self.ip = bridge.subnet, bridge.host_ip, bridge.address()
+            self.host_dev = f"vb-{self.name}"
+        else:
+            octet = 16 + secrets.randbelow(200)
+            self.subnet = f"10.{octet}.{secrets.randbelow(250) + 1}"
+            self.host_ip, self.ip = f"{self.subnet}.1", f"{self.subnet}.2"
+            self.host_dev = f"ve-{self.name}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.mounted = False
         self.cgroup = f"hostsflow-booted-{self.name}"
 
     # ------------------------------------------------------------ before boot
 
-    def prepare(self) -> "Container":
-        lower = rootfs()
+    def prepare(self, mark: bool = True) -> "Container":
+        """Mount the overlay; with ``mark``, write its hostname and network unit."""
+        lower = ":".join(str(p) for p in (*self.layers, rootfs(self.packages)))
         for d in ("upper", "work", "merged"):
             (self.tmp / d).mkdir()
         sh("mount", "-t", "overlay", "overlay", "-o",
            f"lowerdir={lower},upperdir={self.tmp}/upper,workdir={self.tmp}/work", str(self.root))
         self.mounted = True
-        self.write("/etc/hostname", f"{self.name}\n")
+        if not mark:
+            return self
+        self.write("/etc/hostname", f"{self.hostname}\n")
         self.write("/etc/systemd/system/host0-address.service", f"""[Unit]
 Description=the test network on host0
 Before=network-online.target
@@ -123,8 +185,19 @@ WantedBy=multi-user.target
     def write(self, path: str, text: str, mode: int = 0o644) -> None:
         p = self.root / path.lstrip("/")
         p.parent.mkdir(parents=True, exist_ok=True)
+        if p.is_symlink():  # an absolute link points into this host, not the tree: replace it
+            p.unlink()
         p.write_text(text)
         os.chmod(p, mode)
+
+    def mask(self, *units: str) -> None:
+        """Keep ``units`` from starting (a link to /dev/null, as ``systemctl mask`` makes)."""
+        for unit in units:
+            link = self.root / "etc/systemd/system" / unit
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to("/dev/null")
 
     def enable(self, unit: str, target: str = "multi-user.target") -> None:
         wants = self.root / "etc/systemd/system" / f"{target}.wants"
@@ -172,9 +245,11 @@ WantedBy=multi-user.target
                 with open(f"{h}/{self.cgroup}/cgroup.procs", "w") as f:
                     f.write("0")
 
+        network = (f"--network-bridge={self.bridge.name}" if self.bridge is not None
+                   else "--network-veth")
         self.proc = subprocess.Popen(
             ["systemd-nspawn", "-q", "-b", "-D", str(self.root), "-M", self.name,
-             "--register=no", "--keep-unit", "--network-veth", "--console=passive",
+             "--register=no", "--keep-unit", network, "--console=passive",
              *self.NSPAWN_ARGS],
             stdout=open(self.tmp / "nspawn.log", "wb"), stderr=subprocess.STDOUT,
             preexec_fn=own_cgroup)
@@ -182,7 +257,8 @@ WantedBy=multi-user.target
         while not Path(f"/sys/class/net/{self.host_dev}").exists():
             self._alive_or_fail(deadline)
             time.sleep(0.05)
-        sh("ip", "addr", "add", f"{self.host_ip}/24", "dev", self.host_dev)
+        if self.bridge is None:
+            sh("ip", "addr", "add", f"{self.host_ip}/24", "dev", self.host_dev)
         sh("ip", "link", "set", self.host_dev, "up")
         while self._leader() is None:
             self._alive_or_fail(deadline)

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from hostsflow.sflow.datagram import decode_datagram  # noqa: F401 - tests use kit.decode_datagram
 from hostsflow.testing import UdpCollector, load_file_module
@@ -44,6 +44,32 @@ def why_not(*tools: str) -> str | None:
         if shutil.which(tool) is None:
             return f"needs {tool}"
     return None
+
+
+def pcap_pair(*tools: str) -> Iterator[Any]:
+    """For a fixture (``yield from kit.pcap_pair()``): a :func:`NetPair`, closed afterwards;
+    the test is skipped without root, one of ``tools`` or the hostsflow-pcap module."""
+    import importlib.util
+
+    import pytest
+
+    why = why_not(*tools)
+    if why:
+        pytest.skip(why)
+    if importlib.util.find_spec("hostsflow_pcap") is None:
+        pytest.skip("needs the hostsflow-pcap module installed")
+    p = NetPair()
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def resolver_wrapper(ns: str, resolv: Path) -> tuple[str, ...]:
+    """A command prefix that runs in namespace ``ns`` with ``resolv`` bound over
+    /etc/resolv.conf (in the private mount namespace ``ip netns exec`` makes; needs mount)."""
+    return ("ip", "netns", "exec", ns, "sh", "-c",
+            'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(resolv))
 
 
 def socket_in(ns: str, family: int = socket.AF_INET, kind: int = socket.SOCK_DGRAM) -> socket.socket:

@@ -29,6 +29,7 @@ import attrs
 from hostsflow.packet import decode_sampled_header
 from hostsflow.sflow.datagram import decode_datagram
 from hostsflow.sflow.records import ExtendedEntities, ExtendedTcpInfo, HostDescr, SampledHeader
+from hostsflow.testing import end_process
 
 from .faults_kit import sh
 
@@ -163,13 +164,8 @@ class Scenario:
                     self.um.stop_unit(p.service)
                 except Exception:  # noqa: BLE001 - teardown goes on; the manager's stop kills
                     pass
-            elif p.proc is not None and p.proc.poll() is None:
-                p.proc.terminate()
-                try:
-                    p.proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.proc.kill()
-                    p.proc.wait()
+            elif p.proc is not None:
+                end_process(p.proc)
 
 
 class Truth:

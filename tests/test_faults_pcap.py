@@ -33,16 +33,7 @@ AgentProcess = load_file_module("hostsflow_tests_agent_process", Path(__file__).
 
 @pytest.fixture
 def pair():
-    why = kit.why_not()
-    if why:
-        pytest.skip(why)
-    if importlib.util.find_spec("hostsflow_pcap") is None:
-        pytest.skip("needs the hostsflow-pcap module installed")
-    p = kit.NetPair()
-    try:
-        yield p
-    finally:
-        p.close()
+    yield from kit.pcap_pair()
 
 
 @pytest.fixture

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -35,7 +33,9 @@ from typing import Any
 import pytest
 from hostsflow.testing import load_file_module
 
+from . import chromium
 from .faults_kit import socket_in
+from .frame_counter import FrameCounter
 from .marking_kit import DelayedVeth, wait_until
 
 AgentProcess = load_file_module("hostsflow_tests_agent_process",
@@ -48,8 +48,6 @@ ARTIFACTS = REPO / "tests" / "artifacts"
 SAMPLING = 5
 WINDOW = 10  # seconds the page averages over: ~800 samples of bird, ~1500 of httpd
 TOLERANCE = 0.20
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
 # the systemd module's test fixtures (a real ``systemd --user`` with a private bus)
@@ -83,52 +81,10 @@ def _why_not(modules: tuple[str, ...] = ("hostsflow_pcap", "hostsflow_systemd", 
     for mod in modules:
         if importlib.util.find_spec(mod) is None:
             return f"{mod} is not installed (scripts/install.sh installs it)"
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not os.path.exists(path):
-            return f"{path} is missing (apt-get install chromium chromium-driver)"
-    return None
+    return chromium.why_not()
 
 
 # ---------------------------------------------------------------- the truth on the wire
-
-
-class FrameCounter:
-    """Counts the frames on ``dev`` to or from some TCP/UDP ports (a veth shows each frame
-    once), bytes as the agent reports them (frame + 4-byte FCS)."""
-
-    def __init__(self, dev: str, ports: dict[int, str]) -> None:
-        self.ports = ports
-        self.bytes = {name: 0 for name in ports.values()}
-        self.frames = {name: 0 for name in ports.values()}
-        self.counting = False
-        self.s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-        self.s.bind((dev, 0))
-        self.s.settimeout(0.2)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, addr = self.s.recvfrom(65536)
-            except (TimeoutError, OSError):
-                continue
-            if not self.counting or len(data) < 38:
-                continue
-            if struct.unpack_from("!H", data, 12)[0] != 0x0800 or data[23] not in (6, 17):
-                continue
-            ihl = (data[14] & 15) * 4
-            sport, dport = struct.unpack_from("!HH", data, 14 + ihl)
-            name = self.ports.get(dport) or self.ports.get(sport)
-            if name is not None:
-                self.bytes[name] += len(data) + 4
-                self.frames[name] += 1
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.s.close()
 
 
 class Pacer(threading.Thread):
@@ -178,20 +134,6 @@ def start_view(sflow_port: int, http_port: int, log: Path) -> subprocess.Popen[b
          "import sys; from hostsflow.cli import tools_main; sys.exit(tools_main())", "view", "--listen-sflow", f"127.0.0.1:{sflow_port}",
          "--http", f"127.0.0.1:{http_port}", "--window", str(WINDOW)],
         stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-
-
-def browser(profile: str) -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-                 "--window-size=1360,1000"):
-        opts.add_argument(flag)
-    return webdriver.Chrome(options=opts, service=Service(executable_path=CHROMEDRIVER))
 
 
 def legend(driver: Any) -> dict[str, dict[str, float]]:
@@ -264,7 +206,7 @@ def test_page_shows_traffic_by_service(user_manager, remote, tmp_path, monkeypat
     try:
         wait_until(lambda: _services(base) >= {"httpd.service", "bird.service"}, 20,
                    "the view learns both services from the agent's counter samples")
-        driver = browser(profile)
+        driver = chromium.browser(profile)
         driver.get(base)
 
         # the clients live in the other namespace: the service's end is the one local end,

@@ -21,6 +21,7 @@ import structlog
 
 from .counter_polling import CounterPolling
 from .delivery import Delivery
+from .dnssd import records as dns_records
 from .flow_pipeline import FlowPipeline
 from .health import Health
 from .host import identity
@@ -64,7 +65,9 @@ class Agent:
         :param uuid: the host UUID given on the command line (hsflowd's ``-u``): before the
             config's ``uuid`` and the system's.
         :param machine_id: the machine-id to derive the UUID from (hsflowd's ``-m``)."""
-        self.config = config
+        self.file_config = config  #: the config file's settings (DNS-SD may override some)
+        self.dnssd: Any = None  #: the DNS-SD client (started with the agent when configured)
+        self.config = dns_records.apply(config, None)
         self.host = host
         self.clock = clock
         self.rng = rng or random.Random()
@@ -88,7 +91,7 @@ class Agent:
         # the core's election for now; the modules have their say once configured (start)
         self.address = self._elect_address(ask_modules=False)
         self._address_gone_since: int | None = None  #: agent second the address left
-        self.delivery = Delivery(config, self.address, clock, sink)
+        self.delivery = Delivery(self.config, self.address, clock, sink)
         self.exporter = self.delivery.exporter
         self.polling = CounterPolling(host, self, self.exporter, self.health, self.once,
                                       self.rng)
@@ -213,6 +216,7 @@ class Agent:
         self.configure()
         self._update_address()
         self.retention.drop(self.user, self.config.drop_priv, self.log)
+        self._start_dns_sd()
         self.host.hook.sflow_start(agent=self)
         self.log.info(
             "started", agent_address=self.address, modules=sorted(self.host.states),
@@ -223,6 +227,8 @@ class Agent:
         """Release held samples (while every module still runs), send what is pending, then
         the final hooks (the health figures they see, the status file's last, are the
         whole run's), flush what they added and close the sockets."""
+        if self.dnssd is not None:
+            self.dnssd.stop()
         self.pipeline.release_all()
         self.exporter.flush()
         if self._sockets is not None:
@@ -238,7 +244,39 @@ class Agent:
         self._update_health()
 
     def reload(self, new_config: Any) -> None:
-        """Install a new validated config (SIGHUP) without losing samples in flight."""
+        """Install a new config file's validated settings (SIGHUP) without losing samples in
+        flight; the DNS-SD answer in force stays on top of them unless DNS-SD changed."""
+        old_dns = self.file_config.dns_sd
+        self.file_config = new_config
+        if new_config.dns_sd != old_dns:
+            if self.dnssd is not None:
+                self.dnssd.stop()
+                self.dnssd = None
+            if self.loop is not None:
+                self._start_dns_sd()
+        settings = self.dnssd.settings if self.dnssd is not None else None
+        self._install(dns_records.apply(new_config, settings))
+        self.log.info("config_reloaded")
+
+    def apply_dns_sd(self, settings: Any) -> None:
+        """Install a new DNS-SD answer's settings, as a reload does."""
+        self._install(dns_records.apply(self.file_config, settings))
+        self.log.info("dns_sd_applied", name=settings.name, ttl=settings.ttl,
+                      collectors=[f"{c.ip}:{c.udpport}" for c in settings.collectors],
+                      settings=sorted(k for k in settings.sources if k != "collector"))
+
+    def setting_origins(self) -> dict[str, dict[str, Any]]:
+        """Where each setting DNS-SD may set comes from now (file, DNS with its TTL,
+        default)."""
+        from .dnssd.origins import origins
+
+        settings = self.dnssd.settings if self.dnssd is not None else None
+        return origins(self.config, self.file_config, settings)
+
+    def _install(self, new_config: Any) -> None:
+        """Put a config in force: collectors, datagram size, polling interval, the modules'
+        ``sflow_config_changed``, the agent address.  The exporter goes on (no sequence
+        restart) unless the agent address changes."""
         old = self.config
         self.delivery.reconfigure(old, new_config, self.health)
         self.config = new_config
@@ -246,7 +284,18 @@ class Agent:
             self.polling.new_interval(new_config.polling)
         self.host.hook.sflow_config_changed(agent=self, old=old, new=new_config)
         self._update_address()
-        self.log.info("config_reloaded")
+
+    def _start_dns_sd(self) -> None:
+        cfg = self.file_config.dns_sd
+        if cfg is None:
+            return
+        from .dnssd.client import DnsSd
+
+        self.dnssd = DnsSd(cfg, self.apply_dns_sd, self.log, self.rng)
+        assert self.loop is not None
+        self.dnssd.start(self.loop)
+        self.log.info("dns_sd_started", name=self.dnssd.name,
+                      first_query_in=round(self.dnssd.next_query - time.time(), 1))
 
     # ------------------------------------------------------------ one agent second
 
@@ -264,6 +313,7 @@ class Agent:
         self.pipeline.expire_holds(now)
         self.poll_counters()
         self.host.hook.sflow_tock(agent=self, now=now)
+        self.delivery.tick()
         self.exporter.flush()
         self._update_health()
         if self.health_log_seconds > 0 and self.seconds % self.health_log_seconds == 0:

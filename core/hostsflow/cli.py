@@ -172,6 +172,8 @@ def _status(agent: Agent, config_path: str, started: float, state: str) -> dict[
         "samples_queued": agent.exporter.samples,
         "send_errors": getattr(sink, "errors", 0),
         "counters": agent.health.snapshot(),
+        "settings": agent.setting_origins(),
+        "dns_sd": agent.dnssd.status() if agent.dnssd is not None else None,
         "modules": {
             n: {"errors": s.errors, "quarantined": s.quarantined, "distribution": s.distribution}
             for n, s in agent.host.states.items()
@@ -190,6 +192,8 @@ def _run_test(config: Any, host: ModuleHost, seconds: float, as_json: bool) -> i
 
     async def once() -> None:
         agent.start(asyncio.get_running_loop())
+        if agent.dnssd is not None:  # the records now, not after the start delay
+            await agent.dnssd.answer_now()
         agent.poll_counters(force=True)
         await asyncio.sleep(seconds)
         agent.stop()
@@ -197,6 +201,18 @@ def _run_test(config: Any, host: ModuleHost, seconds: float, as_json: bool) -> i
     asyncio.run(once())
     import json
 
+    origins = agent.setting_origins()
+    dns_sd = agent.dnssd.status() if agent.dnssd is not None else None
+    if as_json:
+        agent.log.info("settings", dns_sd=dns_sd, **origins)
+    else:
+        from .dnssd.origins import render
+
+        if dns_sd is not None:
+            print(f"# DNS-SD {dns_sd['name']}: {dns_sd['state']} {dns_sd['error']}".rstrip())
+        print("# settings (where from)")
+        for line in render(origins):
+            print(f"#   {line}")
     for raw in sink.datagrams:
         d = decode_datagram(raw)
         print(json.dumps(datagram_json(d)) if as_json else datagram_text(d))
@@ -255,6 +271,9 @@ def _tools(argv: Sequence[str] | None) -> int:
         if name == "view":
             v.add_argument("--http", default="127.0.0.1:8008",
                            help="ADDR:PORT of the page (%(default)s)")
+            v.add_argument("--metrics-max-series", type=int, default=10_000,
+                           help="the most series one /metrics family may have; more are "
+                                "summed into one _overflow series and counted (%(default)s)")
         else:
             v.add_argument("--seconds", type=float, default=None, help="stop after N seconds")
     args = p.parse_args(argv)
@@ -352,8 +371,8 @@ def _view_or_top(args: argparse.Namespace) -> int:
         if args.cmd == "view":
             from .tools.view.server import run_view
 
-            return run_view(args.listen_sflow, args.http, args.window, allow=args.allow,
-                            status_file=args.status_file)
+            return run_view(args.listen_sflow, args.http, args.window, args.metrics_max_series,
+                            allow=args.allow, status_file=args.status_file)
         from .tools.top import run_top
     except ImportError as exc:
         print(f"hostsflow {args.cmd}: {exc.name} is missing: pip install 'hostsflow[view]'",

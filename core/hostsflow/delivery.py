@@ -36,20 +36,28 @@ class Delivery:
             self.record(health)
             self._base = (health.counters["datagrams_delivered"],
                           health.counters["dropped.undelivered"], self.exporter.datagrams)
-            self.sink.close()
-            self.sink = self._udp_sender(new)
+            old_sender = self.sink
+            self.sink = self._udp_sender(new, old_sender.collectors)
+            old_sender.close(keep=self.sink.collectors)
             self.exporter.sink = self.sink
         self.exporter.max_bytes = new.datagram_bytes
         self.exporter.sub_agent_id = new.sub_agent_id
 
+    def tick(self) -> None:
+        """Once a second: collector name lookups due, sockets of the lookups done."""
+        if isinstance(self.sink, UdpSender):
+            self.sink.tick()
+
     def record(self, health: Health) -> None:
-        """Refresh the delivery figures (once a second, cheap): datagrams, and their copies
-        delivered or not."""
+        """Refresh the delivery figures (once a second, cheap): datagrams, their copies
+        delivered or not, and the collectors not fed now (name unresolved, sends refused)."""
         health.set("datagrams", self.exporter.datagrams)
         delivered0, undelivered0, datagrams0 = self._base
         sink = self.sink
         if isinstance(sink, UdpSender):
             sent = sink.sent
+            health.set("collectors.unresolved", sink.unresolved)
+            health.set("collectors.refusing", sink.refusing)
             copies = (self.exporter.datagrams - datagrams0) * len(sink.collectors)
             health.set("dropped.undelivered", undelivered0 + max(0, copies - sent))
         else:
@@ -60,6 +68,10 @@ class Delivery:
         self.exporter.flush()
         self.sink.close()
 
-    def _udp_sender(self, config: Any) -> UdpSender:
-        return UdpSender([Collector(c.ip, c.udpport, c.dev) for c in config.collectors],
+    def _udp_sender(self, config: Any, reuse: Any = ()) -> UdpSender:
+        """A sender for the config's collectors; those in ``reuse`` with the same address,
+        port and device are taken over as they are (socket open, no new lookup)."""
+        spare = {(c.host, c.port, c.dev): c for c in reuse}
+        return UdpSender([spare.pop((c.ip, c.udpport, c.dev), None) or
+                          Collector(c.ip, c.udpport, c.dev) for c in config.collectors],
                          self.clock)

@@ -181,11 +181,13 @@ def sflow_start(agent: AgentAPI) -> None:
 
 @hookspec
 def sflow_config_changed(agent: AgentAPI, old: "AgentConfig", new: "AgentConfig") -> None:
-    """React to a reloaded config (SIGHUP).
+    """React to a reloaded config (SIGHUP, or a new DNS-SD answer).
 
     Called on: the poll path, after a new config file was read and validated and installed as
-    ``agent.config``.  A config with errors never gets here: the old one stays in force.
-    Sampling rates, polling interval, collectors and module blocks may all have changed.
+    ``agent.config``, or after a DNS-SD answer changed collectors or settings (the file's
+    config with the answer's values on top).  A config with errors never gets here: the old one
+    stays in force.  Sampling rates, polling interval, collectors and module blocks may all
+    have changed.
 
     :param old: the config that was in force.
     :param new: the config now in force (also ``agent.config``).

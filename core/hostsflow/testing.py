@@ -348,3 +348,18 @@ def load_file_module(name: str, path: Any) -> Any:
         sys.modules[name] = mod
         spec.loader.exec_module(mod)
     return mod
+
+
+def end_process(proc: Any, sig: int | None = None, timeout: float = 10.0) -> int:
+    """Stop a child process started by a test or bench: ``sig`` (SIGTERM by default), then
+    SIGKILL if it has not exited within ``timeout`` seconds; returns its exit status."""
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM if sig is None else sig)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()

@@ -311,3 +311,37 @@ def test_view_server_api_over_real_sockets():
     assert "uPlot.iife.min.js" in page and 'id="legend"' in page
     assert "uPlot" in lib
     assert events.startswith(b"event: history\ndata: {")
+
+
+def test_running_window_sums_equal_a_fresh_sum_at_every_snapshot():
+    """The window's running totals (each second added once, taken off as it leaves) give what
+    summing the window afresh gives: snapshots every quarter second, a silent gap, the clock
+    of the snapshots stepping back once."""
+    rng = random.Random(5)
+    makers = (to_httpd, from_sshd, bird_to_httpd, unmarked)
+    steady = Aggregator(window=4)
+    t0 = 1_000_000.0
+    fed: list[tuple[bytes, float]] = []
+    times = [t0 + q / 4 for q in range(48) if not 20 <= q < 32]  # seconds 5-7 silent
+    for when in times:
+        samples = counters({HTTPD: "httpd.service", SSHD: "sshd.service"}) if when == t0 else []
+        for _ in range(rng.randrange(1, 30)):
+            frame, kw = rng.choice(makers)(rng)
+            samples.append(flow(frame, rng.choice((1, 10)), **kw))
+        fed.append((datagram(samples), when + 0.01))
+
+    def view(snap):
+        d = snap.to_dict()
+        return {k: d[k] for k in ("services", "protocols", "remotes", "other", "total", "span")}
+
+    checks = 0
+    for i, (data, when) in enumerate(fed):
+        steady.feed(data, now=when)
+        at = when + 0.1 if i != 30 else when - 2.0  # once: a snapshot of an earlier time
+        got = view(steady.snapshot(now=at))
+        fresh = Aggregator(window=4)
+        for d, w in fed[:i + 1]:
+            fresh.feed(d, now=w)
+        assert got == view(fresh.snapshot(now=at)), (i, at)
+        checks += got["total"]["bps"] > 0
+    assert checks > 20

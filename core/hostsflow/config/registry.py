@@ -146,7 +146,11 @@ def render_block(name: str, cls: type, help: str = "", indent: int = 0,
         meta = field.metadata
         kind = meta["kind"]
         if kind == "block":
-            lines.append(render_block(key, meta["cls"], meta["help"], indent + 1, meta["repeat"]))
+            sub = render_block(key, meta["cls"], meta["help"], indent + 1, meta["repeat"])
+            if not meta["repeat"] and field.default is None:  # optional: shown, not enabled
+                sub = "\n".join(f"{inner}# {line.strip()}" if not line.strip().startswith("#")
+                                 else line for line in sub.splitlines())
+            lines.append(sub)
             continue
         conv: Converter = meta["conv"]
         lines.append(f"{inner}# {meta['help']} [{conv.describe}]")

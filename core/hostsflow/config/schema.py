@@ -8,14 +8,17 @@ spelling, help, converter with range); :func:`build` walks any such class.  Entr
 Rules (hsflowd's, plus a few stricter ones said here so nobody is surprised):
 
 * exactly one ``sflow { }`` block and nothing outside it;
-* at least one ``collector { }`` unless the caller passes ``require_collector=False``
-  (hsflowd waives it for DNS-SD, which we do not implement); each collector needs ``ip``;
+* at least one ``collector { }`` unless DNS-SD is on (``dns-sd { }`` or ``DNSSD = on``: the
+  collectors come from DNS) or the caller passes ``require_collector=False``; each collector
+  needs ``ip``;
 * an unknown key or block is an error naming the file, the line and the valid keys;
 * a missing final ``}`` is an error (hsflowd only logs it);
 * a key repeated where one value is expected: the last one counts (as in hsflowd), with a
   warning note; a non-repeatable module block given twice is an error;
-* legacy keys hsflowd still accepts (``loopback``, ``samplingDirection``, ``DNSSD`` ...) are
-  checked and ignored with a note in :attr:`AgentConfig.notes` for the caller to log.
+* legacy keys hsflowd still accepts (``loopback``, ``samplingDirection``, ``modules`` ...) are
+  checked and ignored with a note in :attr:`AgentConfig.notes` for the caller to log;
+* :attr:`AgentConfig.lines` keeps the line each setting was read from (``sampling``,
+  ``sampling.10G``, ``collector``...), so that ``hostsflow status`` can say where it came from.
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ def speed_name(bps: int) -> str:
 # ---------------------------------------------------------------- the schema
 
 _RATE = u32(0, 10_000_000)
+_DOMAIN = string(r"\.?[A-Za-z0-9_.-]{1,250}", "domain")
 _INTERVAL = u32(0, 300)
 
 
@@ -107,6 +111,26 @@ class CollectorConfig:
                              converter=device)
     namespace: str | None = option(None, help="open the socket in /var/run/netns/<namespace>",
                                    converter=string(r"[^/\s]+", "namespace name"))
+
+
+@attrs.frozen
+class DnsSdConfig:
+    """``dns-sd { }``: the collectors and settings come from DNS (SRV and TXT records of
+    ``_sflow._udp.<domain>``), as hsflowd's mod_dnssd."""
+
+    domain: str | None = option(
+        None, help="domain of the _sflow._udp records, e.g. .example.com (default: the "
+        "resolver's search list)", converter=_DOMAIN,
+        aliases=("DNSSD_domain",))
+    start_delay: int = option(
+        30, key="startDelay", converter=u32(0, 300),
+        help="first query after a random 1..N seconds, so a fleet restarted at once does not "
+        "ask all together (0: at once; hostsflow only, hsflowd always waits 1..30)")
+
+    @property
+    def name(self) -> str:
+        """The name queried: ``_sflow._udp`` plus the domain (a leading dot optional)."""
+        return "_sflow._udp" + (f".{self.domain.lstrip('.')}" if self.domain else "")
 
 
 @attrs.frozen
@@ -152,18 +176,35 @@ class AgentConfig:
                              help="seconds before an idle VM/container is forgotten")
     drop_priv: bool = option(True, key="dropPriv", converter=on_off,
                              help="drop root after start-up (a module may ask to keep it)")
+    dns_sd_block: DnsSdConfig | None = sub_block(
+        DnsSdConfig, key="dns-sd", help="take collectors and settings from DNS SRV/TXT records")
+    dnssd: bool = option(False, key="DNSSD", converter=on_off,
+                         help="DNS-SD on (older spelling of dns-sd { })")
+    dnssd_domain: str | None = option(None, key="DNSSD_domain", converter=_DOMAIN,
+                                      help="DNS-SD domain (older spelling of dns-sd { domain })")
 
     modules: dict[str, Any] = attrs.field(factory=dict)
     notes: list[ConfigNote] = attrs.field(factory=list, eq=False, repr=False)
     source: str = attrs.field(default="", eq=False)
+    lines: dict[str, int] = attrs.field(factory=dict, eq=False, repr=False)
+
+    @property
+    def dns_sd(self) -> DnsSdConfig | None:
+        """The DNS-SD settings when DNS-SD is on (``dns-sd { }``, or ``DNSSD = on`` with
+        ``DNSSD_domain``), else None."""
+        if self.dns_sd_block is not None:
+            if self.dns_sd_block.domain is None and self.dnssd_domain:
+                return attrs.evolve(self.dns_sd_block, domain=self.dnssd_domain)
+            return self.dns_sd_block
+        if self.dnssd:
+            return DnsSdConfig(domain=self.dnssd_domain)
+        return None
 
 
 #: keys hsflowd accepts in ``sflow { }`` that we check and ignore: key -> (converter, advice)
 LEGACY_KEYS: dict[str, tuple[Converter, str]] = {
     "loopback": (on_off, "loopback interfaces are always considered"),
     "samplingdirection": (choice("in", "out", "both"), "deprecated; sampling is in and out"),
-    "dnssd": (on_off, "DNS-SD is not implemented"),
-    "dnssd_domain": (string(), "DNS-SD is not implemented"),
     "modules": (string(), "modules are Python packages (pip install hostsflow-NAME)"),
     "uloggroup": (u32(1, 32), "use ulog { group = N }"),
     "ulogprobability": (real(0.0, 1.0), "use ulog { probability = P }"),
@@ -239,15 +280,17 @@ def _unknown_key(block: Block, key: str, line: int, keys: _Keys) -> ConfigError:
 def build(block: Block, cls: type, notes: list[ConfigNote], *,
           registry: ConfigRegistry | None = None,
           legacy: dict[str, tuple[Converter, str]] | None = None,
-          extra: dict[str, Any] | None = None) -> Any:
+          extra: dict[str, Any] | None = None, lines: dict[str, int] | None = None) -> Any:
     """Validate ``block`` against attrs class ``cls`` and return the instance.
 
     Walks entries and sub-blocks in file order, so the first mistake in the file is the one
     reported.  Unknown sub-blocks are looked up in ``registry`` (module blocks, collected in
     ``extra["modules"]``: the instance, or the list of instances for a block the registry
     says is repeatable) when one is given; ``legacy`` keys are checked and ignored with a
-    note.  Raises :class:`ConfigError`."""
+    note; ``lines`` (when given) gets the line of each setting by its conf spelling (the
+    last one for a repeated key, the first for a list or block).  Raises :class:`ConfigError`."""
     keys = _keys(cls)
+    lines = {} if lines is None else lines
     file = block.file
     values: dict[str, Any] = {}
     first_line: dict[str, int] = {}
@@ -267,6 +310,7 @@ def build(block: Block, cls: type, notes: list[ConfigNote], *,
                 else:
                     values[field.name] = sub
                 first_line.setdefault(field.name, item.line)
+                lines.setdefault(conf_key(field) or field.name, item.line)
             elif field is not None or (legacy and item.norm in legacy):
                 raise ConfigError(file, item.line, f"'{item.name}' is a setting, not a block: "
                                   f"write {item.name} = VALUE")
@@ -309,15 +353,18 @@ def build(block: Block, cls: type, notes: list[ConfigNote], *,
                 raise ConfigError(file, item.line, f"missing name after '{item.key}'")
             values.setdefault(field.name, {})[field.metadata["name"](name)] = _convert(
                 field, item.value, file, item.line, item.key)
+            lines[f"{conf_key(field)}.{field.metadata['name'](name)}"] = item.line
         elif kind == "list":
             values.setdefault(field.name, []).append(
                 _convert(field, item.value, file, item.line, item.key))
+            lines.setdefault(conf_key(field) or field.name, item.line)
         else:
             if field.name in values:
                 notes.append(ConfigNote(file, item.line, "warning", f"'{item.key}' set again "
                                         f"(first on line {first_line[field.name]}); this one "
                                         "counts"))
             values[field.name] = _convert(field, item.value, file, item.line, item.key)
+            lines[conf_key(field) or field.name] = item.line
             if item.norm != (conf_key(field) or "").lower():
                 notes.append(ConfigNote(file, item.line, "debug", f"'{item.key}' is an old "
                                         f"spelling of '{conf_key(field)}'"))
@@ -368,7 +415,7 @@ def module_blocks(text: str, filename: str) -> dict[str, int]:
     """The module block names in the ``sflow { }`` block (lower-case -> first line), for the
     module loader to decide what to load before validating.  Raises :class:`ConfigError` on
     syntax errors."""
-    core = {"collector"}
+    core = {"collector", "dns-sd"}
     found: dict[str, int] = {}
     for b in _the_sflow_block(parse(text, filename)).blocks:
         if b.norm not in core:
@@ -383,9 +430,15 @@ def parse_config_text(text: str, filename: str, registry: ConfigRegistry | None 
     registry = registry if registry is not None else ConfigRegistry()
     sflow = _the_sflow_block(parse(text, filename))
     notes: list[ConfigNote] = []
+    lines: dict[str, int] = {}
     config: AgentConfig = build(sflow, AgentConfig, notes, registry=registry, legacy=LEGACY_KEYS,
-                                extra={"modules": {}, "notes": notes, "source": filename})
-    if require_collector and not config.collectors:
+                                extra={"modules": {}, "notes": notes, "source": filename,
+                                       "lines": lines}, lines=lines)
+    if config.dns_sd is not None and config.collectors:
+        notes.append(ConfigNote(filename, lines.get("collector", sflow.line), "warning",
+                                "DNS-SD is on: the collectors come from DNS and the collector "
+                                "blocks here are not used (as in hsflowd)"))
+    if require_collector and not config.collectors and config.dns_sd is None:
         raise ConfigError(filename, sflow.line, "no collector { ip = ... } in the sflow block "
                           "(at least one is required)")
     return config

@@ -217,7 +217,10 @@ class DecodedFlowSample:
 
     def record(self, cls: type) -> Record | None:
         """The first record of class ``cls``, or None."""
-        return next((r for r in self.records if isinstance(r, cls)), None)
+        for r in self.records:  # a plain loop: the collectors call this for every sample
+            if isinstance(r, cls):
+                return r
+        return None
 
 
 @attrs.define(slots=True)
@@ -235,7 +238,10 @@ class DecodedCounterSample:
 
     def record(self, cls: type) -> Record | None:
         """The first record of class ``cls``, or None."""
-        return next((r for r in self.records if isinstance(r, cls)), None)
+        for r in self.records:  # a plain loop: the collectors call this for every sample
+            if isinstance(r, cls):
+                return r
+        return None
 
 
 @attrs.define(slots=True)
@@ -296,25 +302,27 @@ def _read_records(
 ) -> list[Record | UnknownRecord]:
     """Read ``count`` records (data_format, length, body) between ``pos`` and ``end``."""
     records: list[Record | UnknownRecord] = []
-    for i in range(count):
-        what = f"{where} record {i}"
-        _need(data, pos, 8, end, what)
-        tag, length = _U32x2.unpack_from(data, pos)
+    append = records.append
+    unpack = _U32x2.unpack_from
+    for i in range(count):  # the messages are made only on errors: this runs for every record
+        if pos + 8 > end:
+            _need(data, pos, 8, end, f"{where} record {i}")
+        tag, length = unpack(data, pos)
         pos += 8
         if length > end - pos:
             raise SflowDecodeError(
-                f"{what} ({tag >> 12}:{tag & 0xFFF}): length {length} runs past its sample "
-                f"({end - pos} bytes left)")
+                f"{where} record {i} ({tag >> 12}:{tag & 0xFFF}): length {length} runs past "
+                f"its sample ({end - pos} bytes left)")
         body = bytes(data[pos:pos + length])
         try:
-            records.append(decode_record(kind, tag, body))
+            append(decode_record(kind, tag, body))
         except Exception as exc:  # noqa: BLE001 - any record class may fail on bad bytes
             raise SflowDecodeError(
-                f"{what} ({tag >> 12}:{tag & 0xFFF}, {length} bytes): "
+                f"{where} record {i} ({tag >> 12}:{tag & 0xFFF}, {length} bytes): "
                 f"{type(exc).__name__}: {exc}") from exc
         pos += length + (-length & 3)
         if pos > end:
-            raise SflowDecodeError(f"{what}: padding runs past its sample")
+            raise SflowDecodeError(f"{where} record {i}: padding runs past its sample")
     if pos != end:
         raise SflowDecodeError(f"{where}: {end - pos} bytes left after its {count} records")
     return records

@@ -8,19 +8,23 @@ sequence numbers start at 1; uptime is milliseconds since the exporter started.
 
 from __future__ import annotations
 
+import collections
+import errno
+import ipaddress
 import socket
+from concurrent.futures import Executor, Future
 from typing import Callable, Iterable, Protocol, Sequence
 
 import attrs
 import structlog
 
+from ..background import LOOKUPS
 from ..logsetup import OnceLog
 from .datagram import encode_datagram_header
 
 MAX_SAMPLES = 64
 HEADER_ROOM = 40  # an IPv6 datagram header; IPv4 needs 28
 SNDBUF = 2_000_000
-RECOVERED_AFTER = 2  # good sends in a row before a collector fault counts as over
 
 log = structlog.get_logger("hostsflow.exporter")
 
@@ -96,45 +100,131 @@ class Exporter:
 
 @attrs.define
 class Collector:
-    """One collector from the config, with its socket (opened lazily, re-opened after errors)."""
+    """One collector from the config, with its socket and where it stands.
+
+    ``sock`` is open while the collector is sendable; ``lookup`` is the name lookup in
+    progress (in a background thread); ``refusing`` means its last sends were refused (ICMP
+    port or host unreachable), so it gets one probe every :data:`PROBE_SECONDS` instead of
+    every datagram until a probe shows it is back."""
 
     host: str
     port: int = 6343
     dev: str | None = None
     sock: socket.socket | None = None
     addr: tuple | None = None  # type: ignore[type-arg]
-    retry_at: float = 0.0
-    faulty: bool = False  #: a fault was logged and has not been followed by good sends yet
-    good_sends: int = 0  #: sends that went through since the last fault
+    retry_at: float = 0.0  #: no new lookup before this time
+    lookup: Future | None = None  # type: ignore[type-arg]
+    unresolved: bool = False  #: the last lookup failed
+    refusing: bool = False
+    probe_at: float = 0.0
+    probed: bool = False  #: a probe went out in this refusal: the next send's result tells
+    clean_probes: int = 0  #: probes in a row not refused since then
 
     @property
     def key(self) -> str:
         return f"collector {self.host}:{self.port}"
 
 
+PROBE_SECONDS = 0.25  # one datagram per this while a collector refuses
+CLEAN_PROBES = 2  # probes in a row not refused before a refusing collector gets full rate
+LOOKUP_RETRY_SECONDS = 5.0  # a name that did not resolve is looked up again after this
+REOPEN_SECONDS = 1.0  # a socket closed after an unexpected error is re-opened after this
+#: errors that say the collector (or the way to it) refuses now: keep the socket and probe
+REFUSED = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                     errno.EHOSTDOWN, errno.ENETDOWN, errno.EPERM, errno.EACCES})
+#: errors that only say this datagram did not fit (socket buffer full): drop it, carry on
+FULL = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS})
+
+
+def _numeric(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+def _resolve(host: str, port: int) -> tuple[int, tuple]:  # type: ignore[type-arg]
+    """(family, address) of ``host`` (first getaddrinfo answer).  Blocking: names are resolved
+    in a background thread, numeric addresses inline (no lookup happens for them)."""
+    family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    return family, addr
+
+
 class UdpSender:
     """Sends every datagram to every collector over UDP (IPv4 and IPv6).
 
-    A collector whose name does not resolve, or whose socket errors (ICMP port unreachable
-    comes back as ECONNREFUSED on the next send), is logged once while the fault lasts, counted,
-    and retried a few seconds later; the other collectors are not affected."""
+    Nothing here waits on the network or on DNS: a collector named by a hostname is resolved
+    in a background thread (:data:`~hostsflow.background.LOOKUPS`) and gets datagrams once its
+    socket is open; until then, and while a lookup fails (retried every
+    :data:`LOOKUP_RETRY_SECONDS`), its copies are not sent and count as undelivered.  A
+    collector that refuses (ICMP port unreachable comes back as ECONNREFUSED on the next send
+    of a connected socket) gets one probe every :data:`PROBE_SECONDS` and full rate again once
+    :data:`CLEAN_PROBES` probes in a row went through unrefused.  Each fault is logged once
+    while it lasts; the other collectors are not affected."""
 
-    RETRY_SECONDS = 7.0
-
-    def __init__(self, collectors: Iterable[Collector], clock: Callable[[], float]) -> None:
+    def __init__(self, collectors: Iterable[Collector], clock: Callable[[], float],
+                 lookups: Executor = LOOKUPS) -> None:
         self.collectors = list(collectors)
         self.clock = clock
+        self.lookups = lookups
         self.once = OnceLog(log)
         self.errors = 0
         self.sent = 0
+        #: collectors with an open socket, in config order (a reload hands some over open)
+        self.ready: list[Collector] = [c for c in self.collectors if c.sock is not None]
+        self._arrived: collections.deque[Collector] = collections.deque()  # lookups done
+        self._closed = False
+        for c in self.collectors:  # a lookup handed over by a reload reports here now
+            if c.lookup is not None:
+                c.lookup.add_done_callback(lambda _f, c=c: self._arrived.append(c))
+        self.tick()
 
-    def _open(self, c: Collector) -> bool:
-        try:
-            infos = socket.getaddrinfo(c.host, c.port, type=socket.SOCK_DGRAM)
-        except OSError as exc:
-            self.once.warn(c.key, "collector_unresolved", error=str(exc))
-            return False
-        family, _, _, _, addr = infos[0]
+    # ------------------------------------------------------------ opening sockets
+
+    def tick(self) -> None:
+        """Start the lookups that are due, open the sockets of the ones done (once a second,
+        and when the sender is made)."""
+        now = self.clock()
+        self._take_lookups()
+        if len(self.ready) == len(self.collectors):
+            return
+        for c in self.collectors:
+            if c.sock is None and c.lookup is None and now >= c.retry_at:
+                self._look_up(c)
+
+    def _look_up(self, c: Collector) -> None:
+        if _numeric(c.host):
+            try:
+                family, addr = _resolve(c.host, c.port)
+            except OSError as exc:
+                self._lookup_failed(c, exc)
+                return
+            self._open(c, family, addr)
+            return
+        c.lookup = self.lookups.submit(_resolve, c.host, c.port)
+        c.lookup.add_done_callback(lambda _f, c=c: self._arrived.append(c))
+
+    def _take_lookups(self) -> None:
+        while self._arrived:
+            c = self._arrived.popleft()
+            future, c.lookup = c.lookup, None
+            if future is None or future.cancelled() or self._closed:
+                continue
+            exc = future.exception()
+            if exc is not None:
+                self._lookup_failed(c, exc)
+            else:
+                self._open(c, *future.result())
+
+    def _lookup_failed(self, c: Collector, exc: BaseException) -> None:
+        c.unresolved, c.retry_at = True, self.clock() + LOOKUP_RETRY_SECONDS
+        self.once.warn(c.key, "collector_unresolved", error=str(exc))
+
+    def _open(self, c: Collector, family: int, addr: tuple) -> None:  # type: ignore[type-arg]
+        if c.unresolved:
+            c.unresolved = False
+            self.once.clear(c.key)
         sock = socket.socket(family, socket.SOCK_DGRAM)
         sock.setblocking(False)
         try:
@@ -145,56 +235,113 @@ class UdpSender:
                     sock.setsockopt(socket.IPPROTO_IPV6, 76, ifindex)  # IPV6_UNICAST_IF
                 else:
                     sock.setsockopt(socket.IPPROTO_IP, 50, ifindex.to_bytes(4, "big"))  # IP_UNICAST_IF
-        except OSError as exc:
-            sock.close()
-            self.once.warn(c.key, "collector_socket_failed", error=str(exc))
-            return False
-        try:
             sock.connect(addr)  # connected: ICMP port unreachable comes back as ECONNREFUSED
         except OSError as exc:
             sock.close()
-            self.once.warn(c.key, "collector_unreachable", error=str(exc))
-            return False
-        c.sock, c.addr = sock, addr
-        return True
+            c.retry_at = self.clock() + REOPEN_SECONDS
+            self.once.warn(c.key, "collector_socket_failed", error=str(exc))
+            return
+        c.sock, c.addr, c.refusing, c.probed, c.clean_probes = sock, addr, False, False, 0
+        self.ready = [x for x in self.collectors if x.sock is not None]
+
+    # ------------------------------------------------------------ sending
 
     def send(self, datagram: bytes) -> None:
-        """Send to every collector.  The common case (socket open, send works) reads no clock
-        and builds no log key: this runs once per datagram."""
-        for c in self.collectors:
-            sock = c.sock
-            if sock is None:
-                now = self.clock()
-                if now < c.retry_at:
-                    continue
-                if not self._open(c):  # retry from the failed attempt, not from every send
-                    c.retry_at, c.faulty, c.good_sends = now + self.RETRY_SECONDS, True, 0
-                    continue
-                sock = c.sock
+        """Send to every collector with an open socket.  The common case (no lookup just
+        finished, no collector refusing, the send works) reads no clock and builds no log
+        key: this runs once per datagram."""
+        if self._arrived:
+            self._take_lookups()
+        for c in self.ready:
+            if c.refusing:
+                self._probe(c, datagram)
+                continue
             try:
-                sock.send(datagram)  # type: ignore[union-attr]
+                c.sock.send(datagram)  # type: ignore[union-attr]
             except OSError as exc:
-                self.errors += 1
-                self.once.warn(c.key, "collector_send_failed", error=str(exc))
-                sock.close()  # type: ignore[union-attr]
-                c.sock, c.retry_at, c.faulty = None, self.clock() + self.RETRY_SECONDS, True
-                c.good_sends = 0
+                self._send_failed(c, exc)
                 continue
             self.sent += 1
-            if c.faulty:
-                # A closed port refuses only the *next* send on a connected socket (the ICMP
-                # error arrives late), so one good send proves nothing: the fault is over, and
-                # the next one is logged again, once a second send went through as well.
-                c.good_sends += 1
-                if c.good_sends >= RECOVERED_AFTER:
-                    c.faulty, c.good_sends = False, 0
-                    self.once.clear(c.key)
 
-    def close(self) -> None:
+    def _probe(self, c: Collector, datagram: bytes) -> None:
+        """A refusing collector: one datagram per PROBE_SECONDS.  A refused send has not gone
+        out (it only reported the ICMP error of the one before), so it is sent again at
+        once.  CLEAN_PROBES probes in a row that were not refused (the first one after a
+        transmitted probe) prove the collector is back: full rate from the next datagram.
+        (Two, not one: a router may rate-limit its ICMP errors.)"""
+        now = self.clock()
+        if now < c.probe_at:
+            return
+        c.probe_at = now + PROBE_SECONDS
+        sock = c.sock
+        assert sock is not None
+        try:
+            sock.send(datagram)
+        except OSError as exc:
+            if exc.errno not in REFUSED:
+                self._send_failed(c, exc)
+                return
+            self.errors += 1
+            c.clean_probes = 0
+            try:
+                sock.send(datagram)
+            except OSError:
+                return
+            c.probed = True
+            self.sent += 1
+            return
+        self.sent += 1
+        if c.probed:
+            c.clean_probes += 1
+            if c.clean_probes >= CLEAN_PROBES:
+                c.refusing = c.probed = False
+                c.clean_probes = 0
+                self.once.clear(c.key)
+        c.probed = True
+
+    def _send_failed(self, c: Collector, exc: OSError) -> None:
+        self.errors += 1
+        if exc.errno in FULL:
+            self.once.warn(f"{c.key} buffer", "collector_send_dropped", error=str(exc))
+            return
+        self.once.warn(c.key, "collector_send_failed", error=str(exc))
+        if exc.errno in REFUSED:
+            c.refusing, c.probed, c.clean_probes = True, False, 0
+            c.probe_at = self.clock() + PROBE_SECONDS
+            return
+        # anything else: a new socket (and a new lookup: the name may have moved)
+        if c.sock is not None:
+            c.sock.close()
+        c.sock, c.retry_at = None, self.clock() + REOPEN_SECONDS
+        self.ready = [x for x in self.collectors if x.sock is not None]
+
+    # ------------------------------------------------------------ figures, closing
+
+    @property
+    def unresolved(self) -> int:
+        """Collectors whose name did not resolve at the last try."""
+        return sum(1 for c in self.collectors if c.unresolved)
+
+    @property
+    def refusing(self) -> int:
+        """Collectors whose sends are refused now (probed, not fed)."""
+        return sum(1 for c in self.ready if c.refusing)
+
+    def close(self, keep: Iterable[Collector] = ()) -> None:
+        """Close the sockets and cancel the lookups still queued (never waits for one), except
+        for the collectors in ``keep`` (handed over to a new sender)."""
+        self._closed = True
+        kept = {id(c) for c in keep}
         for c in self.collectors:
+            if id(c) in kept:
+                continue
+            if c.lookup is not None:
+                c.lookup.cancel()
+                c.lookup = None
             if c.sock is not None:
                 c.sock.close()
                 c.sock = None
+        self.ready = []
 
 
 class RecordingSink:

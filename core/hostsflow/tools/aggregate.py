@@ -134,6 +134,66 @@ def _add(table: dict[Any, list[int]], key: Any, nbytes: int, npkts: int) -> None
         cell[1] += npkts
 
 
+class _WindowSums:
+    """Running totals over the complete seconds of the window: a second is added once, when a
+    newer one exists (no sample can reach it then), and taken off when it leaves the window, so
+    a snapshot does not sum every second again.  The newest second is added on top at each
+    snapshot (the one second that may still change)."""
+
+    def __init__(self) -> None:
+        self.sums = _Bucket(0)
+        self.held: list[_Bucket] = []
+
+    @staticmethod
+    def _tables(b: _Bucket) -> tuple[dict[Any, list[int]], ...]:
+        return (b.service, b.proto, b.remote, b.conn)
+
+    def _apply(self, b: _Bucket, sign: int) -> None:
+        for table, into in zip(self._tables(b), self._tables(self.sums)):
+            for k, (nb, npk) in table.items():
+                cell = into.get(k)
+                if cell is None:
+                    into[k] = [nb, npk]
+                    continue
+                cell[0] += sign * nb
+                cell[1] += sign * npk
+                if sign < 0 and not cell[0] and not cell[1]:
+                    del into[k]
+        for mine, theirs in ((self.sums.other, b.other), (self.sums.total, b.total)):
+            mine[0] += sign * theirs[0]
+            mine[1] += sign * theirs[1]
+
+    def over(self, chosen: list[_Bucket], newest: _Bucket | None) -> _Bucket:
+        """The sums of ``chosen`` (the seconds of the window); ``newest`` is the bucket that
+        may still change.  The result is only read."""
+        settled = [b for b in chosen if b is not newest]
+        want = {id(b) for b in settled}
+        kept = []
+        for b in self.held:
+            if id(b) in want:
+                kept.append(b)
+            else:
+                self._apply(b, -1)
+        have = {id(b) for b in kept}
+        for b in settled:
+            if id(b) not in have:
+                self._apply(b, +1)
+                kept.append(b)
+        self.held = kept
+        if newest is None or all(b is not newest for b in chosen):
+            return self.sums
+        out = _Bucket(0)
+        for table, base, into in zip(self._tables(newest), self._tables(self.sums),
+                                     self._tables(out)):
+            into.update(base)
+            for k, (nb, npk) in table.items():
+                cell = into.get(k)
+                into[k] = [nb, npk] if cell is None else [cell[0] + nb, cell[1] + npk]
+        out.other = [self.sums.other[0] + newest.other[0], self.sums.other[1] + newest.other[1]]
+        out.total = [self.sums.total[0] + newest.total[0], self.sums.total[1] + newest.total[1]]
+        return out
+
+
 @attrs.define(slots=True)
 class Connection:
     """The latest state of one TCP connection, as its extended_tcp_info samples tell it.
@@ -280,6 +340,8 @@ class Aggregator:
         self.window = float(window)
         self.clock = clock
         self.stats = AggregatorStats()
+        #: the sampled_header decoder (the fleet collector shares one decoding per record)
+        self.decode_header: Callable[[SampledHeader], Any] = decode_sampled_header
         #: service -> its unit name (None until its counter samples arrive)
         self.services: KeyTable[ServiceId, str | None] = KeyTable(
             max_services, SERVICE_TTL, per_group=min(max_services_per_agent, max_services),
@@ -291,6 +353,7 @@ class Aggregator:
         self.flows = FlowHistory(history)
         self.allow = allow
         self._buckets: collections.deque[_Bucket] = collections.deque()
+        self._sums = _WindowSums()
         self._keep = int(window) + 2
         self._first: float | None = None
 
@@ -424,7 +487,7 @@ class Aggregator:
                 src_svc = (agent, ent.src_index)  # type: ignore[attr-defined]
                 if self._known(src_svc, now):
                     ends.append((src_svc, OUT))
-        info = decode_sampled_header(header)  # type: ignore[arg-type]
+        info = self.decode_header(header)  # type: ignore[arg-type]
         if src_svc is None and dst_svc is None:
             bucket.other[0] += nbytes
             bucket.other[1] += rate
@@ -530,20 +593,9 @@ class Aggregator:
         now = self.clock() if now is None else now
         self.expire(now)
         buckets, span = self._window(now)
-        service: dict[tuple[ServiceId, str], list[int]] = {}
-        proto: dict[Any, list[int]] = {}
-        remote: dict[Any, list[int]] = {}
-        conn: dict[Any, list[int]] = {}
-        other, total = [0, 0], [0, 0]
-        for b in buckets:
-            for table, into in ((b.service, service), (b.proto, proto), (b.remote, remote),
-                                (b.conn, conn)):
-                for k, (nb, npk) in table.items():
-                    _add(into, k, nb, npk)
-            other[0] += b.other[0]
-            other[1] += b.other[1]
-            total[0] += b.total[0]
-            total[1] += b.total[1]
+        sums = self._sums.over(buckets, self._buckets[-1] if self._buckets else None)
+        service, proto, remote, conn = sums.service, sums.proto, sums.remote, sums.conn
+        other, total = sums.other, sums.total
 
         def to_rate(cell: list[int] | None) -> Rate:
             if not cell:

@@ -13,6 +13,8 @@ Routes:
   tell the user, from the snapshot and the local agent's status file).
 * ``GET /api/events``: ``text/event-stream``; first a ``history`` event (the chart points kept so
   far), then a ``snapshot`` event every second (``{"snapshot": ..., "point": ...}``).
+* with a :class:`~hostsflow.tools.fleet.FleetAggregator` (the default): ``GET /api/edges``,
+  ``GET /metrics`` and ``GET /map`` (see :mod:`hostsflow.tools.fleet`).
 * ``GET /api/flows?keys=protocol,dst_port&filter=service=&start=T&end=T&top=10``: the traffic
   of the kept seconds grouped by the keys sFlow carries (see :mod:`hostsflow.tools.flows`).
 
@@ -39,6 +41,8 @@ from aiohttp import web
 from ..aggregate import Aggregator, listen
 from ..allow import source_filter
 from ..decode import parse_listen
+from ..fleet import FleetAggregator, add_routes
+from ..fleet_metrics import DEFAULT_MAX_SERIES
 from ..flows import DEFAULT_KEYS, FlowQueryError, parse_filter, parse_keys
 from ..hints import AgentStatusReader, notices
 from .guard import ConnectionGuard, RateLimitedLog
@@ -71,7 +75,7 @@ class ViewServer:
                  http: str = DEFAULT_HTTP, interval: float = 1.0,
                  status_file: str | None = None, guard: ConnectionGuard | None = None,
                  log: RateLimitedLog | None = None) -> None:
-        self.aggregator = aggregator if aggregator is not None else Aggregator()
+        self.aggregator = aggregator if aggregator is not None else FleetAggregator()
         self.listen_sflow = listen_sflow
         self.http = http
         self.interval = interval
@@ -97,6 +101,8 @@ class ViewServer:
         app.router.add_get("/api/events", self._events)
         app.router.add_get("/api/flows", self._flows)
         app.router.add_static("/static/", STATIC, follow_symlinks=False)
+        if isinstance(self.aggregator, FleetAggregator):
+            add_routes(app, self.aggregator)
         app.on_response_prepare.append(_security_headers)
         app.on_shutdown.append(self._on_shutdown)
         return app
@@ -175,6 +181,8 @@ class ViewServer:
     def broadcast(self) -> None:
         """Take a snapshot (one chart point) and send it to every open page."""
         snap, point = self.aggregator.tick()
+        if not self.clients:  # the point is in the history; nobody to send it to
+            return
         message = _sse("snapshot", {"snapshot": self.snapshot_dict(snap), "point": point})
         for q in list(self.clients):
             _offer(q, message)
@@ -273,11 +281,13 @@ def _offer(queue: asyncio.Queue[str | None], message: str | None) -> None:
     queue.put_nowait(message)
 
 
-async def serve(listen_sflow: str, http: str, window: float, allow: list[str] | None = None,
+async def serve(listen_sflow: str, http: str, window: float,
+                max_series: int = DEFAULT_MAX_SERIES, allow: list[str] | None = None,
                 status_file: str | None = None) -> None:
     """Run the view until cancelled (Ctrl-C), printing where it listens."""
-    server = ViewServer(Aggregator(window=window, allow=source_filter(allow)), listen_sflow,
-                        http, status_file=status_file)
+    server = ViewServer(FleetAggregator(window=window, max_series=max_series,
+                                        allow=source_filter(allow)),
+                        listen_sflow, http, status_file=status_file)
     await server.start()
     assert server.sflow_address is not None
     host, port = server.sflow_address
@@ -290,11 +300,11 @@ async def serve(listen_sflow: str, http: str, window: float, allow: list[str] | 
 
 
 def run_view(listen_sflow: str = DEFAULT_SFLOW, http: str = DEFAULT_HTTP,
-             window: float = 5.0, allow: list[str] | None = None,
-             status_file: str | None = None) -> int:
+             window: float = 5.0, max_series: int = DEFAULT_MAX_SERIES,
+             allow: list[str] | None = None, status_file: str | None = None) -> int:
     """``hostsflow view``: exit status 2 for an address that cannot be used."""
     try:
-        asyncio.run(serve(listen_sflow, http, window, allow, status_file))
+        asyncio.run(serve(listen_sflow, http, window, max_series, allow, status_file))
     except KeyboardInterrupt:
         pass
     except (ValueError, OSError) as exc:

@@ -26,7 +26,23 @@ const state = {
   flowPlot: null,
   flowTimer: null,
   lastSnapshot: null,
+  agent: "",           // the agent picked (its address), "" for all
 };
+
+// with several agents a label is "ADDRESS/unit": the picker keeps one agent's
+function picked(label) { return !state.agent || label.startsWith(state.agent + "/"); }
+
+function renderPicker(agents) {
+  const sel = document.getElementById("agent-pick");
+  const addrs = Object.keys(agents).sort();
+  document.getElementById("agent-box").hidden = addrs.length < 2;
+  const want = ["", ...addrs].join("\n");
+  if (sel.dataset.options === want) return;
+  sel.dataset.options = want;
+  sel.replaceChildren(new Option("all agents", ""),
+                      ...addrs.map(a => new Option(agents[a] + " (" + a + ")", a)));
+  sel.value = addrs.includes(state.agent) ? state.agent : "";
+}
 
 function fmtRate(bps) {
   const units = [["Gb/s", 1e9], ["Mb/s", 1e6], ["kb/s", 1e3]];
@@ -73,7 +89,7 @@ function learnOrder() {
 
 // Bands bottom first: each service, then "more services", then "other (no service)".
 function bands() {
-  const out = state.order.map(l => ({id: "s:" + l, name: l, colour: colour(l), get: p => p.bps.get(l) || 0}));
+  const out = state.order.filter(picked).map(l => ({id: "s:" + l, name: l, colour: colour(l), get: p => p.bps.get(l) || 0}));
   out.push({...MORE, get: p => p.more});
   out.push({...OTHER, get: p => p.other});
   return out;
@@ -177,6 +193,7 @@ function renderLegend(snap) {
   const ul = document.getElementById("legend");
   ul.replaceChildren();
   for (const s of snap.services) {
+    if (state.agent && s.agent !== state.agent) continue;
     ul.append(legendRow("service", s.label, s.label, s.bps, s.in.bps, s.out.bps, colour(s.label)));
   }
   const hidden = (snap.services_total || 0) - snap.services.length;
@@ -211,13 +228,13 @@ function fillTable(id, rows, cells, ncols) {
 }
 
 function renderTables(snap) {
-  fillTable("connections", snap.connections.slice(0, 10), c => [
+  fillTable("connections", snap.connections.filter(c => picked(c.service)).slice(0, 10), c => [
     [c.service || "-"], [c.local], [c.remote], [fmtRate(c.bps), 1], [c.rtt_ms.toFixed(3), 1],
     [c.min_rtt_ms.toFixed(3), 1], [c.rttvar_ms.toFixed(3), 1], [String(c.retrans), 1],
     [String(c.lost), 1], [String(c.snd_cwnd), 1]], 10);
-  fillTable("protocols", snap.protocols.slice(0, 10),
+  fillTable("protocols", snap.protocols.filter(p => picked(p.service)).slice(0, 10),
             p => [[p.service], [p.direction], [p.key], [fmtRate(p.bps), 1]], 4);
-  fillTable("remotes", snap.remotes.slice(0, 10),
+  fillTable("remotes", snap.remotes.filter(p => picked(p.service)).slice(0, 10),
             p => [[p.service], [p.direction], [p.key], [fmtRate(p.bps), 1]], 4);
 }
 
@@ -237,6 +254,7 @@ function renderStatus(snap) {
 function onSnapshot(snap) {
   state.lastSnapshot = snap;
   state.window = snap.window;
+  renderPicker(snap.agents);
   for (const s of snap.services) colour(s.label);
   renderLegend(snap);
   renderNotices(snap);
@@ -382,5 +400,10 @@ function connect() {
 }
 
 window.addEventListener("resize", () => { if (state.plot) makePlot(); });
+document.getElementById("agent-pick").addEventListener("change", ev => {
+  state.agent = ev.target.value;
+  if (state.lastSnapshot) onSnapshot(state.lastSnapshot);
+  redraw();
+});
 setupBreakdown();
 connect();

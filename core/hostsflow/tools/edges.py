@@ -1,0 +1,405 @@
+"""The service dependency map: flow samples of many agents joined into ``service@host`` edges.
+
+Fed the same decoded datagrams as :class:`~hostsflow.tools.aggregate.Aggregator` (it reads the
+service names and hostnames that the aggregator learns from counter samples), an
+:class:`EdgeJoiner` turns every flow sample of a TCP, UDP or SCTP packet into an observation of
+one *flow*: ``(protocol, client address, server address, server port)``.
+
+* **Which end serves.**  A sampled SYN says it (the end receiving a bare SYN listens); an end
+  once seen serving is remembered; otherwise a port below the kernel's ephemeral range (32768)
+  facing one inside it serves, and between two ports on the same side of that line the lower.
+* **Who the ends are.**  The observing agent marks the ends that belong to its services
+  (extended_entities).  A marked server end teaches ``(protocol, address, port) -> service``; a
+  marked client end teaches ``flow -> service``.  Each end is named from what *any* agent taught,
+  so a sample on host A that names only A's end is completed by what host B's agent says about
+  B's end.  An end nobody names stays an address (``ip`` for a client, ``ip:port`` for a server).
+* **Counted once.**  A packet between two monitored hosts is sampled by both agents.  A flow is
+  counted from its server's side when the server end is a service some agent marks, otherwise
+  from the client's side; the other side's samples only name the ends.  ``side`` says which.
+* Per wall-clock second the estimates (``frame_length * sampling_rate`` bytes, ``sampling_rate``
+  packets) are added per ``(flow, side, observer)``, with the sampled client ports (the
+  connections seen) and, where extended_tcp_info is present, RTT and retransmissions;
+  :meth:`EdgeJoiner.snapshot` sums the last ``window`` complete seconds into edges.
+
+Every table is bounded: flows per second (the rest counted in ``stats.flows_dropped``), server
+and client names (the oldest forgotten first), client ports per flow and second.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from ..packet import IPPROTO_TCP, decode_sampled_header
+from ..sflow.datagram import Datagram, DecodedFlowSample
+from ..sflow.records import ExtendedEntities, ExtendedTcpInfo, SampledHeader
+from .aggregate import SERVICE_CLASS, AgentKey, ServiceId, protocol_name
+
+SERVER, CLIENT = "server", "client"
+EPHEMERAL_LOW = 32768  # Linux's default ip_local_port_range starts here
+PORT_PROTOCOLS = frozenset((6, 17, 132, 136))  # tcp, udp, sctp, udplite
+TCP_SYN, TCP_ACK = 0x02, 0x10
+MAX_FLOWS_PER_SECOND = 20_000
+MAX_NAMES = 65_536  # server ends and client flows remembered
+MAX_PORTS_PER_CELL = 256
+
+#: (protocol, client address, server address, server port)
+Flow = tuple[int, str, str, int]
+#: (protocol, address, port) of a server end
+ServerEnd = tuple[int, str, int]
+
+
+@attrs.define(slots=True)
+class EdgeStats:
+    """Flow samples seen, placed on a flow, skipped (no IP header with ports), or observed by an
+    agent on neither end and unmarked; flow cells refused by the per-second bound."""
+
+    samples: int = 0
+    placed: int = 0
+    portless: int = 0
+    unplaced: int = 0
+    flows_dropped: int = 0
+
+
+@attrs.define(slots=True)
+class Observation:
+    """Where one flow sample falls: its flow (None for a sample with no ports, or beyond the
+    per-second bound), the side it was observed from, the observer, the client port, the
+    services the observer marked on the client and server ends, the sample's estimates, and
+    the services marked as the packet's source and destination (0 when unmarked)."""
+
+    agent: AgentKey
+    flow: Flow | None
+    side: str
+    client_port: int
+    client_service: int
+    server_service: int
+    bytes: int
+    packets: int
+    src_service: int
+    dst_service: int
+
+
+class _Cell:
+    """One second of one ``(flow, side, observer)``: estimates, samples, client ports, RTT."""
+
+    __slots__ = ("bytes", "packets", "ports", "retrans", "rtt_n", "rtt_sum", "samples")
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.packets = 0
+        self.samples = 0
+        self.ports: set[int] = set()
+        self.rtt_sum = 0
+        self.rtt_n = 0
+        self.retrans = 0
+
+    def merge(self, other: _Cell) -> None:
+        self.bytes += other.bytes
+        self.packets += other.packets
+        self.samples += other.samples
+        if len(self.ports) < MAX_PORTS_PER_CELL:
+            self.ports |= other.ports
+        self.rtt_sum += other.rtt_sum
+        self.rtt_n += other.rtt_n
+        self.retrans = max(self.retrans, other.retrans)
+
+
+@attrs.define(slots=True, frozen=True)
+class End:
+    """One end of an edge: the service and host some agent named it with, or only its address
+    (``ip`` for a client end, ``ip:port`` for a server end)."""
+
+    address: str
+    service: str = ""
+    host: str = ""
+
+    @property
+    def label(self) -> str:
+        """``service@host``, or the address when nobody named this end."""
+        return f"{self.service}@{self.host}" if self.service else self.address
+
+
+@attrs.define(slots=True)
+class Edge:
+    """Traffic from a client end to a server end (both directions of its flows) over the
+    window: bits/s, packets/s, samples behind them, distinct client ports sampled
+    (connections), mean RTT and the most retransmissions extended_tcp_info reported, which side
+    counted it and the agents that did."""
+
+    src: End
+    dst: End
+    protocol: str
+    port: int
+    bps: float
+    pps: float
+    samples: int
+    connections: int
+    rtt_ms: float | None
+    retrans: int | None
+    side: str
+    observers: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"src": self.src.label, "dst": self.dst.label,
+                "src_end": attrs.asdict(self.src), "dst_end": attrs.asdict(self.dst),
+                "protocol": self.protocol, "port": self.port, "bps": round(self.bps, 1),
+                "pps": round(self.pps, 2), "samples": self.samples,
+                "connections": self.connections,
+                "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
+                "retrans": self.retrans, "side": self.side, "observers": self.observers}
+
+
+@attrs.define(slots=True)
+class EdgeSnapshot:
+    """The map at one moment: nodes (every end of an edge, by label) and edges, highest rate
+    first; ``span`` the seconds averaged over."""
+
+    time: float
+    window: float
+    span: float
+    nodes: list[End]
+    edges: list[Edge]
+    stats: EdgeStats
+
+    def edge(self, src: str, dst: str) -> Edge | None:
+        """The edge from the end labelled ``src`` to the one labelled ``dst``, or None."""
+        return next((e for e in self.edges if e.src.label == src and e.dst.label == dst), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"time": self.time, "window": self.window, "span": self.span,
+                "nodes": [{"id": n.label, **attrs.asdict(n)} for n in self.nodes],
+                "edges": [e.to_dict() for e in self.edges], "stats": attrs.asdict(self.stats)}
+
+
+def remember(table: dict[Any, Any], key: Any, value: Any, limit: int = MAX_NAMES) -> None:
+    """Set ``table[key]`` as its newest entry, forgetting the oldest beyond ``limit`` entries."""
+    if table.get(key) == value:
+        return
+    table.pop(key, None)
+    if len(table) >= limit:
+        del table[next(iter(table))]
+    table[key] = value
+
+
+class EdgeJoiner:
+    """Joins the flow samples of every agent heard into edges (see the module's description).
+
+    ``names`` maps a service data source to its unit name and ``hosts`` an agent to its
+    hostname: the aggregator's tables, which its counter samples fill."""
+
+    def __init__(self, names: Mapping[ServiceId, str], hosts: Mapping[AgentKey, str],
+                 window: float = 5.0, clock: Callable[[], float] = time.time) -> None:
+        self.names = names
+        self.hosts = hosts
+        self.window = float(window)
+        self.clock = clock
+        self.stats = EdgeStats()
+        #: the sampled_header decoder (the fleet collector shares one decoding per record)
+        self.decode_header: Callable[[SampledHeader], Any] = decode_sampled_header
+        self.servers: dict[ServerEnd, tuple[AgentKey, int]] = {}
+        self.listeners: dict[ServerEnd, bool] = {}
+        self.clients: dict[Flow, tuple[AgentKey, int]] = {}
+        self._buckets: collections.deque[tuple[int, dict[tuple[Flow, str, AgentKey], _Cell]]] = \
+            collections.deque()
+        self._keep = int(window) + 2
+        self._first: float | None = None
+
+    # ------------------------------------------------------------ input
+
+    def feed_datagram(self, dgram: Datagram, now: float | None = None) -> list[Observation]:
+        """Place every flow sample of ``dgram``; returns the observations (for the metrics):
+        one for each sample placed on a flow or marked with a service."""
+        now = self.clock() if now is None else now
+        if self._first is None:
+            self._first = now
+        agent: AgentKey = (dgram.agent_address, dgram.sub_agent_id)
+        out: list[Observation] = []
+        cells: dict[tuple[Flow, str, AgentKey], _Cell] | None = None
+        for sample in dgram.samples:
+            if not isinstance(sample, DecodedFlowSample):
+                continue
+            if cells is None:
+                cells = self._cells(now)
+            obs = self._place(agent, sample, cells)
+            if obs is not None:
+                out.append(obs)
+        return out
+
+    def _cells(self, now: float) -> dict[tuple[Flow, str, AgentKey], _Cell]:
+        second = int(now)
+        buckets = self._buckets
+        if buckets and buckets[-1][0] >= second:  # this second (or the clock stepped back)
+            return buckets[-1][1]
+        buckets.append((second, {}))
+        while buckets and buckets[0][0] < second - self._keep:
+            buckets.popleft()
+        return buckets[-1][1]
+
+    def _place(self, agent: AgentKey, sample: DecodedFlowSample,
+               cells: dict[tuple[Flow, str, AgentKey], _Cell]) -> Observation | None:
+        self.stats.samples += 1
+        header = ent = tcp = None
+        for rec in sample.records:  # one pass (this runs for every sample of every agent)
+            kind = type(rec)
+            if kind is SampledHeader:
+                header = rec
+            elif kind is ExtendedEntities:
+                ent = rec
+            elif kind is ExtendedTcpInfo:
+                tcp = rec
+        rate = sample.sampling_rate
+        if header is None or rate == 0:
+            self.stats.portless += 1
+            return None
+        src_svc = dst_svc = 0
+        if ent is not None:
+            if ent.src_class == SERVICE_CLASS:  # type: ignore[attr-defined]
+                src_svc = ent.src_index  # type: ignore[attr-defined]
+            if ent.dst_class == SERVICE_CLASS:  # type: ignore[attr-defined]
+                dst_svc = ent.dst_index  # type: ignore[attr-defined]
+        nbytes = header.frame_length * rate  # type: ignore[attr-defined]
+        info = self.decode_header(header)  # type: ignore[arg-type]
+        if info is None or info.protocol not in PORT_PROTOCOLS or \
+                not info.src_port or not info.dst_port:
+            self.stats.portless += 1
+            if src_svc or dst_svc:  # still a service's traffic, for the metrics
+                return Observation(agent, None, "", 0, 0, 0, nbytes, rate, src_svc, dst_svc)
+            return None
+        proto = info.protocol
+        if self._dst_serves(proto, info):
+            cip, cport, sip, sport = info.src_ip, info.src_port, info.dst_ip, info.dst_port
+            c_svc, s_svc = src_svc, dst_svc
+        else:
+            cip, cport, sip, sport = info.dst_ip, info.dst_port, info.src_ip, info.src_port
+            c_svc, s_svc = dst_svc, src_svc
+        flow: Flow = (proto, cip, sip, sport)
+        if s_svc:
+            remember(self.servers, (proto, sip, sport), (agent, s_svc))
+            side = SERVER
+        elif c_svc:
+            side = CLIENT
+        elif agent[0] == sip:
+            side = SERVER
+        elif agent[0] == cip:
+            side = CLIENT
+        else:
+            self.stats.unplaced += 1
+            return None
+        if c_svc:
+            remember(self.clients, flow, (agent, c_svc))
+        key = (flow, side, agent)
+        cell = cells.get(key)
+        if cell is None:
+            if len(cells) >= MAX_FLOWS_PER_SECOND:
+                self.stats.flows_dropped += 1
+                return Observation(agent, None, "", 0, 0, 0, nbytes, rate, src_svc, dst_svc)
+            cell = cells[key] = _Cell()
+        self.stats.placed += 1
+        cell.bytes += nbytes
+        cell.packets += rate
+        cell.samples += 1
+        if len(cell.ports) < MAX_PORTS_PER_CELL:
+            cell.ports.add(cport)
+        if proto == IPPROTO_TCP and tcp is not None:
+            if tcp.rtt:  # type: ignore[attr-defined]
+                cell.rtt_sum += tcp.rtt  # type: ignore[attr-defined]
+                cell.rtt_n += 1
+                cell.retrans = max(cell.retrans, tcp.retrans)  # type: ignore[attr-defined]
+        return Observation(agent, flow, side, cport, c_svc, s_svc, nbytes, rate, src_svc, dst_svc)
+
+    def _dst_serves(self, proto: int, info: Any) -> bool:
+        """Whether the packet's destination is the flow's server end."""
+        flags = info.tcp_flags if proto == IPPROTO_TCP else 0
+        if flags & TCP_SYN:
+            if flags & TCP_ACK:  # SYN-ACK: the source listens
+                remember(self.listeners, (proto, info.src_ip, info.src_port), True)
+                return False
+            remember(self.listeners, (proto, info.dst_ip, info.dst_port), True)
+            return True
+        dst = (proto, info.dst_ip, info.dst_port)
+        src = (proto, info.src_ip, info.src_port)
+        dst_known = dst in self.listeners or dst in self.servers
+        src_known = src in self.listeners or src in self.servers
+        if dst_known != src_known:
+            return dst_known
+        sport, dport = info.src_port, info.dst_port
+        if (sport < EPHEMERAL_LOW) != (dport < EPHEMERAL_LOW):
+            return dport < EPHEMERAL_LOW
+        return dport <= sport
+
+    # ------------------------------------------------------------ naming
+
+    def host_name(self, agent: AgentKey) -> str:
+        """The agent's hostname (its address until its host counters arrive)."""
+        return self.hosts.get(agent) or agent[0]
+
+    def service_name(self, svc: ServiceId) -> str:
+        return self.names.get(svc) or f"3:{svc[1]}"
+
+    def server_end(self, proto: int, ip: str, port: int) -> End:
+        address = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+        owner = self.servers.get((proto, ip, port))
+        if owner is None:
+            return End(address)
+        return End(address, self.service_name((owner[0], owner[1])), self.host_name(owner[0]))
+
+    def client_end(self, flow: Flow) -> End:
+        owner = self.clients.get(flow)
+        if owner is None:
+            return End(flow[1])
+        return End(flow[1], self.service_name((owner[0], owner[1])), self.host_name(owner[0]))
+
+    def counted_side(self, flow: Flow) -> str:
+        """The side a flow is counted from: its server's when some agent marks the server end."""
+        return SERVER if (flow[0], flow[2], flow[3]) in self.servers else CLIENT
+
+    # ------------------------------------------------------------ output
+
+    def snapshot(self, now: float | None = None) -> EdgeSnapshot:
+        """Edges over the last ``window`` complete seconds, highest rate first."""
+        now = self.clock() if now is None else now
+        current = int(now)
+        start = current - int(self.window)
+        first = int(self._first) if self._first is not None else current
+        span = float(min(self.window, max(1, current - max(first, start))))
+        per_flow: dict[tuple[Flow, str], tuple[_Cell, set[AgentKey]]] = {}
+        for second, cells in self._buckets:
+            if not start <= second < current:
+                continue
+            for (flow, side, agent), cell in cells.items():
+                got = per_flow.get((flow, side))
+                if got is None:
+                    got = per_flow[(flow, side)] = (_Cell(), set())
+                got[0].merge(cell)
+                got[1].add(agent)
+        edges: dict[tuple[str, str, int], tuple[End, End, int, _Cell, set[AgentKey], str]] = {}
+        for (flow, side), (cell, agents) in per_flow.items():
+            if side != self.counted_side(flow):
+                continue
+            src, dst = self.client_end(flow), self.server_end(flow[0], flow[2], flow[3])
+            key = (src.label, dst.label, flow[0])
+            got = edges.get(key)
+            if got is None:
+                got = edges[key] = (src, dst, flow[3], _Cell(), set(), side)
+            got[3].merge(cell)
+            got[4].update(agents)
+        out = []
+        for (_s, _d, proto), (src, dst, port, cell, agents, side) in edges.items():
+            out.append(Edge(
+                src, dst, protocol_name(proto), port, cell.bytes * 8 / span, cell.packets / span,
+                cell.samples, len(cell.ports),
+                cell.rtt_sum / cell.rtt_n / 1000 if cell.rtt_n else None,
+                cell.retrans if cell.rtt_n else None, side,
+                sorted(self.host_name(a) for a in agents)))
+        out.sort(key=lambda e: (-e.bps, e.src.label, e.dst.label))
+        nodes: dict[str, End] = {}
+        for e in out:
+            nodes.setdefault(e.src.label, e.src)
+            nodes.setdefault(e.dst.label, e.dst)
+        return EdgeSnapshot(now, self.window, span, list(nodes.values()), out,
+                            attrs.evolve(self.stats))
