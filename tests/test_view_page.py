@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 from hostsflow.testing import ethernet_frame, load_file_module
 
-from .test_view_browser import ARTIFACTS, _why_not, browser
+from . import chromium
+from .test_view_browser import ARTIFACTS, _why_not
 
 kit = load_file_module("hostsflow_tests_collector_kit", Path(__file__).with_name("collector_kit.py"))
 
@@ -95,7 +96,7 @@ def _texts(driver, selector: str) -> list[str]:
         "return [...document.querySelectorAll(arguments[0])].map(e => e.textContent);", selector)
 
 
-def test_page_explains_itself_and_keeps_hostile_names_apart(tmp_path, capsys):
+def test_page_explains_itself_and_keeps_hostile_names_apart(tmp_path, capsys, monkeypatch):
     why = _why_not(("aiohttp", "selenium"))
     if why:
         pytest.skip(why)
@@ -104,7 +105,8 @@ def test_page_explains_itself_and_keeps_hostile_names_apart(tmp_path, capsys):
                                   "modules": {"pcap": {"errors": 0}}}))
     view, sflow, base = kit.start_view(tmp_path, window=2, extra=["--status-file", str(status)])
     sender = Sender(sflow)
-    driver = browser(str(tmp_path / "profile"))
+    monkeypatch.setenv("SE_OFFLINE", "true")  # selenium: never look for drivers on the network
+    driver = chromium.browser(str(tmp_path / "profile"))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     try:
         driver.get(base)
