@@ -61,9 +61,10 @@ def flow(frame: bytes, rate: int, src: tuple[int, int] = (0, 0), dst: tuple[int,
 
 
 def name_flood(total: int = 15_000, datagrams: int = 30, agent: str = "192.0.2.66",
-               prefix: str = "spoof") -> list[bytes]:
+               prefix: str = "spoof", spread: bool = False) -> list[bytes]:
     """``datagrams`` datagrams carrying ``total`` distinct made-up service names between them
-    (each also with one flow sample naming one of them, as an agent's would)."""
+    (each also with one flow sample naming one of them, as an agent's would), all from
+    ``agent`` or, with ``spread``, each from another made-up agent address."""
     per = total // datagrams
     frame = ethernet_frame(udp=("198.51.100.9", 5000, "192.0.2.66", 53), payload=bytes(60))
     out = []
@@ -71,7 +72,7 @@ def name_flood(total: int = 15_000, datagrams: int = 30, agent: str = "192.0.2.6
         samples = [names_sample(1000 + d * per + i, f"{prefix}-{d * per + i}.service")
                    for i in range(per)]
         samples.append(flow(frame, 10, dst=(3, 1000 + d * per)))
-        out.append(datagram(samples, agent=agent, seq=d + 1))
+        out.append(datagram(samples, agent=f"198.18.0.{d + 1}" if spread else agent, seq=d + 1))
     return out
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from hostsflow.testing import ethernet_frame, load_file_module
 
-from .chromium import browser
+from . import chromium
 from .test_view_browser import ARTIFACTS, _why_not
 
 kit = load_file_module("hostsflow_tests_collector_kit", Path(__file__).with_name("collector_kit.py"))
@@ -97,7 +97,6 @@ def _texts(driver, selector: str) -> list[str]:
 
 
 def test_page_explains_itself_and_keeps_hostile_names_apart(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("SE_OFFLINE", "true")  # selenium: never look for drivers on the network
     why = _why_not(("aiohttp", "selenium"))
     if why:
         pytest.skip(why)
@@ -106,7 +105,8 @@ def test_page_explains_itself_and_keeps_hostile_names_apart(tmp_path, capsys, mo
                                   "modules": {"pcap": {"errors": 0}}}))
     view, sflow, base = kit.start_view(tmp_path, window=2, extra=["--status-file", str(status)])
     sender = Sender(sflow)
-    driver = browser(str(tmp_path / "profile"))
+    monkeypatch.setenv("SE_OFFLINE", "true")  # selenium: never look for drivers on the network
+    driver = chromium.browser(str(tmp_path / "profile"))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     try:
         driver.get(base)
