@@ -23,7 +23,7 @@ from hostsflow.sflow.datagram import (
     encode_flow_sample,
 )
 from hostsflow.sflow.records import ExtendedEntities, ExtendedTcpInfo, HostDescr, SampledHeader
-from hostsflow.testing import ethernet_frame
+from hostsflow.testing import end_process, ethernet_frame
 
 TOOLS = "import sys; from hostsflow.cli import tools_main; sys.exit(tools_main())"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -134,14 +134,8 @@ class ToolProcess:
         return (self.out.read_text(errors="replace") + self.err.read_text(errors="replace"))
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        """SIGTERM (SIGKILL after 10 s); the exit status."""
+        return end_process(self.proc, timeout=10)
 
 
 def start_view(workdir: Path, window: int = 5, extra: list[str] | None = None,
