@@ -55,22 +55,10 @@ SERVICES = ((80, "nginx.service"), (8080, "app.service"), (5432, "postgresql@15-
 
 def make_stream(agents: int, rate: int, seed: int = 11) -> tuple[list[list[bytes]], int]:
     """Datagrams per 10 ms batch for LOOP_S seconds, and the flow samples in them."""
-    from hostsflow.samples import DataSource, FlowSample
-    from hostsflow.sflow.datagram import (
-        DatagramHeader,
-        encode_counter_sample,
-        encode_datagram,
-        encode_flow_sample,
-    )
-    from hostsflow.sflow.records import (
-        ExtendedEntities,
-        HostDescr,
-        SampledHeader,
-        VirtCpu,
-        VirtMemory,
-        VirtNetIo,
-    )
-    from hostsflow.testing import ethernet_frame
+    from hostsflow.samples import DataSource
+    from hostsflow.sflow.datagram import DatagramHeader, encode_datagram
+    from hostsflow.sflow.records import ExtendedEntities, VirtCpu, VirtMemory, VirtNetIo
+    from hostsflow.testing import encoded_flow_sample, encoded_names_sample, ethernet_frame
 
     rng = random.Random(seed)
     addrs = [f"10.{200 + i // 250}.{i % 250}.{1 + i % 200}" for i in range(agents)]
@@ -79,13 +67,12 @@ def make_stream(agents: int, rate: int, seed: int = 11) -> tuple[list[list[bytes
     total = 0
     seq = 0
     for a, addr in enumerate(addrs):
-        counters = [encode_counter_sample(1, DataSource(2, 1), [
-            HostDescr(hostname=f"host{a}", uuid=bytes(16))])]
+        counters = [encoded_names_sample(DataSource(2, 1), f"host{a}")]
         for idx, (_port, name) in enumerate(SERVICES, 1):
-            counters.append(encode_counter_sample(1, DataSource(3, idx), [
-                HostDescr(hostname=name, uuid=bytes(16)), VirtCpu(cpuTime=1000 * idx),
+            counters.append(encoded_names_sample(
+                DataSource(3, idx), name, VirtCpu(cpuTime=1000 * idx),
                 VirtMemory(memory=10_000_000, maxMemory=0),
-                VirtNetIo(bytes_in=5000, bytes_out=7000)]))
+                VirtNetIo(bytes_in=5000, bytes_out=7000)))
         pending: list[bytes] = []
         per_batch = rate * BATCH_S
         for b in range(len(batches)):
@@ -110,8 +97,7 @@ def make_stream(agents: int, rate: int, seed: int = 11) -> tuple[list[list[bytes
                     ent = ExtendedEntities(3, idx + 1, 0, 0) if outbound else \
                         ExtendedEntities(0, 0, 3, idx + 1)
                 frame = ethernet_frame(tcp=tcp, payload=bytes(rng.randrange(60, 1400)))
-                pending.append(encode_flow_sample(1, FlowSample(DataSource(0, 2), 100, [
-                    SampledHeader(1, len(frame) + 4, 4, frame[:128]), ent])))
+                pending.append(encoded_flow_sample(frame, 100, ent))
                 total += 1
             if b % (5 * batches_per_s) == 0:
                 pending = counters + pending

@@ -15,15 +15,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from hostsflow.samples import DataSource, FlowSample
-from hostsflow.sflow.datagram import (
-    DatagramHeader,
-    encode_counter_sample,
-    encode_datagram,
-    encode_flow_sample,
+from hostsflow.samples import DataSource
+from hostsflow.sflow.datagram import DatagramHeader, encode_datagram
+from hostsflow.sflow.records import ExtendedEntities, ExtendedTcpInfo
+from hostsflow.testing import (
+    encoded_flow_sample,
+    encoded_names_sample,
+    end_process,
+    ethernet_frame,
 )
-from hostsflow.sflow.records import ExtendedEntities, ExtendedTcpInfo, HostDescr, SampledHeader
-from hostsflow.testing import end_process, ethernet_frame
 
 TOOLS = "import sys; from hostsflow.cli import tools_main; sys.exit(tools_main())"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -41,23 +41,21 @@ def datagram(samples: list[bytes], agent: str = "192.0.2.1", seq: int = 1) -> by
 
 def names_sample(index: int, name: str) -> bytes:
     """A counter sample naming service ``3:index`` ``name``."""
-    return encode_counter_sample(1, DataSource(3, index), [HostDescr(hostname=name,
-                                                                      uuid=bytes(16))])
+    return encoded_names_sample(DataSource(3, index), name)
 
 
 def host_sample(hostname: str = "web1") -> bytes:
-    return encode_counter_sample(1, DataSource(2, 1), [HostDescr(hostname=hostname,
-                                                                 uuid=bytes(16))])
+    return encoded_names_sample(DataSource(2, 1), hostname)
 
 
 def flow(frame: bytes, rate: int, src: tuple[int, int] = (0, 0), dst: tuple[int, int] = (0, 0),
          tcp: ExtendedTcpInfo | None = None) -> bytes:
-    recs: list[Any] = [SampledHeader(1, len(frame) + 4, 4, frame[:128])]
+    recs: list[Any] = []
     if src != (0, 0) or dst != (0, 0):
         recs.append(ExtendedEntities(src[0], src[1], dst[0], dst[1]))
     if tcp is not None:
         recs.append(tcp)
-    return encode_flow_sample(1, FlowSample(DataSource(0, 2), rate, recs))
+    return encoded_flow_sample(frame, rate, *recs)
 
 
 def name_flood(total: int = 15_000, datagrams: int = 30, agent: str = "192.0.2.66",

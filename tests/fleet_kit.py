@@ -20,22 +20,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from hostsflow.samples import DataSource, FlowSample
-from hostsflow.sflow.datagram import (
-    DatagramHeader,
-    encode_counter_sample,
-    encode_datagram,
-    encode_flow_sample,
+from hostsflow.samples import DataSource
+from hostsflow.sflow.datagram import DatagramHeader, encode_datagram
+from hostsflow.sflow.records import ExtendedEntities, ExtendedTcpInfo, VirtCpu, VirtMemory
+from hostsflow.testing import (
+    encoded_flow_sample,
+    encoded_names_sample,
+    end_process,
+    ethernet_frame,
 )
-from hostsflow.sflow.records import (
-    ExtendedEntities,
-    ExtendedTcpInfo,
-    HostDescr,
-    SampledHeader,
-    VirtCpu,
-    VirtMemory,
-)
-from hostsflow.testing import end_process, ethernet_frame
 
 CLIENT, WEB, APP, DB = "10.9.0.1", "10.9.0.2", "10.9.0.3", "10.9.0.4"
 NGINX, APPSVC, PG = 101, 202, 303
@@ -57,23 +50,22 @@ def counters(agent: str, cpu_ms: int = 0) -> list[bytes]:
     """The counter samples of ``agent``: host_descr of the host and each service, with
     virt_cpu (``cpu_ms``) and virt_memory (50 MB + the service's index)."""
     host, services = HOSTS[agent]
-    out = [encode_counter_sample(1, DataSource(2, 1), [HostDescr(hostname=host, uuid=bytes(16))])]
+    out = [encoded_names_sample(DataSource(2, 1), host)]
     for idx, name in services.items():
-        out.append(encode_counter_sample(1, DataSource(3, idx), [
-            HostDescr(hostname=name, uuid=bytes(16)), VirtCpu(cpuTime=cpu_ms),
-            VirtMemory(memory=50_000_000 + idx, maxMemory=0)]))
+        out.append(encoded_names_sample(DataSource(3, idx), name, VirtCpu(cpuTime=cpu_ms),
+                                        VirtMemory(memory=50_000_000 + idx, maxMemory=0)))
     return out
 
 
 def flow_sample(frame: bytes, rate: int, src: int = 0, dst: int = 0, rtt: int = 0) -> bytes:
     """A flow sample of ``frame``: services ``src``/``dst`` marked, extended_tcp_info (received)
     with ``rtt`` microseconds and 2 retransmissions when ``rtt`` is set."""
-    recs: list = [SampledHeader(1, len(frame) + 4, 4, frame[:128])]
+    recs: list = []
     if src or dst:
         recs.append(ExtendedEntities(3 if src else 0, src, 3 if dst else 0, dst))
     if rtt:
         recs.append(ExtendedTcpInfo(dir=1, rtt=rtt, retrans=2, snd_mss=1448, pmtu=1500))
-    return encode_flow_sample(1, FlowSample(DataSource(0, 2), rate, recs))
+    return encoded_flow_sample(frame, rate, *recs)
 
 
 class FleetTraffic:

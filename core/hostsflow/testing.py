@@ -250,12 +250,32 @@ def ethernet_frame(
     return dst_mac + src_mac + struct.pack(">H", ethertype) + ip
 
 
+def _header(frame: bytes) -> SampledHeader:
+    """``frame``'s sampled_header: Ethernet, 4 bytes of FCS counted, 128 bytes kept."""
+    return SampledHeader(1, len(frame) + 4, 4, frame[:128])
+
+
 def samples_from(frames: Iterable[bytes], ifindex: int = 2, rate: int = 1) -> list[FlowSample]:
     """Flow samples for raw Ethernet frames (e.g. captured by a test)."""
-    return [
-        FlowSample(DataSource(0, ifindex), rate, [SampledHeader(1, len(f) + 4, 4, f[:128])])
-        for f in frames
-    ]
+    return [FlowSample(DataSource(0, ifindex), rate, [_header(f)]) for f in frames]
+
+
+def encoded_flow_sample(frame: bytes, rate: int, *records: Any, ifindex: int = 2) -> bytes:
+    """One flow sample as the bytes a collector receives: ``frame``'s sampled_header, then
+    ``records``, from data source ``0:ifindex`` sampled 1 in ``rate`` (collector tests' input)."""
+    from .sflow.datagram import encode_flow_sample
+
+    return encode_flow_sample(1, FlowSample(DataSource(0, ifindex), rate,
+                                            [_header(frame), *records]))
+
+
+def encoded_names_sample(source: DataSource, name: str, *records: Any) -> bytes:
+    """One counter sample as bytes whose host_descr names ``source`` (a host ``2:1`` or a
+    service ``3:N``) ``name``, then ``records`` (collector tests' input)."""
+    from .sflow.datagram import encode_counter_sample
+    from .sflow.records import HostDescr
+
+    return encode_counter_sample(1, source, [HostDescr(hostname=name, uuid=bytes(16)), *records])
 
 
 # ================================================================ end-to-end helpers

@@ -24,21 +24,10 @@ import struct
 import time
 
 import pytest
-from hostsflow.samples import DataSource, FlowSample
-from hostsflow.sflow.datagram import (
-    DatagramHeader,
-    encode_counter_sample,
-    encode_datagram,
-    encode_flow_sample,
-)
-from hostsflow.sflow.records import (
-    ExtendedEntities,
-    ExtendedTcpInfo,
-    HostCpu,
-    HostDescr,
-    SampledHeader,
-)
-from hostsflow.testing import ethernet_frame
+from hostsflow.samples import DataSource
+from hostsflow.sflow.datagram import DatagramHeader, encode_datagram
+from hostsflow.sflow.records import ExtendedEntities, ExtendedTcpInfo, HostCpu
+from hostsflow.testing import encoded_flow_sample, encoded_names_sample, ethernet_frame
 from hostsflow.tools.aggregate import Aggregator
 from hostsflow.tools.decode import Printer
 from hostsflow.tools.flows import GROUP_FIELDS
@@ -54,15 +43,11 @@ def _valid() -> list[bytes]:
     v4 = ethernet_frame(tcp=("198.51.100.7", 40000, "192.0.2.1", 443), payload=bytes(300))
     v6 = ethernet_frame(udp=("2001:db8::7", 53, "2001:db8::1", 5353), payload=bytes(80))
 
-    def flow(frame: bytes, rate: int, *extra: object) -> bytes:
-        return encode_flow_sample(1, FlowSample(DataSource(0, 2), rate, [
-            SampledHeader(1, len(frame) + 4, 4, frame[:128]), *extra]))
-
-    names = [encode_counter_sample(1, DataSource(3, i), [HostDescr(hostname=n, uuid=bytes(16))])
+    flow = encoded_flow_sample
+    names = [encoded_names_sample(DataSource(3, i), n)
              for i, n in ((1, "web.service"), (2, "__proto__"), (3, "other"))]
-    host = encode_counter_sample(1, DataSource(2, 1), [
-        HostDescr(hostname="web1", uuid=bytes(16)),
-        HostCpu(load_one=math.nan, load_five=math.inf, load_fifteen=0.5)])
+    host = encoded_names_sample(DataSource(2, 1), "web1",
+                                HostCpu(load_one=math.nan, load_five=math.inf, load_fifteen=0.5))
     header = DatagramHeader("192.0.2.1", 0, 1, 1000)
     return [
         encode_datagram(header, [host, *names]),

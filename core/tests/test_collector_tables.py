@@ -8,15 +8,10 @@ import json
 import time
 
 import pytest
-from hostsflow.samples import DataSource, FlowSample
-from hostsflow.sflow.datagram import (
-    DatagramHeader,
-    encode_counter_sample,
-    encode_datagram,
-    encode_flow_sample,
-)
-from hostsflow.sflow.records import ExtendedEntities, HostDescr, SampledHeader
-from hostsflow.testing import ethernet_frame
+from hostsflow.samples import DataSource
+from hostsflow.sflow.datagram import DatagramHeader, encode_datagram
+from hostsflow.sflow.records import ExtendedEntities
+from hostsflow.testing import encoded_flow_sample, encoded_names_sample, ethernet_frame
 from hostsflow.tools import aggregate
 from hostsflow.tools.aggregate import Aggregator
 from hostsflow.tools.allow import SourceFilter, parse_network
@@ -29,16 +24,15 @@ HOST, PEER_A, PEER_B = "192.0.2.1", "198.51.100.7", "198.51.100.8"
 
 
 def named(index: int, name: str) -> bytes:
-    return encode_counter_sample(1, DataSource(3, index), [HostDescr(hostname=name,
-                                                                      uuid=bytes(16))])
+    return encoded_names_sample(DataSource(3, index), name)
 
 
 def flow(frame: bytes, rate: int, src: tuple[int, int] = (0, 0),
          dst: tuple[int, int] = (0, 0)) -> bytes:
-    recs: list = [SampledHeader(1, len(frame) + 4, 4, frame[:128])]
+    recs: list = []
     if src != (0, 0) or dst != (0, 0):
         recs.append(ExtendedEntities(src[0], src[1], dst[0], dst[1]))
-    return encode_flow_sample(1, FlowSample(DataSource(0, 2), rate, recs))
+    return encoded_flow_sample(frame, rate, *recs)
 
 
 def dgram(samples: list[bytes], agent: str = AGENT) -> bytes:
