@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import heapq
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -671,24 +672,51 @@ def _endpoint(ip: str, port: int) -> str:
 # ================================================================ listening
 
 
-class _Receiver(asyncio.DatagramProtocol):
-    def __init__(self, aggregator: Aggregator) -> None:
+#: datagrams read at one wake-up of the loop before it serves anything else (pages, the ticker)
+RECEIVE_BURST = 64
+
+
+class SflowReceiver:
+    """The collector's sFlow socket on the running loop: at each wake-up it reads what the
+    socket holds (at most :data:`RECEIVE_BURST` datagrams, so a flood cannot starve the pages)
+    and feeds it to the aggregator.  One wake-up for a burst of datagrams instead of one pass
+    of the loop for each (asyncio's datagram transport reads one datagram a pass).
+    ``sockname`` is the bound address; :meth:`close` stops it."""
+
+    def __init__(self, aggregator: Aggregator, sock: socket.socket,
+                 loop: asyncio.AbstractEventLoop) -> None:
         self.aggregator = aggregator
+        self.sock = sock
+        self.sockname = sock.getsockname()
+        self._loop = loop
+        sock.setblocking(False)
+        loop.add_reader(sock.fileno(), self._drain)
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        if self.aggregator.accepts(addr[0]):
-            self.aggregator.feed(data)
+    def _drain(self) -> None:
+        recv = self.sock.recvfrom
+        agg = self.aggregator
+        for _ in range(RECEIVE_BURST):
+            try:
+                data, addr = recv(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # e.g. an ICMP error queued on the socket: nothing to read
+                return
+            if agg.accepts(addr[0]):
+                agg.feed(data)
+
+    def close(self) -> None:
+        if self.sock.fileno() >= 0:
+            self._loop.remove_reader(self.sock.fileno())
+            self.sock.close()
 
 
-async def listen(aggregator: Aggregator, listen_addr: str) -> asyncio.DatagramTransport:
+async def listen(aggregator: Aggregator, listen_addr: str) -> SflowReceiver:
     """Receive sFlow on ``listen_addr`` (``HOST:PORT``, ``[V6]:PORT`` or ``PORT``) into
-    ``aggregator`` on the running loop; close the returned transport to stop."""
+    ``aggregator`` on the running loop; close the returned receiver to stop."""
     from .decode import open_socket
 
-    sock = open_socket(listen_addr)
-    loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(lambda: _Receiver(aggregator), sock=sock)
-    return transport  # type: ignore[return-value]
+    return SflowReceiver(aggregator, open_socket(listen_addr), asyncio.get_running_loop())
 
 
 def format_rate(bps: float) -> str:

@@ -27,6 +27,7 @@ script and style and talks only to its own origin).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import socket
@@ -38,7 +39,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..aggregate import Aggregator, listen
+from ..aggregate import Aggregator, SflowReceiver, listen
 from ..allow import source_filter
 from ..decode import parse_listen
 from ..fleet import FleetAggregator, add_routes
@@ -87,7 +88,7 @@ class ViewServer:
         self.stream_stall = STREAM_STALL
         self.sflow_address: tuple[str, int] | None = None
         self.url = ""
-        self._transport: asyncio.DatagramTransport | None = None
+        self._transport: SflowReceiver | None = None
         self._runner: web.AppRunner | None = None
         self._http_server: asyncio.AbstractServer | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -116,7 +117,7 @@ class ViewServer:
         for name in ("aiohttp.server", "aiohttp.web", "aiohttp.access", "asyncio"):
             logging.getLogger(name).addFilter(self.log.filter())
         self._transport = await listen(self.aggregator, self.listen_sflow)
-        addr = self._transport.get_extra_info("sockname")
+        addr = self._transport.sockname
         self.sflow_address = (addr[0], addr[1])
         family, host, port = parse_listen(self.http, default_port=8008)
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0,
@@ -289,6 +290,7 @@ async def serve(listen_sflow: str, http: str, window: float,
                                         allow=source_filter(allow)),
                         listen_sflow, http, status_file=status_file)
     await server.start()
+    _quiet_gc()
     assert server.sflow_address is not None
     host, port = server.sflow_address
     only = f" (only from {server.aggregator.allow})" if server.aggregator.allow else ""
@@ -297,6 +299,22 @@ async def serve(listen_sflow: str, http: str, window: float,
         await asyncio.Event().wait()
     finally:
         await server.stop()
+
+
+#: allocations between young collections: the tables make and drop tens of thousands of small
+#: objects a second, and each young collection also walks what survived the last ones
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def _quiet_gc() -> None:
+    """Fewer cycle collections for a process that holds large tables of small objects: what
+    start-up made is frozen out of every collection, and the young generation is collected
+    every GC_YOUNG_THRESHOLD allocations instead of 700 (the tables hold no cycles: what they
+    drop is freed by reference counting at once)."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def run_view(listen_sflow: str = DEFAULT_SFLOW, http: str = DEFAULT_HTTP,
