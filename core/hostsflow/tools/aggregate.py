@@ -110,15 +110,6 @@ class _Bucket:
         self.total = [0, 0]
 
 
-def _add(table: dict[Any, list[int]], key: Any, nbytes: int, npkts: int) -> None:
-    cell = table.get(key)
-    if cell is None:
-        table[key] = [nbytes, npkts]
-    else:
-        cell[0] += nbytes
-        cell[1] += npkts
-
-
 class _WindowSums:
     """Running totals over the complete seconds of the window: a second is added once, when a
     newer one exists (no sample can reach it then), and taken off when it leaves the window, so
@@ -421,11 +412,7 @@ class Aggregator:
 
     def _known(self, svc: ServiceId, now: float) -> bool:
         """Mark a service heard from a flow sample (added unnamed if new and there is room)."""
-        services = self.services
-        if svc in services:
-            services.touch(svc, None, now)
-            return True
-        if services.put(svc, None, now):
+        if self.services.touch(svc, None, now):
             return True
         self.stats.services_refused += 1
         return False
@@ -455,43 +442,48 @@ class Aggregator:
             self.stats.keys_refused += 1
 
     def _add_flow(self, agent: AgentKey, row: FlowRow, bucket: _Bucket, now: float) -> None:
-        self.stats.flow_samples += 1
+        stats = self.stats
+        stats.flow_samples += 1
         if not row.usable:
-            self.stats.headerless_samples += 1
+            stats.headerless_samples += 1
             return
         nbytes, rate = row.bytes, row.packets
         total = bucket.total
         total[0] += nbytes
         total[1] += rate
-        ends: list[tuple[ServiceId, str]] = []
-        src_svc = dst_svc = None
-        if row.dst_service:
-            dst_svc = (agent, row.dst_service)
-            if self._known(dst_svc, now):
-                ends.append((dst_svc, IN))
-        if row.src_service:
-            src_svc = (agent, row.src_service)
-            if self._known(src_svc, now):
-                ends.append((src_svc, OUT))
+        src_svc = (agent, row.src_service) if row.src_service else None
+        dst_svc = (agent, row.dst_service) if row.dst_service else None
         info = row.packet
-        if src_svc is None and dst_svc is None:
-            bucket.other[0] += nbytes
-            bucket.other[1] += rate
-        else:
-            self.stats.marked_samples += 1
+        flow_key: tuple[Any, ...]
         if info is None:
-            self.flows.add(bucket.second, (agent[0], src_svc, dst_svc, "non-ip", "", 0, "", 0),
-                           nbytes, rate)
-            for svc, direction in ends:
-                _add(bucket.service, (svc, direction), nbytes, rate)  # bounded by self.services
-            return
-        proto = protocol_name(info.protocol)
-        self.flows.add(bucket.second,
-                       (agent[0], src_svc, dst_svc, proto,
-                        info.src_ip, info.src_port, info.dst_ip, info.dst_port),
-                       nbytes, rate)
+            flow_key = (agent[0], src_svc, dst_svc, "non-ip", "", 0, "", 0)
+            proto = ""
+        else:
+            proto = PROTOCOL_NAMES.get(info.protocol) or str(info.protocol)
+            flow_key = (agent[0], src_svc, dst_svc, proto,
+                        info.src_ip, info.src_port, info.dst_ip, info.dst_port)
+        self.flows.add(bucket.second, flow_key, nbytes, rate)
+        ends: list[tuple[ServiceId, str]] = []
+        if src_svc is None and dst_svc is None:
+            other = bucket.other
+            other[0] += nbytes
+            other[1] += rate
+        else:
+            stats.marked_samples += 1
+            if dst_svc is not None and self._known(dst_svc, now):
+                ends.append((dst_svc, IN))
+            if src_svc is not None and self._known(src_svc, now):
+                ends.append((src_svc, OUT))
+        service = bucket.service
         for svc, direction in ends:
-            _add(bucket.service, (svc, direction), nbytes, rate)  # bounded by self.services
+            cell = service.get((svc, direction))  # bounded by self.services
+            if cell is None:
+                service[(svc, direction)] = [nbytes, rate]
+            else:
+                cell[0] += nbytes
+                cell[1] += rate
+            if info is None:
+                continue
             if direction == IN:
                 port, remote = info.dst_port, info.src_ip
             else:
@@ -499,7 +491,7 @@ class Aggregator:
             self._add_keyed(bucket.proto, (svc, direction, proto, port), nbytes, rate)
             self._add_keyed(bucket.remote, (svc, direction, remote), nbytes, rate)
         tcp = row.tcp
-        if tcp is not None and info.protocol == IPPROTO_TCP:
+        if tcp is not None and info is not None and info.protocol == IPPROTO_TCP:
             self._add_connection(agent, tcp, info, ends, bucket, nbytes, rate, now)
 
     def _add_connection(self, agent: AgentKey, tcp: ExtendedTcpInfo, info: Any,

@@ -5,7 +5,9 @@ that arrives while the table is full of live keys is refused and counted, never 
 flood of made-up keys costs a fixed amount of memory and every pass over the table stays
 O(capacity).  Keys are kept in the order they were last seen (a Python dict keeps insertion
 order; seeing a key again moves it to the end), so expiring is a walk from the front that
-stops at the first live key.
+stops at the first live key.  Seeing a key again within :data:`SEEN_RESOLUTION` of the last
+time leaves it where it is (the collectors see their keys thousands of times a second), so a
+key may expire up to that much late.
 
 A table may also cap the keys of each group (``group(key)``, e.g. the agent a service belongs
 to at ``per_group``), so that one sender flooding it leaves room for the others."""
@@ -15,6 +17,9 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable, Hashable, Iterator
 from typing import Generic, TypeVar
+
+#: seconds within which seeing a key again does not move it
+SEEN_RESOLUTION = 1.0
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -87,9 +92,12 @@ class KeyTable(Generic[K, V]):
     def touch(self, key: K, default: V, now: float) -> bool:
         """Mark ``key`` seen now, adding it with ``default`` if it is new (refused and counted
         when full, as :meth:`put`).  True if the key is (now) in the table."""
-        if key in self.values:
-            del self._seen[key]
-            self._seen[key] = now
+        seen = self._seen
+        last = seen.get(key)
+        if last is not None:
+            if now - last >= SEEN_RESOLUTION or now < last:
+                del seen[key]
+                seen[key] = now
             return True
         return self.put(key, default, now)
 
