@@ -13,12 +13,14 @@ unit (``systemd-run``), so ``systemd { markTraffic = on }`` names them:
 
 * ``hostsflow-demo-web``: an HTTP server on 10.213.77.1:8080 with a few small pages and a
   16 MiB file, and a UDP responder on 10.213.77.1:8053;
-* ``hostsflow-demo-poller``: a service acting as a client: every second a GET of a small status
-  page, every 10 s a 512 KiB report, from an HTTP server inside the namespace (.2:8081).
+* ``hostsflow-demo-poller``: a service acting as a client of an HTTP server inside the
+  namespace (.2:8081): a small status page every second on a keep-alive connection it renews
+  every 30 s, and a 512 KiB report on a new connection every 10 s.
 
-Inside the namespace, a client makes about four short GETs a second from .2 (a new connection
-each, half of them HTTP/1.0, where the server closes first), a 16 MiB download every 5 s from .3
-(read at about 8 MB/s, so each lasts 2 s), and a UDP query from a fresh socket every 2 s.
+Inside the namespace a client, from .2: about four short GETs a second (a new connection each,
+half of them HTTP/1.0, where the server closes first), browsing sessions (20 pages on one
+keep-alive connection, 0.5 s apart) and a UDP query from a fresh socket every half second; from
+.3: a 16 MiB download every 5 s (read at about 8 MB/s, so each lasts 2 s).
 
 Without systemd the two services run as plain background processes and are not named.
 Everything runs until ``stop`` (or ``--duration`` seconds, after which every loop ends by
@@ -42,6 +44,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Callable
 
 SCRIPT = os.path.abspath(__file__)
 DEFAULT_NAME = "hostsflow-demo"
@@ -161,86 +164,111 @@ class _Quiet:
             print(f"{self.role}: {self.count} errors so far", file=sys.stderr, flush=True)
 
 
-def http_get(server: tuple[str, int], path: str, source: str | None = None,
-             version: str = "1.1", rate: int = 0) -> int:
-    """One GET on a new connection; returns the body's length.  HTTP/1.0: the server closes
-    first; HTTP/1.1: this end closes after the body.  ``rate`` caps bytes read a second."""
+def _read_response(s: socket.socket, rate: int = 0) -> int:
+    """One response's headers and Content-Length bytes (to the close without a length); the
+    body's length.  ``rate`` caps the bytes read a second."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        data = s.recv(65536)
+        if not data:
+            raise ConnectionError("closed before the headers")
+        buf += data
+    head, _, body = buf.partition(b"\r\n\r\n")
+    length = -1
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == b"content-length":
+            length = int(value)
+    got, t0 = len(body), time.monotonic()
+    while length < 0 or got < length:
+        data = s.recv(min(65536, length - got) if length >= 0 else 65536)
+        if not data:
+            break
+        got += len(data)
+        if rate:
+            ahead = got / rate - (time.monotonic() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
+    return got
+
+
+def http_session(server: tuple[str, int], paths: list[str], source: str | None = None,
+                 version: str = "1.1", pause: float = 0, rate: int = 0,
+                 until: float = float("inf")) -> int:
+    """GETs of ``paths`` on one new connection, ``pause`` seconds apart; the bytes read.
+    HTTP/1.0 (one path): the server closes first; HTTP/1.1: this end closes after the last."""
+    total = 0
     with socket.create_connection(server, timeout=10,
                                   source_address=(source, 0) if source else None) as s:
-        s.sendall(f"GET {path} HTTP/{version}\r\nHost: {server[0]}\r\n\r\n".encode())
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            data = s.recv(65536)
-            if not data:
-                raise ConnectionError("closed before the headers")
-            buf += data
-        head, _, body = buf.partition(b"\r\n\r\n")
-        length = -1
-        for line in head.split(b"\r\n")[1:]:
-            key, _, value = line.partition(b":")
-            if key.strip().lower() == b"content-length":
-                length = int(value)
-        got, t0 = len(body), time.monotonic()
-        while length < 0 or got < length:
-            data = s.recv(65536)
-            if not data:
+        for n, path in enumerate(paths):
+            if n and pause:
+                time.sleep(pause)
+            if time.time() >= until:
                 break
-            got += len(data)
-            if rate:
-                ahead = got / rate - (time.monotonic() - t0)
-                if ahead > 0:
-                    time.sleep(ahead)
-        return got
+            s.sendall(f"GET {path} HTTP/{version}\r\nHost: {server[0]}\r\n\r\n".encode())
+            total += _read_response(s, rate)
+    return total
+
+
+def _loop(until: float, quiet: _Quiet, what: str, pause: float, step: Callable[[int], object],
+          ) -> None:
+    """``step(0)``, ``step(1)``... ``pause`` seconds apart until ``until``; errors counted."""
+    i = 0
+    while time.time() < until:
+        try:
+            step(i)
+        except OSError as exc:
+            quiet.error(what, exc)
+            time.sleep(1)
+        i += 1
+        time.sleep(pause)
+
+
+def _in_thread(*args: object) -> None:
+    threading.Thread(target=_loop, args=args, daemon=True).start()
 
 
 def role_client(a: argparse.Namespace) -> None:
-    """Inside the namespace: short GETs from .2, downloads from .3, UDP queries."""
+    """Inside the namespace: short GETs and browsing sessions from .2, downloads from .3, UDP
+    queries from .2."""
     until = _until(a.duration)
     server = (a.server, WEB_PORT)
     quiet = _Quiet("client")
+    pages = sorted(WEB_PAGES)
 
-    def downloads() -> None:
-        while time.time() < until:
-            try:
-                http_get(server, "/files/demo.bin", source=a.files_from, rate=DOWNLOAD_RATE)
-            except OSError as exc:
-                quiet.error("download", exc)
-            time.sleep(5)
-
-    threading.Thread(target=downloads, daemon=True).start()
-    paths = sorted(WEB_PAGES)
-    i = 0
-    while time.time() < until:
-        try:
-            http_get(server, paths[i % len(paths)], source=a.pages_from,
+    def short_get(i: int) -> None:
+        http_session(server, [pages[i % len(pages)]], a.pages_from,
                      version="1.0" if i % 2 else "1.1")
-        except OSError as exc:
-            quiet.error("GET", exc)
-        if i % 8 == 0:
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                    u.bind((a.pages_from, 0))
-                    u.settimeout(2)
-                    u.sendto(f"query {i}".encode(), (a.server, UDP_PORT))
-                    u.recvfrom(2048)
-            except OSError as exc:
-                quiet.error("UDP query", exc)
-        i += 1
-        time.sleep(0.25)
+
+    def browse(i: int) -> None:  # one keep-alive session: 20 pages 0.5 s apart
+        http_session(server, [pages[(i + n) % len(pages)] for n in range(20)], a.pages_from,
+                     pause=0.5, until=until)
+
+    def download(_i: int) -> None:
+        http_session(server, ["/files/demo.bin"], a.files_from, rate=DOWNLOAD_RATE)
+
+    def udp_query(i: int) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind((a.pages_from, 0))
+            u.settimeout(2)
+            u.sendto(f"query {i}".encode(), (a.server, UDP_PORT))
+            u.recvfrom(2048)
+
+    _in_thread(until, quiet, "browsing session", 1, browse)
+    _in_thread(until, quiet, "download", 5, download)
+    _in_thread(until, quiet, "UDP query", 0.5, udp_query)
+    _loop(until, quiet, "GET", 0.25, short_get)
 
 
 def role_poller(a: argparse.Namespace) -> None:
-    """On this host, a service acting as a client of the namespace's server."""
+    """On this host, a service acting as a client of the namespace's server: a status GET each
+    second on a keep-alive connection it renews every 30, and a report on a new one every 10."""
     until = _until(a.duration)
     quiet = _Quiet("poller")
-    i = 0
-    while time.time() < until:
-        try:
-            http_get((a.server, NS_PORT), "/report" if i % 10 == 0 else "/status")
-        except OSError as exc:
-            quiet.error("GET", exc)
-        i += 1
-        time.sleep(1)
+    server = (a.server, NS_PORT)
+    _in_thread(until, quiet, "report", 10, lambda _i: http_session(server, ["/report"]))
+    _loop(until, quiet, "status", 0,
+          lambda _i: http_session(server, ["/status"] * 30, pause=1, until=until))
 
 
 ROLES = {"web": role_web, "ns-server": role_ns_server, "client": role_client,

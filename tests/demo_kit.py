@@ -117,6 +117,22 @@ class DemoSeen:
     def rtts_ms(self) -> list[float]:
         return sorted(c["rtt_ms"] for c in self.connections)
 
+    def kinds(self, names: DemoNames) -> set[str]:
+        """Which of the demo's connections the TCP table has with an RTT: ``download`` (the
+        web port to files_ip), ``pages`` (the web port to pages_ip: browsing sessions, short
+        GETs) and ``poller`` (this host to the namespace's server)."""
+        out = set()
+        for c in self.connections:
+            if c["rtt_ms"] <= 0:
+                continue
+            local_port = int(c["local"].rsplit(":", 1)[1])
+            remote_ip, remote_port = c["remote"].rsplit(":", 1)
+            if local_port == WEB_PORT:
+                out.add("download" if remote_ip == names.files_ip else "pages")
+            elif int(remote_port) == NS_PORT:
+                out.add("poller")
+        return out
+
 
 def demo_seen(base: str, names: DemoNames) -> DemoSeen:
     snap = get_json(base + "api/snapshot")

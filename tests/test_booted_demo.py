@@ -1,0 +1,93 @@
+"""The quick start's demo under a real systemd: a Debian 12 container with systemd as PID 1
+(tests/booted_kit.py), hostsflow installed as a host installs it, the demo started inside with
+the quick start's defaults (``hostsflow-demo``, ``hfdemo0``, 10.213.77.0/29), the agent run as
+packaging/hostsflowd.service on the config scripts/quickstart-config.sh writes there for
+``--view``, and a real ``hostsflow view`` on this host.  The view's chart names the demo's two
+services (``hostsflow-demo-web.service``, ``hostsflow-demo-poller.service``, transient units
+made by ``systemd-run``), its TCP table has their connections with an RTT, and the demo's
+``stop`` leaves no unit, process, device or namespace in the container."""
+
+from __future__ import annotations
+
+import pytest
+
+from . import booted_kit as bk
+from . import demo_kit as dk
+from .collector_kit import start_view
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+SRC = "/usr/src/hostsflow/scripts"
+WEB, POLLER = "hostsflow-demo-web.service", "hostsflow-demo-poller.service"
+
+
+@pytest.fixture
+def booted():
+    why = bk.why_not()
+    if why:
+        pytest.skip(why)
+    c = bk.Container("hsfq")
+    try:
+        c.prepare()
+        c.install_hostsflow()
+        c.boot()
+        yield c
+    finally:
+        c.stop()
+
+
+def leftovers_inside(c: bk.Container) -> list[str]:
+    out = []
+    if c.exec("ip", "netns", "list").strip():
+        out.append("namespaces: " + c.exec("ip", "netns", "list").strip())
+    if c.exec("ip", "link", "show", "hfdemo0", check=False).strip():
+        out.append("device hfdemo0")
+    units = c.systemctl("list-units", "--all", "--plain", "--no-legend", "hostsflow-demo*")
+    if units.strip():
+        out.append("units: " + units.strip())
+    procs = c.exec("pgrep", "-af", "demo_traffic.py role", check=False)
+    if procs.strip():
+        out.append("processes: " + procs.strip())
+    if c.exec("ls", "/run", check=False).split().count("hostsflow-demo"):
+        out.append("/run/hostsflow-demo")
+    return out
+
+
+def test_demo_services_are_named_in_the_view(booted, tmp_path):
+    c = booted
+    names = dk.DemoNames("hostsflow-demo", "hfdemo0", "10.213.77.0/29")
+    assert not c.subnet.startswith("10.213.77"), "the container's own network is the demo's"
+    view, sflow, base = start_view(tmp_path, window=5, sflow_ip=c.host_ip)
+    try:
+        out = c.exec("python3", f"{SRC}/demo_traffic.py", "start", "--duration", "150")
+        assert f"as systemd units {WEB}, {POLLER}" in out, out
+        conf = dk.quickstart_config(
+            "view", f"{sflow[0]}:{sflow[1]}", "hfdemo0",
+            run=lambda args: c.exec("bash", f"{SRC}/quickstart-config.sh", *args[1:]))
+        assert "pcap { dev = hfdemo0 sampling = 10 }" in conf, conf
+        c.write("/etc/hsflowd.conf", conf)
+        c.systemctl("start", "hostsflowd")
+
+        def named():
+            seen = dk.demo_seen(base, names)
+            by_service = {c["service"] for c in seen.connections if c["rtt_ms"] > 0}
+            ok = ({WEB, POLLER} <= set(seen.services) and {WEB, POLLER} <= by_service
+                  and seen.short_get_bps and seen.download_bps)
+            return seen if ok else None
+
+        seen = dk.wait_for(named, 60, "both demo services in the chart and in the TCP table")
+        rtts = seen.rtts_ms()
+        rows = {}
+        for conn in seen.connections:
+            rows[conn["service"]] = rows.get(conn["service"], 0) + 1
+        print(f"\n  booted: services {seen.services}; TCP table rows by service {rows}, RTT ms "
+              f"{rtts[0]:.3f}..{rtts[-1]:.3f}; flows bit/s: short GETs "
+              f"{seen.short_get_bps:.0f}, downloads {seen.download_bps:.0f}, UDP "
+              f"{seen.udp_bps:.0f}, poller {seen.poller_bps:.0f}")
+        journal = c.journal("hostsflowd")
+        assert "Traceback" not in journal and "module_error" not in journal, journal[-3000:]
+    finally:
+        stopped = c.exec("python3", f"{SRC}/demo_traffic.py", "stop", check=False)
+        view.stop()
+    assert WEB in stopped and POLLER in stopped and "namespace hostsflow-demo" in stopped, stopped
+    assert leftovers_inside(c) == []
