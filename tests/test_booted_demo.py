@@ -26,14 +26,8 @@ def booted():
     why = bk.why_not()
     if why:
         pytest.skip(why)
-    c = bk.Container("hsfq")
-    try:
-        c.prepare()
-        c.install_hostsflow()
-        c.boot()
+    with bk.booted("hsfq") as c:
         yield c
-    finally:
-        c.stop()
 
 
 def leftovers_inside(c: bk.Container) -> list[str]:
