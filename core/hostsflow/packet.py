@@ -49,6 +49,11 @@ _unpack_u16 = struct.Struct("!H").unpack_from
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
 _IPV6 = struct.Struct("!IHBB16s16s")
 _PORTS = struct.Struct("!HH")
+#: an untagged Ethernet frame with an IPv4 header without options and the transport's ports:
+#: dst MAC, src MAC, ethertype, the IPv4 header's fields, source and destination port
+_ETH_IPV4_PORTS = struct.Struct("!6s6sHBBHHHBBH4s4sHH")
+_ETH_IPV4_PORTS_LEN = _ETH_IPV4_PORTS.size  # 38
+_TCP_FLAGS_AT = _ETH_IPV4_PORTS_LEN + 9  # byte 13 of the TCP header
 _inet_ntoa = socket.inet_ntoa
 _inet_ntop = socket.inet_ntop
 _AF_INET6 = socket.AF_INET6
@@ -105,13 +110,17 @@ def decode_sampled_header(header: SampledHeader | None) -> PacketInfo | None:
     not Ethernet/IPv4/IPv6, or it is malformed."""
     if header is None:
         return None
-    proto = header.protocol
-    data = header.header
-    if proto == HEADER_ETHERNET:
+    return decode_header_bytes(header.protocol, header.header)
+
+
+def decode_header_bytes(protocol: int, data: bytes) -> PacketInfo | None:
+    """The :class:`PacketInfo` of a sampled header's bytes by its header_protocol (1
+    Ethernet, 11 IPv4, 12 IPv6), or None (another protocol, or malformed)."""
+    if protocol == HEADER_ETHERNET:
         return parse_ethernet(data)
-    if proto == HEADER_IPV4:
+    if protocol == HEADER_IPV4:
         return _parse_ipv4(data, 0)
-    if proto == HEADER_IPV6:
+    if protocol == HEADER_IPV6:
         return _parse_ipv6(data, 0)
     return None
 
@@ -156,6 +165,24 @@ def ip_length(data: bytes, offset: int = 0) -> int:
 
 def parse_ethernet(data: bytes) -> PacketInfo | None:
     """Parse an Ethernet II frame (with up to two VLAN tags) carrying IPv4 or IPv6."""
+    if len(data) >= _ETH_IPV4_PORTS_LEN and data[14] == 0x45 and data[12] == 8 and \
+            data[13] == 0:
+        # the common case in one unpack: untagged IPv4 without options; the same PacketInfo
+        # as the general path below
+        (dst_mac, src_mac, _type, _vihl, tos, total, ip_id, frag, ttl, proto, _csum, src, dst,
+         sport, dport) = _ETH_IPV4_PORTS.unpack_from(data)
+        if proto in _PORT_PROTOCOLS and not frag & 0x1FFF:
+            flags = data[_TCP_FLAGS_AT] if proto == IPPROTO_TCP and \
+                len(data) > _TCP_FLAGS_AT else 0
+            return PacketInfo(ETH_P_IP, 4, _ADDR_TEXT.get(src) or _addr_text(src),
+                              _ADDR_TEXT.get(dst) or _addr_text(dst), proto, sport, dport,
+                              flags, total, tos, ttl, ip_id, None, src_mac, dst_mac, None, None,
+                              ETH_HLEN)
+    return _parse_ethernet_tagged(data)
+
+
+def _parse_ethernet_tagged(data: bytes) -> PacketInfo | None:
+    """:func:`parse_ethernet`'s general path: any VLAN tags, IPv4 or IPv6."""
     l2 = ethernet_payload(data)
     if l2 is None:
         return None

@@ -380,7 +380,7 @@ def test_host_descr():
 
 
 def test_host_adapters_from_ip_link():
-    links = json.loads(subprocess.run(["ip", "-j", "link", "show"], capture_output=True,
+    links = json.loads(subprocess.run(["ip", "-d", "-j", "link", "show"], capture_output=True,
                                       text=True, check=True).stdout)  # fmt: skip
     expected = []
     for link in sorted(links, key=lambda l: l["ifindex"]):

@@ -190,3 +190,17 @@ def test_fuzz_ipv6_extension_chains(chain, tail):
     first = chain[0] if chain else 6
     info = parse_ip(ipv6(first, body + tail))
     assert info is None or isinstance(info, PacketInfo)
+
+
+@settings(max_examples=500, deadline=1000)
+@given(st.sampled_from([1, 6, 17, 47, 132, 136]), st.sampled_from([0, 0x4000, 0x2000, 0x0001]),
+       st.binary(max_size=40), st.integers(0, 40))
+def test_untagged_ipv4_one_unpack_equals_the_general_path(proto, frag, l4, cut):
+    """parse_ethernet reads an untagged IPv4 frame without options in one unpack; what it
+    gives is what the general path (any VLAN tags, IPv4 options, IPv6) gives, for frames cut
+    anywhere, later fragments and transports without ports."""
+    from hostsflow.packet import _parse_ethernet_tagged
+
+    frame = eth(ipv4(proto, l4, frag=frag), 0x0800)
+    frame = frame[:max(14, len(frame) - cut)]
+    assert parse_ethernet(frame) == _parse_ethernet_tagged(frame)

@@ -19,6 +19,7 @@ import functools
 import ipaddress
 import socket
 import struct
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Sequence
 
 import attrs
@@ -290,6 +291,7 @@ _EXP_FLOW = struct.Struct(">11I")  # seq, type, index, rate, pool, drops, in f/v
 _CMP_FLOW = struct.Struct(">7I")  # seq, source_id, rate, pool, drops, input, output
 _EXP_COUNTER = struct.Struct(">4I")  # seq, type, index, n
 _CMP_COUNTER = struct.Struct(">3I")  # seq, source_id, n
+_DGRAM_HEAD = struct.Struct(">4I")  # sub_agent, sequence, uptime, sample count
 
 
 def _need(data: bytes | memoryview, pos: int, n: int, end: int, what: str) -> None:
@@ -297,12 +299,12 @@ def _need(data: bytes | memoryview, pos: int, n: int, end: int, what: str) -> No
         raise SflowDecodeError(f"{what}: truncated at byte {pos} (need {n}, {end - pos} left)")
 
 
-def _read_records(
-    data: memoryview, pos: int, end: int, count: int, kind: str, where: str
-) -> list[Record | UnknownRecord]:
-    """Read ``count`` records (data_format, length, body) between ``pos`` and ``end``."""
-    records: list[Record | UnknownRecord] = []
-    append = records.append
+def iter_records(
+    data: memoryview, pos: int, end: int, count: int, where: str
+) -> Iterator[tuple[int, int, int, int]]:
+    """The ``count`` records (data_format, length, body) between ``pos`` and ``end``, as
+    ``(index, tag, body start, body length)``; raises :class:`SflowDecodeError` when one runs past its
+    sample, or when the records leave bytes of the sample unread (after the last one)."""
     unpack = _U32x2.unpack_from
     for i in range(count):  # the messages are made only on errors: this runs for every record
         if pos + 8 > end:
@@ -313,44 +315,65 @@ def _read_records(
             raise SflowDecodeError(
                 f"{where} record {i} ({tag >> 12}:{tag & 0xFFF}): length {length} runs past "
                 f"its sample ({end - pos} bytes left)")
-        body = bytes(data[pos:pos + length])
-        try:
-            append(decode_record(kind, tag, body))
-        except Exception as exc:  # noqa: BLE001 - any record class may fail on bad bytes
-            raise SflowDecodeError(
-                f"{where} record {i} ({tag >> 12}:{tag & 0xFFF}, {length} bytes): "
-                f"{type(exc).__name__}: {exc}") from exc
+        yield i, tag, pos, length
         pos += length + (-length & 3)
         if pos > end:
             raise SflowDecodeError(f"{where} record {i}: padding runs past its sample")
     if pos != end:
         raise SflowDecodeError(f"{where}: {end - pos} bytes left after its {count} records")
-    return records
+
+
+def read_record(kind: str, tag: int, body: bytes, where: str, index: int
+                ) -> Record | UnknownRecord:
+    """One record body by its registered class; raises :class:`SflowDecodeError` when the
+    class cannot read it."""
+    try:
+        return decode_record(kind, tag, body)
+    except Exception as exc:  # noqa: BLE001 - any record class may fail on bad bytes
+        raise SflowDecodeError(
+            f"{where} record {index} ({tag >> 12}:{tag & 0xFFF}, {len(body)} bytes): "
+            f"{type(exc).__name__}: {exc}") from exc
+
+
+def _read_records(
+    data: memoryview, pos: int, end: int, count: int, kind: str, where: str
+) -> list[Record | UnknownRecord]:
+    """Read ``count`` records (data_format, length, body) between ``pos`` and ``end``."""
+    return [read_record(kind, tag, bytes(data[start:start + length]), where, i)
+            for i, tag, start, length in iter_records(data, pos, end, count, where)]
 
 
 def _source(ds_class: int, ds_index: int) -> DataSource:
     return DataSource(ds_class, ds_index)
 
 
-def _decode_sample(data: memoryview, pos: int, end: int, tag: int, where: str) -> Sample:
+def flow_sample_head(data: memoryview, pos: int, end: int, expanded: bool, where: str
+                     ) -> tuple[int, int, int, int, int, int, int, int, int, int, int, int]:
+    """The fixed part of a flow sample (expanded 0:3 or compact 0:1) at ``pos``: ``(sequence,
+    ds_class, ds_index, sampling_rate, sample_pool, drops, input format, input value, output
+    format, output value, record count, position of the first record)``."""
+    if expanded:
+        _need(data, pos, _EXP_FLOW.size, end, where)
+        return (*_EXP_FLOW.unpack_from(data, pos), pos + _EXP_FLOW.size)  # type: ignore[return-value]
+    _need(data, pos, _CMP_FLOW.size + 4, end, where)
+    seq, source_id, rate, pool, drops, inp, out = _CMP_FLOW.unpack_from(data, pos)
+    (n,) = _U32.unpack_from(data, pos + _CMP_FLOW.size)
+    return (seq, source_id >> 24, source_id & 0xFFFFFF, rate, pool, drops, inp >> 30,
+            inp & IFINDEX_MASK, out >> 30, out & IFINDEX_MASK, n, pos + _CMP_FLOW.size + 4)
+
+
+def decode_sample(data: memoryview, pos: int, end: int, tag: int, where: str) -> Sample:
+    """One sample record's body (``pos`` to ``end``) by its ``tag``."""
     enterprise, fmt = tag >> 12, tag & 0xFFF
     if enterprise != 0 or fmt not in (1, 2, 3, 4):
         return UnknownSample(enterprise, fmt, bytes(data[pos:end]))
-    if fmt == SAMPLE_FLOW_EXPANDED:
-        _need(data, pos, _EXP_FLOW.size, end, where)
-        (seq, ds_type, ds_index, rate, pool, drops, in_f, in_v, out_f, out_v,
-         n) = _EXP_FLOW.unpack_from(data, pos)
-        records = _read_records(data, pos + _EXP_FLOW.size, end, n, FLOW, where)
+    if fmt == SAMPLE_FLOW_EXPANDED or fmt == SAMPLE_FLOW:
+        expanded = fmt == SAMPLE_FLOW_EXPANDED
+        (seq, ds_type, ds_index, rate, pool, drops, in_f, in_v, out_f, out_v, n,
+         first) = flow_sample_head(data, pos, end, expanded, where)
+        records = _read_records(data, first, end, n, FLOW, where)
         return DecodedFlowSample(seq, _source(ds_type, ds_index), rate, pool, drops,
-                                 (in_f, in_v), (out_f, out_v), records, True)
-    if fmt == SAMPLE_FLOW:
-        _need(data, pos, _CMP_FLOW.size + 4, end, where)
-        seq, source_id, rate, pool, drops, inp, out = _CMP_FLOW.unpack_from(data, pos)
-        (n,) = _U32.unpack_from(data, pos + _CMP_FLOW.size)
-        records = _read_records(data, pos + _CMP_FLOW.size + 4, end, n, FLOW, where)
-        return DecodedFlowSample(seq, _source(source_id >> 24, source_id & 0xFFFFFF), rate,
-                                 pool, drops, (inp >> 30, inp & IFINDEX_MASK),
-                                 (out >> 30, out & IFINDEX_MASK), records, False)
+                                 (in_f, in_v), (out_f, out_v), records, expanded)
     if fmt == SAMPLE_COUNTERS_EXPANDED:
         _need(data, pos, _EXP_COUNTER.size, end, where)
         seq, ds_type, ds_index, n = _EXP_COUNTER.unpack_from(data, pos)
@@ -363,14 +386,22 @@ def _decode_sample(data: memoryview, pos: int, end: int, tag: int, where: str) -
                                 False)
 
 
-def decode_datagram(data: bytes | bytearray | memoryview) -> Datagram:
-    """Read one sFlow v5 datagram.
+@attrs.define(slots=True)
+class DatagramFrame:
+    """A datagram's header, read by :func:`read_frame`: the samples are walked by
+    :func:`iter_samples` from ``first``."""
 
-    Strict about framing: every sample and record length must fit its container, the records
-    must fill their sample exactly and the samples the datagram.  Record bodies are read by
-    their registered class (trailing bytes inside a record are tolerated, as newer, longer
-    forms of a record keep the old fields first).  Raises :class:`SflowDecodeError` for any
-    malformed input; work is bounded by the input length."""
+    view: memoryview
+    agent_address: str
+    sub_agent_id: int
+    sequence: int
+    uptime: int
+    nsamples: int
+    first: int
+
+
+def read_frame(data: bytes | bytearray | memoryview) -> DatagramFrame:
+    """The header of one sFlow v5 datagram; raises :class:`SflowDecodeError` if malformed."""
     view = memoryview(data)
     if view.format != "B" or view.ndim != 1:
         view = view.cast("B")
@@ -393,13 +424,21 @@ def decode_datagram(data: bytes | bytearray | memoryview) -> Datagram:
     else:
         raise SflowDecodeError(f"agent address type {addr_type} (1 = IPv4, 2 = IPv6)")
     _need(view, pos, 16, end, "datagram header")
-    sub_agent, seq, uptime, nsamples = struct.unpack_from(">4I", view, pos)
-    pos += 16
-    samples: list[Sample] = []
-    for i in range(nsamples):
+    sub_agent, seq, uptime, nsamples = _DGRAM_HEAD.unpack_from(view, pos)
+    return DatagramFrame(view, agent, sub_agent, seq, uptime, nsamples, pos + 16)
+
+
+def iter_samples(frame: DatagramFrame) -> Iterator[tuple[int, int, int, str]]:
+    """The datagram's samples as ``(tag, body start, body end, where)``; raises
+    :class:`SflowDecodeError` when one runs past the datagram, or (after the last) when the
+    samples leave bytes of the datagram unread."""
+    view, pos = frame.view, frame.first
+    end = len(view)
+    unpack = _U32x2.unpack_from
+    for i in range(frame.nsamples):
         where = f"sample {i}"
         _need(view, pos, 8, end, where)
-        tag, length = _U32x2.unpack_from(view, pos)
+        tag, length = unpack(view, pos)
         pos += 8
         if length > end - pos:
             raise SflowDecodeError(
@@ -407,8 +446,23 @@ def decode_datagram(data: bytes | bytearray | memoryview) -> Datagram:
                 f"({end - pos} bytes left)")
         if length & 3:
             raise SflowDecodeError(f"{where}: length {length} is not a multiple of 4")
-        samples.append(_decode_sample(view, pos, pos + length, tag, where))
+        yield tag, pos, pos + length, where
         pos += length
     if pos != end:
-        raise SflowDecodeError(f"{end - pos} bytes left after the {nsamples} samples")
-    return Datagram(version, agent, sub_agent, seq, uptime, samples, end)
+        raise SflowDecodeError(f"{end - pos} bytes left after the {frame.nsamples} samples")
+
+
+def decode_datagram(data: bytes | bytearray | memoryview) -> Datagram:
+    """Read one sFlow v5 datagram.
+
+    Strict about framing: every sample and record length must fit its container, the records
+    must fill their sample exactly and the samples the datagram.  Record bodies are read by
+    their registered class (trailing bytes inside a record are tolerated, as newer, longer
+    forms of a record keep the old fields first).  Raises :class:`SflowDecodeError` for any
+    malformed input; work is bounded by the input length."""
+    frame = read_frame(data)
+    view = frame.view
+    samples: list[Sample] = [decode_sample(view, start, end, tag, where)
+                             for tag, start, end, where in iter_samples(frame)]
+    return Datagram(SFLOW_VERSION, frame.agent_address, frame.sub_agent_id, frame.sequence,
+                    frame.uptime, samples, len(view))

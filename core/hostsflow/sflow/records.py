@@ -20,7 +20,8 @@ from typing import Any, ClassVar, TypeVar
 import attrs
 
 from .xdr import (
-    XdrError, compile_codec, compile_whole, f32, fixed_opaque, i32, opaque, string, u32, u64,
+    XDR, XdrError, compile_codec, compile_whole, f32, fixed_opaque, i32, opaque, string, u32,
+    u64,
 )
 
 FLOW = "flow"
@@ -55,7 +56,8 @@ class Record:
     @classmethod
     def decode_body(cls, data: bytes) -> "Record":
         """Read a record body (the bytes after data_format and length)."""
-        return cls(**cls._decode(data))
+        values = cls._decode(data)
+        return cls(**values) if isinstance(values, _ByName) else cls(*values)
 
     def encode(self) -> bytes:
         """The whole record: data_format, length, body."""
@@ -66,13 +68,27 @@ class Record:
 R = TypeVar("R", bound=type)
 
 
+def _positional(cls: type, decode: Any) -> Any:
+    """``decode`` as the class's ``__init__`` takes it positionally: as it is when every field
+    is an XDR field (all in-repo records), else the XDR values placed by name."""
+    fields = attrs.fields(cls)
+    xdr = tuple(f.name for f in fields if f.metadata.get(XDR) is not None)
+    if xdr == tuple(f.name for f in fields if f.init):
+        return decode
+    return lambda data: _ByName(zip(xdr, decode(data)))
+
+
+class _ByName(dict):  # type: ignore[type-arg]
+    """Field values by name, for a record class with fields the codec does not carry."""
+
+
 def _register(kind: str, enterprise: int, fmt: int, cls: type) -> type:
     cls = attrs.define(slots=True, eq=True)(cls)
     cls.kind, cls.enterprise, cls.format = kind, enterprise, fmt
     if "encode_body" not in cls.__dict__:
         enc, dec, _ = compile_codec(cls)
         cls._encode = staticmethod(enc)
-        cls._decode = staticmethod(dec)
+        cls._decode = staticmethod(_positional(cls, dec))
     generic = cls.encode_body is Record.encode_body and cls.encode is Record.encode
     whole = compile_whole(cls, cls.tag()) if generic else None
     cls._encode_whole = None if whole is None else staticmethod(whole)
@@ -292,7 +308,7 @@ class HostCpu(Record):
         """Also reads the 68-byte form of the 2010 spec (steal, guest, guest_nice read as 0)."""
         if len(data) == 68:
             data = bytes(data) + bytes(12)
-        return cls(**cls._decode(data))
+        return cls(*cls._decode(data))
 
 
 @counter_record(2004)

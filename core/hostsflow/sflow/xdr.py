@@ -82,7 +82,8 @@ def opaque(max_len: int = 0xFFFFFFFF, help: str = "") -> Any:
 # ---------------------------------------------------------------- compiled codec
 
 Encoder = Callable[[Any], bytes]
-Decoder = Callable[[bytes], dict[str, Any]]
+#: the field values in the class's field order (its attrs ``__init__`` takes them positionally)
+Decoder = Callable[[bytes], tuple[Any, ...]]
 
 
 def _split_segments(cls: type) -> list[tuple[str, Any]]:
@@ -112,20 +113,24 @@ def _split_segments(cls: type) -> list[tuple[str, Any]]:
 
 
 def compile_codec(cls: type) -> tuple[Encoder, Decoder, int | None]:
-    """Build (encode(obj) -> bytes, decode(bytes) -> field dict, fixed size or None)."""
+    """Build (encode(obj) -> bytes, decode(bytes) -> field values in order, fixed size or None).
+
+    The decoder's values go to the class positionally (``cls(*decode(data))``): every field of a
+    record class is an XDR field, in wire order.  Bytes after the last field are ignored."""
     segments = _split_segments(cls)
 
     if len(segments) == 1 and segments[0][0] == "fixed":
         st, names = segments[0][1]
         getter = attrs_getter(names)
+        unpack, size = st.unpack_from, st.size
 
         def encode_flat(obj: Any) -> bytes:
             return st.pack(*getter(obj))
 
-        def decode_flat(data: bytes) -> dict[str, Any]:
-            if len(data) < st.size:
-                raise XdrError(f"{cls.__name__}: {len(data)} bytes, need {st.size}")
-            return dict(zip(names, st.unpack_from(data)))
+        def decode_flat(data: bytes) -> tuple[Any, ...]:
+            if len(data) < size:
+                raise XdrError(f"{cls.__name__}: {len(data)} bytes, need {size}")
+            return unpack(data)
 
         return encode_flat, decode_flat, st.size
 
@@ -143,21 +148,24 @@ def compile_codec(cls: type) -> tuple[Encoder, Decoder, int | None]:
                 out.append(struct.pack(">I", len(raw)) + raw + bytes(pad4(len(raw))))
         return b"".join(out)
 
-    def decode(data: bytes) -> dict[str, Any]:
-        values: dict[str, Any] = {}
+    # each segment: (Struct, None) for a run of fixed fields, (None, _Var) for a variable one
+    steps = [(spec[0], None) if kind == "fixed" else (None, spec[1]) for kind, spec in segments]
+    name = cls.__name__
+
+    def decode(data: bytes) -> tuple[Any, ...]:
+        values: list[Any] = []
         pos = 0
-        for kind, spec in segments:
-            if kind == "fixed":
-                st, names = spec
-                if pos + st.size > len(data):
-                    raise XdrError(f"{cls.__name__}: truncated at byte {pos}")
-                values.update(zip(names, st.unpack_from(data, pos)))
+        n = len(data)
+        for st, var in steps:
+            if st is not None:
+                if pos + st.size > n:
+                    raise XdrError(f"{name}: truncated at byte {pos}")
+                values.extend(st.unpack_from(data, pos))
                 pos += st.size
             else:
-                name, var = spec
-                raw, pos = read_opaque(data, pos, var.max_len, cls.__name__)
-                values[name] = raw.decode("utf-8", "replace") if var.text else raw
-        return values
+                raw, pos = read_opaque(data, pos, var.max_len, name)
+                values.append(raw.decode("utf-8", "replace") if var.text else raw)
+        return tuple(values)
 
     return encode, decode, None
 

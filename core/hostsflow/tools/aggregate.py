@@ -39,27 +39,13 @@ from typing import Any
 
 import attrs
 
-from ..packet import IPPROTO_TCP, decode_sampled_header
+from ..packet import IPPROTO_TCP
+from ..sflow.datagram import Datagram, DecodedCounterSample, SflowDecodeError
+from ..sflow.records import TCP_DIR_RECEIVED, TCP_DIR_SENT, ExtendedTcpInfo, HostDescr
 from .allow import SourceFilter
+from .flow_rows import SERVICE_CLASS, AgentKey, CollectorDatagram, FlowRow, read_datagram, rows_of
 from .flows import FlowHistory
 from .keytable import KeyTable
-from ..sflow.datagram import (
-    Datagram,
-    DecodedCounterSample,
-    DecodedFlowSample,
-    SflowDecodeError,
-    decode_datagram,
-)
-from ..sflow.records import (
-    TCP_DIR_RECEIVED,
-    TCP_DIR_SENT,
-    ExtendedEntities,
-    ExtendedTcpInfo,
-    HostDescr,
-    SampledHeader,
-)
-
-SERVICE_CLASS = 3  # data source class of a service (hsflowd: DS_TYPE "3" = logical entity)
 IN, OUT = "in", "out"
 DEFAULT_WINDOW = 5.0
 DEFAULT_HISTORY = 300  # seconds of per-second points kept for the chart
@@ -79,8 +65,6 @@ CHART_SERVICES = 12  # services drawn in a chart point (the rest summed in ``mor
 
 PROTOCOL_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp", 136: "udplite"}
 
-#: (agent address, sub-agent id)
-AgentKey = tuple[str, int]
 #: (agent key, dsIndex) of a service data source
 ServiceId = tuple[AgentKey, int]
 
@@ -340,8 +324,6 @@ class Aggregator:
         self.window = float(window)
         self.clock = clock
         self.stats = AggregatorStats()
-        #: the sampled_header decoder (the fleet collector shares one decoding per record)
-        self.decode_header: Callable[[SampledHeader], Any] = decode_sampled_header
         #: service -> its unit name (None until its counter samples arrive)
         self.services: KeyTable[ServiceId, str | None] = KeyTable(
             max_services, SERVICE_TTL, per_group=min(max_services_per_agent, max_services),
@@ -378,34 +360,37 @@ class Aggregator:
         return False
 
     def feed(self, data: bytes, now: float | None = None) -> bool:
-        """Decode one datagram and add it; False (and counted) if it is malformed."""
+        """Read one datagram and add it; False (and counted) if it is malformed."""
         try:
-            dgram = decode_datagram(data)
+            read = read_datagram(data)
         except SflowDecodeError:
             self.stats.datagrams += 1
             self.stats.malformed += 1
             return False
-        self.feed_datagram(dgram, now)
+        self.feed_read(read, now)
         return True
 
     def feed_datagram(self, dgram: Datagram, now: float | None = None) -> None:
-        """Add a decoded datagram: learn service names from its counter samples, then add its
-        flow samples to the bucket of the current second."""
+        """Add an already decoded datagram (the same as :meth:`feed` of its bytes)."""
+        self.feed_read(rows_of(dgram), now)
+
+    def feed_read(self, read: CollectorDatagram, now: float | None = None) -> None:
+        """Add a datagram as :mod:`.flow_rows` reads it: learn service names from its counter
+        samples, then add its flow samples to the bucket of the current second."""
         now = self.clock() if now is None else now
         if self._first is None:
             self._first = now
         self.stats.datagrams += 1
-        agent: AgentKey = (dgram.agent_address, dgram.sub_agent_id)
+        agent = read.agent
         if not self._touch_agent(agent, "", now):
             return
-        for sample in dgram.samples:
-            if isinstance(sample, DecodedCounterSample):
-                self.stats.counter_samples += 1
-                self._learn(agent, sample, now)
-        bucket = self._bucket(now)
-        for sample in dgram.samples:
-            if isinstance(sample, DecodedFlowSample):
-                self._add_flow(agent, sample, bucket, now)
+        for sample in read.counters:
+            self.stats.counter_samples += 1
+            self._learn(agent, sample, now)
+        if read.rows:
+            bucket = self._bucket(now)
+            for row in read.rows:
+                self._add_flow(agent, row, bucket, now)
 
     def _touch_agent(self, agent: AgentKey, hostname: str, now: float) -> bool:
         table = self.agent_names
@@ -463,31 +448,26 @@ class Aggregator:
         else:
             self.stats.keys_refused += 1
 
-    def _add_flow(self, agent: AgentKey, sample: DecodedFlowSample, bucket: _Bucket,
-                  now: float) -> None:
+    def _add_flow(self, agent: AgentKey, row: FlowRow, bucket: _Bucket, now: float) -> None:
         self.stats.flow_samples += 1
-        rate = sample.sampling_rate
-        header = sample.record(SampledHeader)
-        if header is None or rate == 0:
+        if not row.usable:
             self.stats.headerless_samples += 1
             return
-        nbytes = header.frame_length * rate  # type: ignore[attr-defined]
+        nbytes, rate = row.bytes, row.packets
         total = bucket.total
         total[0] += nbytes
         total[1] += rate
-        ent = sample.record(ExtendedEntities)
         ends: list[tuple[ServiceId, str]] = []
         src_svc = dst_svc = None
-        if ent is not None:
-            if ent.dst_class == SERVICE_CLASS and ent.dst_index:  # type: ignore[attr-defined]
-                dst_svc = (agent, ent.dst_index)  # type: ignore[attr-defined]
-                if self._known(dst_svc, now):
-                    ends.append((dst_svc, IN))
-            if ent.src_class == SERVICE_CLASS and ent.src_index:  # type: ignore[attr-defined]
-                src_svc = (agent, ent.src_index)  # type: ignore[attr-defined]
-                if self._known(src_svc, now):
-                    ends.append((src_svc, OUT))
-        info = self.decode_header(header)  # type: ignore[arg-type]
+        if row.dst_service:
+            dst_svc = (agent, row.dst_service)
+            if self._known(dst_svc, now):
+                ends.append((dst_svc, IN))
+        if row.src_service:
+            src_svc = (agent, row.src_service)
+            if self._known(src_svc, now):
+                ends.append((src_svc, OUT))
+        info = row.packet
         if src_svc is None and dst_svc is None:
             bucket.other[0] += nbytes
             bucket.other[1] += rate
@@ -496,23 +476,25 @@ class Aggregator:
         if info is None:
             self.flows.add(bucket.second, (agent[0], src_svc, dst_svc, "non-ip", "", 0, "", 0),
                            nbytes, rate)
-        else:
-            self.flows.add(bucket.second,
-                           (agent[0], src_svc, dst_svc, protocol_name(info.protocol),
-                            info.src_ip, info.src_port, info.dst_ip, info.dst_port),
-                           nbytes, rate)
+            for svc, direction in ends:
+                _add(bucket.service, (svc, direction), nbytes, rate)  # bounded by self.services
+            return
+        proto = protocol_name(info.protocol)
+        self.flows.add(bucket.second,
+                       (agent[0], src_svc, dst_svc, proto,
+                        info.src_ip, info.src_port, info.dst_ip, info.dst_port),
+                       nbytes, rate)
         for svc, direction in ends:
             _add(bucket.service, (svc, direction), nbytes, rate)  # bounded by self.services
-            if info is None:
-                continue
-            port = info.dst_port if direction == IN else info.src_port
-            self._add_keyed(bucket.proto, (svc, direction, protocol_name(info.protocol), port),
-                            nbytes, rate)
-            remote = info.src_ip if direction == IN else info.dst_ip
+            if direction == IN:
+                port, remote = info.dst_port, info.src_ip
+            else:
+                port, remote = info.src_port, info.dst_ip
+            self._add_keyed(bucket.proto, (svc, direction, proto, port), nbytes, rate)
             self._add_keyed(bucket.remote, (svc, direction, remote), nbytes, rate)
-        tcp = sample.record(ExtendedTcpInfo)
-        if tcp is not None and info is not None and info.protocol == IPPROTO_TCP:
-            self._add_connection(agent, tcp, info, ends, bucket, nbytes, rate, now)  # type: ignore[arg-type]
+        tcp = row.tcp
+        if tcp is not None and info.protocol == IPPROTO_TCP:
+            self._add_connection(agent, tcp, info, ends, bucket, nbytes, rate, now)
 
     def _add_connection(self, agent: AgentKey, tcp: ExtendedTcpInfo, info: Any,
                         ends: list[tuple[ServiceId, str]], bucket: _Bucket, nbytes: int,

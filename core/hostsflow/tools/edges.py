@@ -34,10 +34,10 @@ from typing import Any
 
 import attrs
 
-from ..packet import IPPROTO_TCP, decode_sampled_header
-from ..sflow.datagram import Datagram, DecodedFlowSample
-from ..sflow.records import ExtendedEntities, ExtendedTcpInfo, SampledHeader
-from .aggregate import SERVICE_CLASS, AgentKey, ServiceId, protocol_name
+from ..packet import IPPROTO_TCP
+from ..sflow.datagram import Datagram
+from .aggregate import AgentKey, ServiceId, protocol_name
+from .flow_rows import FlowRow, rows_of
 
 SERVER, CLIENT = "server", "client"
 EPHEMERAL_LOW = 32768  # Linux's default ip_local_port_range starts here
@@ -199,8 +199,6 @@ class EdgeJoiner:
         self.window = float(window)
         self.clock = clock
         self.stats = EdgeStats()
-        #: the sampled_header decoder (the fleet collector shares one decoding per record)
-        self.decode_header: Callable[[SampledHeader], Any] = decode_sampled_header
         self.servers: dict[ServerEnd, tuple[AgentKey, int]] = {}
         self.listeners: dict[ServerEnd, bool] = {}
         self.clients: dict[Flow, tuple[AgentKey, int]] = {}
@@ -212,20 +210,25 @@ class EdgeJoiner:
     # ------------------------------------------------------------ input
 
     def feed_datagram(self, dgram: Datagram, now: float | None = None) -> list[Observation]:
-        """Place every flow sample of ``dgram``; returns the observations (for the metrics):
-        one for each sample placed on a flow or marked with a service."""
+        """Place every flow sample of a decoded datagram (see :meth:`feed_rows`)."""
+        read = rows_of(dgram)
+        return self.feed_rows(read.agent, read.rows, now)
+
+    def feed_rows(self, agent: AgentKey, rows: list[FlowRow], now: float | None = None
+                  ) -> list[Observation]:
+        """Place the flow samples of one datagram of ``agent`` (as :mod:`.flow_rows` reads
+        them); returns the observations (for the metrics): one for each sample placed on a
+        flow or marked with a service."""
         now = self.clock() if now is None else now
         if self._first is None:
             self._first = now
-        agent: AgentKey = (dgram.agent_address, dgram.sub_agent_id)
         out: list[Observation] = []
-        cells: dict[tuple[Flow, str, AgentKey], _Cell] | None = None
-        for sample in dgram.samples:
-            if not isinstance(sample, DecodedFlowSample):
-                continue
-            if cells is None:
-                cells = self._cells(now)
-            obs = self._place(agent, sample, cells)
+        if not rows:
+            return out
+        cells = self._cells(now)
+        place = self._place
+        for row in rows:
+            obs = place(agent, row, cells)
             if obs is not None:
                 out.append(obs)
         return out
@@ -240,30 +243,15 @@ class EdgeJoiner:
             buckets.popleft()
         return buckets[-1][1]
 
-    def _place(self, agent: AgentKey, sample: DecodedFlowSample,
+    def _place(self, agent: AgentKey, row: FlowRow,
                cells: dict[tuple[Flow, str, AgentKey], _Cell]) -> Observation | None:
         self.stats.samples += 1
-        header = ent = tcp = None
-        for rec in sample.records:  # one pass (this runs for every sample of every agent)
-            kind = type(rec)
-            if kind is SampledHeader:
-                header = rec
-            elif kind is ExtendedEntities:
-                ent = rec
-            elif kind is ExtendedTcpInfo:
-                tcp = rec
-        rate = sample.sampling_rate
-        if header is None or rate == 0:
+        if not row.usable:
             self.stats.portless += 1
             return None
-        src_svc = dst_svc = 0
-        if ent is not None:
-            if ent.src_class == SERVICE_CLASS:  # type: ignore[attr-defined]
-                src_svc = ent.src_index  # type: ignore[attr-defined]
-            if ent.dst_class == SERVICE_CLASS:  # type: ignore[attr-defined]
-                dst_svc = ent.dst_index  # type: ignore[attr-defined]
-        nbytes = header.frame_length * rate  # type: ignore[attr-defined]
-        info = self.decode_header(header)  # type: ignore[arg-type]
+        src_svc, dst_svc = row.src_service, row.dst_service
+        nbytes, rate = row.bytes, row.packets
+        info = row.packet
         if info is None or info.protocol not in PORT_PROTOCOLS or \
                 not info.src_port or not info.dst_port:
             self.stats.portless += 1
@@ -305,11 +293,11 @@ class EdgeJoiner:
         cell.samples += 1
         if len(cell.ports) < MAX_PORTS_PER_CELL:
             cell.ports.add(cport)
-        if proto == IPPROTO_TCP and tcp is not None:
-            if tcp.rtt:  # type: ignore[attr-defined]
-                cell.rtt_sum += tcp.rtt  # type: ignore[attr-defined]
-                cell.rtt_n += 1
-                cell.retrans = max(cell.retrans, tcp.retrans)  # type: ignore[attr-defined]
+        tcp = row.tcp
+        if tcp is not None and tcp.rtt and proto == IPPROTO_TCP:
+            cell.rtt_sum += tcp.rtt
+            cell.rtt_n += 1
+            cell.retrans = max(cell.retrans, tcp.retrans)
         return Observation(agent, flow, side, cport, c_svc, s_svc, nbytes, rate, src_svc, dst_svc)
 
     def _dst_serves(self, proto: int, info: Any) -> bool:

@@ -17,10 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..packet import PacketInfo, decode_sampled_header
-from ..sflow.datagram import Datagram
-from ..sflow.records import SampledHeader
 from .aggregate import DEFAULT_HISTORY, DEFAULT_WINDOW, Aggregator
+from .flow_rows import CollectorDatagram
 from .edges import EdgeJoiner
 from .exposition import CONTENT_TYPE
 from .fleet_metrics import DEFAULT_MAX_SERIES, FleetMetrics
@@ -29,25 +27,6 @@ if TYPE_CHECKING:
     from aiohttp import web
 
 STATIC = Path(__file__).parent / "view" / "static"
-
-
-class HeaderMemo:
-    """:func:`~hostsflow.packet.decode_sampled_header` once per record while one datagram is
-    handled (keyed by the record's identity: :meth:`clear` before the next datagram)."""
-
-    def __init__(self) -> None:
-        self._seen: dict[int, PacketInfo | None] = {}
-
-    def __call__(self, header: SampledHeader) -> PacketInfo | None:
-        key = id(header)
-        seen = self._seen
-        if key in seen:
-            return seen[key]
-        info = seen[key] = decode_sampled_header(header)
-        return info
-
-    def clear(self) -> None:
-        self._seen.clear()
 
 
 class FleetAggregator(Aggregator):
@@ -61,16 +40,12 @@ class FleetAggregator(Aggregator):
         super().__init__(window=window, history=history, clock=clock, **limits)
         self.edges = EdgeJoiner(self.services, self.agent_names, window=window, clock=clock)
         self.metrics = FleetMetrics(self.edges, self.stats, max_series)
-        self._memo = HeaderMemo()
-        self.decode_header = self.edges.decode_header = self._memo
 
-    def feed_datagram(self, dgram: Datagram, now: float | None = None) -> None:
+    def feed_read(self, read: CollectorDatagram, now: float | None = None) -> None:
         now = self.clock() if now is None else now
-        try:
-            super().feed_datagram(dgram, now)  # learns the names first
-            self.metrics.feed(dgram, self.edges.feed_datagram(dgram, now))
-        finally:
-            self._memo.clear()
+        super().feed_read(read, now)  # learns the names first
+        self.metrics.feed(read.agent, read.counters,
+                          self.edges.feed_rows(read.agent, read.rows, now))
 
 
 def add_routes(app: web.Application, fleet: FleetAggregator) -> None:

@@ -33,7 +33,7 @@ families: at each scrape (or when :data:`MAX_PENDING` keys are waiting).
 
 from __future__ import annotations
 
-from ..sflow.datagram import Datagram, DecodedCounterSample
+from ..sflow.datagram import DecodedCounterSample
 from ..sflow.records import (
     VirtCpu,
     VirtDiskIo,
@@ -116,11 +116,12 @@ class FleetMetrics:
 
     # ------------------------------------------------------------ input
 
-    def feed(self, dgram: Datagram, observations: list[Observation]) -> None:
-        agent: AgentKey = (dgram.agent_address, dgram.sub_agent_id)
-        for sample in dgram.samples:
-            if isinstance(sample, DecodedCounterSample) and \
-                    sample.source.ds_class == SERVICE_CLASS:
+    def feed(self, agent: AgentKey, counters: list[DecodedCounterSample],
+             observations: list[Observation]) -> None:
+        """Take one datagram of ``agent``: its counter samples and the observations the edge
+        joiner made of its flow samples."""
+        for sample in counters:
+            if sample.source.ds_class == SERVICE_CLASS:
                 self._service_counters(agent, sample)
         traffic = self._traffic
         for obs in observations:
