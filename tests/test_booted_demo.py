@@ -66,10 +66,11 @@ def test_demo_services_are_named_in_the_view(booted, tmp_path):
             seen = dk.demo_seen(base, names)
             by_service = {c["service"] for c in seen.connections if c["rtt_ms"] > 0}
             ok = ({WEB, POLLER} <= set(seen.services) and {WEB, POLLER} <= by_service
-                  and seen.short_get_bps and seen.download_bps)
+                  and seen.short_get_bps and seen.download_bps and seen.udp_bps
+                  and seen.poller_bps)
             return seen if ok else None
 
-        seen = dk.wait_for(named, 60, "both demo services in the chart and in the TCP table")
+        seen = dk.wait_for(named, 60, "both services in the chart and TCP table, each kind of flow")
         rtts = seen.rtts_ms()
         rows = {}
         for conn in seen.connections:
@@ -78,6 +79,9 @@ def test_demo_services_are_named_in_the_view(booted, tmp_path):
               f"{rtts[0]:.3f}..{rtts[-1]:.3f}; flows bit/s: short GETs "
               f"{seen.short_get_bps:.0f}, downloads {seen.download_bps:.0f}, UDP "
               f"{seen.udp_bps:.0f}, poller {seen.poller_bps:.0f}")
+        by_name = {g["key"][0]: round(g["bps"]) for g in dk.flows(base, "service")}
+        print(f"  flows bit/s by service: {by_name}")
+        assert by_name.get(WEB, 0) > 0 and by_name.get(POLLER, 0) > 0, by_name
         journal = c.journal("hostsflowd")
         assert "Traceback" not in journal and "module_error" not in journal, journal[-3000:]
     finally:
