@@ -24,9 +24,11 @@ bash scripts/install.sh
 . .venv/bin/activate
 pids=()
 demo_dev=
+made_conf=
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   if [ -n "$demo_dev" ]; then python3 scripts/demo_traffic.py stop || true; fi
+  if [ -n "$made_conf" ]; then rm -f "$made_conf"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -39,6 +41,7 @@ if [ "$mode" != decode ] && [ "$demo" = on ]; then
 fi
 conf=${HOSTSFLOW_CONF:-$(mktemp --suffix=.conf)}
 if [ -z "${HOSTSFLOW_CONF:-}" ]; then
+  made_conf=$conf
   bash scripts/quickstart-config.sh "$mode" ${demo_dev:+--demo-dev "$demo_dev"} > "$conf"
 fi
 echo "config: $conf"; cat "$conf"

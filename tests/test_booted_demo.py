@@ -9,9 +9,14 @@ made by ``systemd-run``), its TCP table has their connections with an RTT, and t
 
 from __future__ import annotations
 
+import tempfile
+import time
+from pathlib import Path
+
 import pytest
 
 from . import booted_kit as bk
+from . import chromium
 from . import demo_kit as dk
 from .collector_kit import start_view
 
@@ -19,6 +24,7 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 SRC = "/usr/src/hostsflow/scripts"
 WEB, POLLER = "hostsflow-demo-web.service", "hostsflow-demo-poller.service"
+SHOT = Path(__file__).resolve().parent / "artifacts" / "view-quickstart-demo.png"
 
 
 @pytest.fixture
@@ -47,11 +53,34 @@ def leftovers_inside(c: bk.Container) -> list[str]:
     return out
 
 
+def page_shows_the_demo(base: str) -> None:
+    """The page, as a person sees it: both services in the chart's legend, the TCP table with
+    rows of both (a screenshot under tests/artifacts/)."""
+    driver = chromium.browser(tempfile.mkdtemp(prefix="hostsflow-demo-chromium-"))
+    try:
+        driver.get(base)
+        time.sleep(7)  # a window of points in the chart
+        text = driver.execute_script("return document.body.innerText")
+        rows = driver.execute_script(
+            "return [...document.querySelectorAll('#connections tbody tr')]"
+            ".map(tr => [...tr.cells].map(td => td.textContent));")
+        SHOT.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(SHOT))
+    finally:
+        driver.quit()
+    print(f"  page: {len(rows)} TCP rows, e.g. {rows[:3]}; screenshot {SHOT}")
+    assert WEB in text and POLLER in text, text[:2000]
+    assert any(WEB in " ".join(r) for r in rows) and any(POLLER in " ".join(r) for r in rows), \
+        rows
+
+
 def test_demo_services_are_named_in_the_view(booted, tmp_path):
     c = booted
     names = dk.DemoNames("hostsflow-demo", "hfdemo0", "10.213.77.0/29")
     assert not c.subnet.startswith("10.213.77"), "the container's own network is the demo's"
-    view, sflow, base = start_view(tmp_path, window=5, sflow_ip=c.host_ip)
+    # the agent's status file is in the container: none here to read for hints
+    view, sflow, base = start_view(tmp_path, window=5, sflow_ip=c.host_ip,
+                                   extra=["--status-file", str(tmp_path / "no-status.json")])
     try:
         out = c.exec("python3", f"{SRC}/demo_traffic.py", "start", "--duration", "150")
         assert f"as systemd units {WEB}, {POLLER}" in out, out
@@ -82,6 +111,10 @@ def test_demo_services_are_named_in_the_view(booted, tmp_path):
         by_name = {g["key"][0]: round(g["bps"]) for g in dk.flows(base, "service")}
         print(f"  flows bit/s by service: {by_name}")
         assert by_name.get(WEB, 0) > 0 and by_name.get(POLLER, 0) > 0, by_name
+        if chromium.why_not() is None:
+            page_shows_the_demo(base)
+        else:
+            print(f"  no page check: {chromium.why_not()}")
         journal = c.journal("hostsflowd")
         assert "Traceback" not in journal and "module_error" not in journal, journal[-3000:]
     finally:
