@@ -74,7 +74,8 @@ def page_shows_the_demo(base: str) -> None:
         rows
 
 
-def test_demo_services_are_named_in_the_view(booted, tmp_path):
+def test_demo_services_are_named_in_the_view(booted, tmp_path, monkeypatch):
+    monkeypatch.setenv("SE_OFFLINE", "true")  # selenium: never look for drivers on the network
     c = booted
     names = dk.DemoNames("hostsflow-demo", "hfdemo0", "10.213.77.0/29")
     assert not c.subnet.startswith("10.213.77"), "the container's own network is the demo's"
