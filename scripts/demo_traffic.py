@@ -25,7 +25,8 @@ keep-alive connection, 0.5 s apart) and a UDP query from a fresh socket every ha
 Without systemd the two services run as plain background processes and are not named.
 Everything runs until ``stop`` (or ``--duration`` seconds, after which every loop ends by
 itself); ``stop`` removes every unit, process, device and namespace ``start`` made, from the
-record it keeps in /run/NAME/state.json.  Only python3's standard library and iproute2.
+record it keeps in /run/NAME/state.json (and, should that be gone, what it finds by name).
+Only python3's standard library and iproute2.
 """
 
 from __future__ import annotations
@@ -328,6 +329,39 @@ class Demo:
         demo.state = state
         return demo
 
+    @classmethod
+    def unrecorded(cls, name: str) -> "Demo":
+        """What a demo called ``name`` may have left without its record (its namespace and
+        units by name; for the default name also its device and processes)."""
+        demo = cls(name)
+        demo.state.update(netns=[name], devs=[DEFAULT_DEV] if name == DEFAULT_NAME else [],
+                          strays=name == DEFAULT_NAME)
+        return demo
+
+    def _units_left(self) -> list[str]:
+        """This demo's units that systemd still has, recorded or not."""
+        if not has_systemd():
+            return []
+        listed = sh("systemctl", "list-units", "--all", "--plain", "--no-legend",
+                    f"{self.name}-*.service", check=False).split()
+        return [u for u in (f"{self.name}-web.service", f"{self.name}-poller.service")
+                if u in listed]
+
+    def _strays(self) -> list[int]:
+        """Processes of this script's roles bound to or talking to this demo's addresses."""
+        out = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == os.getpid():
+                continue
+            try:
+                args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if SCRIPT in args and "role" in args and \
+                    {self.host_ip, self.pages_ip, self.files_ip} & set(args):
+                out.append(int(proc.name))
+        return out
+
     # ---- start
 
     def check_free(self) -> None:
@@ -421,12 +455,15 @@ class Demo:
     def stop(self) -> list[str]:
         """Remove every unit, process, device and namespace recorded; what was removed."""
         removed = []
-        units = self.state.get("units", [])
+        units = sorted(set(self.state.get("units", [])) | set(self._units_left()))
         if units:
             sh("systemctl", "stop", *units, check=False)
             sh("systemctl", "reset-failed", *units, check=False)
             removed += units
-        for pid in self.state.get("pids", []):
+        pids = self.state.get("pids", [])
+        if self.state.get("strays", True):
+            pids = [*pids, *(p for p in self._strays() if p not in pids)]
+        for pid in pids:
             if end_pid(pid):
                 removed.append(f"pid {pid}")
         for ns in self.state.get("netns", []):
@@ -529,12 +566,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     if a.command == "stop":
-        demo = Demo.recorded(a.name)
-        if demo is None:
-            print(f"demo_traffic: no demo called {a.name} is running")
-            return 0
+        demo = Demo.recorded(a.name) or Demo.unrecorded(a.name)
         removed = demo.stop()
-        print("demo_traffic: removed " + (", ".join(removed) or "nothing"))
+        print("demo_traffic: removed " + (", ".join(removed) or
+                                          f"nothing (no demo called {a.name} is running)"))
         return 0
     try:
         demo = Demo(a.name, a.dev, a.subnet)
