@@ -392,6 +392,11 @@ class Aggregator:
             for row in read.rows:
                 self._add_flow(agent, row, bucket, now)
 
+    def seconds(self) -> collections.deque[_Bucket]:
+        """The kept per-second buckets, oldest first (``second``; ``service``:
+        ``{(service, direction): [bytes, packets]}``); only the newest may still change."""
+        return self._buckets
+
     def _touch_agent(self, agent: AgentKey, hostname: str, now: float) -> bool:
         table = self.agent_names
         if agent in table:

@@ -65,31 +65,14 @@ class EdgeStats:
     flows_dropped: int = 0
 
 
-@attrs.define(slots=True)
-class Observation:
-    """Where one flow sample falls: its flow (None for a sample with no ports, or beyond the
-    per-second bound), the side it was observed from, the observer, the client port, the
-    services the observer marked on the client and server ends, the sample's estimates, and
-    the services marked as the packet's source and destination (0 when unmarked)."""
-
-    agent: AgentKey
-    flow: Flow | None
-    side: str
-    client_port: int
-    client_service: int
-    server_service: int
-    bytes: int
-    packets: int
-    src_service: int
-    dst_service: int
-
-
 class _Cell:
-    """One second of one ``(flow, side, observer)``: estimates, samples, client ports, RTT."""
+    """One second of one ``(flow, side, observer)``: estimates, samples, client ports, RTT, and
+    whether the observer marked the client end with a service (``named``)."""
 
-    __slots__ = ("bytes", "packets", "ports", "retrans", "rtt_n", "rtt_sum", "samples")
+    __slots__ = ("bytes", "named", "packets", "ports", "retrans", "rtt_n", "rtt_sum", "samples")
 
     def __init__(self) -> None:
+        self.named = False
         self.bytes = 0
         self.packets = 0
         self.samples = 0
@@ -107,6 +90,7 @@ class _Cell:
         self.rtt_sum += other.rtt_sum
         self.rtt_n += other.rtt_n
         self.retrans = max(self.retrans, other.retrans)
+        self.named = self.named or other.named
 
 
 @attrs.define(slots=True, frozen=True)
@@ -209,29 +193,28 @@ class EdgeJoiner:
 
     # ------------------------------------------------------------ input
 
-    def feed_datagram(self, dgram: Datagram, now: float | None = None) -> list[Observation]:
+    def feed_datagram(self, dgram: Datagram, now: float | None = None) -> None:
         """Place every flow sample of a decoded datagram (see :meth:`feed_rows`)."""
         read = rows_of(dgram)
-        return self.feed_rows(read.agent, read.rows, now)
+        self.feed_rows(read.agent, read.rows, now)
 
-    def feed_rows(self, agent: AgentKey, rows: list[FlowRow], now: float | None = None
-                  ) -> list[Observation]:
+    def feed_rows(self, agent: AgentKey, rows: list[FlowRow], now: float | None = None) -> None:
         """Place the flow samples of one datagram of ``agent`` (as :mod:`.flow_rows` reads
-        them); returns the observations (for the metrics): one for each sample placed on a
-        flow or marked with a service."""
+        them) in the cells of the current second."""
         now = self.clock() if now is None else now
         if self._first is None:
             self._first = now
-        out: list[Observation] = []
         if not rows:
-            return out
+            return
         cells = self._cells(now)
         place = self._place
         for row in rows:
-            obs = place(agent, row, cells)
-            if obs is not None:
-                out.append(obs)
-        return out
+            place(agent, row, cells)
+
+    def seconds(self) -> collections.deque[tuple[int, dict[tuple[Flow, str, AgentKey], _Cell]]]:
+        """The kept seconds, oldest first: ``(second, {(flow, side, observer): cell})``; only
+        the newest may still change (a clock stepped back adds to it)."""
+        return self._buckets
 
     def _cells(self, now: float) -> dict[tuple[Flow, str, AgentKey], _Cell]:
         second = int(now)
@@ -244,20 +227,18 @@ class EdgeJoiner:
         return buckets[-1][1]
 
     def _place(self, agent: AgentKey, row: FlowRow,
-               cells: dict[tuple[Flow, str, AgentKey], _Cell]) -> Observation | None:
+               cells: dict[tuple[Flow, str, AgentKey], _Cell]) -> None:
         self.stats.samples += 1
         if not row.usable:
             self.stats.portless += 1
-            return None
+            return
         src_svc, dst_svc = row.src_service, row.dst_service
         nbytes, rate = row.bytes, row.packets
         info = row.packet
         if info is None or info.protocol not in PORT_PROTOCOLS or \
                 not info.src_port or not info.dst_port:
-            self.stats.portless += 1
-            if src_svc or dst_svc:  # still a service's traffic, for the metrics
-                return Observation(agent, None, "", 0, 0, 0, nbytes, rate, src_svc, dst_svc)
-            return None
+            self.stats.portless += 1  # (a marked one is still its service's traffic)
+            return
         proto = info.protocol
         if self._dst_serves(proto, info):
             cip, cport, sip, sport = info.src_ip, info.src_port, info.dst_ip, info.dst_port
@@ -277,7 +258,7 @@ class EdgeJoiner:
             side = CLIENT
         else:
             self.stats.unplaced += 1
-            return None
+            return
         if c_svc:
             remember(self.clients, flow, (agent, c_svc))
         key = (flow, side, agent)
@@ -285,12 +266,14 @@ class EdgeJoiner:
         if cell is None:
             if len(cells) >= MAX_FLOWS_PER_SECOND:
                 self.stats.flows_dropped += 1
-                return Observation(agent, None, "", 0, 0, 0, nbytes, rate, src_svc, dst_svc)
+                return
             cell = cells[key] = _Cell()
         self.stats.placed += 1
         cell.bytes += nbytes
         cell.packets += rate
         cell.samples += 1
+        if c_svc:
+            cell.named = True
         if len(cell.ports) < MAX_PORTS_PER_CELL:
             cell.ports.add(cport)
         tcp = row.tcp
@@ -298,7 +281,6 @@ class EdgeJoiner:
             cell.rtt_sum += tcp.rtt
             cell.rtt_n += 1
             cell.retrans = max(cell.retrans, tcp.retrans)
-        return Observation(agent, flow, side, cport, c_svc, s_svc, nbytes, rate, src_svc, dst_svc)
 
     def _dst_serves(self, proto: int, info: Any) -> bool:
         """Whether the packet's destination is the flow's server end."""

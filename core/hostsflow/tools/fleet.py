@@ -39,13 +39,15 @@ class FleetAggregator(Aggregator):
         # limits: the Aggregator's table bounds and ``allow`` filter
         super().__init__(window=window, history=history, clock=clock, **limits)
         self.edges = EdgeJoiner(self.services, self.agent_names, window=window, clock=clock)
-        self.metrics = FleetMetrics(self.edges, self.stats, max_series)
+        self.metrics = FleetMetrics(self.edges, self, max_series)
 
     def feed_read(self, read: CollectorDatagram, now: float | None = None) -> None:
         now = self.clock() if now is None else now
+        self.metrics.fold(int(now))  # the seconds before this one are whole
         super().feed_read(read, now)  # learns the names first
-        self.metrics.feed(read.agent, read.counters,
-                          self.edges.feed_rows(read.agent, read.rows, now))
+        self.edges.feed_rows(read.agent, read.rows, now)
+        if read.counters:
+            self.metrics.feed_counters(read.agent, read.counters)
 
 
 def add_routes(app: web.Application, fleet: FleetAggregator) -> None:

@@ -27,8 +27,11 @@ Observation` list the edge joiner made of it, and keeps counters since the colle
   ``hostsflow_flow_samples_total``, ``hostsflow_counter_samples_total``.
 
 Every family holds at most ``max_series`` series (see :mod:`hostsflow.tools.exposition`).
-The flow samples' estimates are summed per key as they come and named when added to the
-families: at each scrape (or when :data:`MAX_PENDING` keys are waiting).
+The flow samples' estimates are not handled one by one here: each whole second the aggregator
+and the edge joiner summed (their per-second tables) is folded in once, when a later second
+has begun or at a scrape (so a scrape counts up to the last whole second), and the sums are
+named when added to the families: at each scrape (or when :data:`MAX_PENDING` keys are
+waiting).
 """
 
 from __future__ import annotations
@@ -40,8 +43,10 @@ from ..sflow.records import (
     VirtMemory,
     VirtNetIo,
 )
-from .aggregate import IN, OUT, SERVICE_CLASS, AgentKey, AggregatorStats, protocol_name
-from .edges import EdgeJoiner, Flow, Observation, remember
+from collections.abc import Callable
+
+from .aggregate import SERVICE_CLASS, AgentKey, Aggregator, protocol_name
+from .edges import EdgeJoiner, Flow, remember
 from .exposition import Registry
 
 DEFAULT_MAX_SERIES = 10_000
@@ -68,12 +73,19 @@ _COUNTER_HELP = {
 
 
 class FleetMetrics:
-    """The collector's metric families, fed datagrams and the joiner's observations."""
+    """The collector's metric families, from the per-second tables of ``aggregator`` (service
+    traffic) and ``joiner`` (edges), the counter samples it is given, and the aggregator's
+    ``stats``; ``clock`` says which seconds are whole at a scrape."""
 
-    def __init__(self, joiner: EdgeJoiner, stats: AggregatorStats,
-                 max_series: int = DEFAULT_MAX_SERIES) -> None:
+    def __init__(self, joiner: EdgeJoiner, aggregator: Aggregator,
+                 max_series: int = DEFAULT_MAX_SERIES,
+                 clock: Callable[[], float] | None = None) -> None:
         self.joiner = joiner
-        self.stats = stats
+        self.aggregator = aggregator
+        self.stats = aggregator.stats
+        self.clock = clock if clock is not None else aggregator.clock
+        #: every second before this one is folded in
+        self.folded_until: int | None = None
         self.registry = r = Registry(max_series)
         self.service_bytes = r.counter(
             "hostsflow_service_bytes_total",
@@ -116,26 +128,41 @@ class FleetMetrics:
 
     # ------------------------------------------------------------ input
 
-    def feed(self, agent: AgentKey, counters: list[DecodedCounterSample],
-             observations: list[Observation]) -> None:
-        """Take one datagram of ``agent``: its counter samples and the observations the edge
-        joiner made of its flow samples."""
-        for sample in counters:
+    def feed_counters(self, agent: AgentKey, samples: list[DecodedCounterSample]) -> None:
+        """Take the counter samples of one datagram of ``agent`` (its services' virt_*)."""
+        for sample in samples:
             if sample.source.ds_class == SERVICE_CLASS:
                 self._service_counters(agent, sample)
-        traffic = self._traffic
-        for obs in observations:
-            for idx, direction in ((obs.dst_service, IN), (obs.src_service, OUT)):
-                if idx:
-                    cell = traffic.get((obs.agent, idx, direction))
+
+    def fold(self, until: int) -> None:
+        """Fold in the seconds before ``until`` that are not yet: the aggregator's service
+        traffic and the joiner's cells of each, once."""
+        start = self.folded_until
+        if start is not None and until <= start:
+            return
+        traffic, edges = self._traffic, self._edges
+        for bucket in self.aggregator.seconds():
+            if bucket.second < until and (start is None or bucket.second >= start):
+                for ((agent, idx), direction), (nbytes, npkts) in bucket.service.items():
+                    cell = traffic.get((agent, idx, direction))
                     if cell is None:
-                        traffic[(obs.agent, idx, direction)] = [obs.bytes, obs.packets]
+                        traffic[(agent, idx, direction)] = [nbytes, npkts]
                     else:
-                        cell[0] += obs.bytes
-                        cell[1] += obs.packets
-            if obs.flow is not None:
-                self._edge(obs)
-        if len(self._edges) + len(traffic) > MAX_PENDING:
+                        cell[0] += nbytes
+                        cell[1] += npkts
+        for second, cells in self.joiner.seconds():
+            if second < until and (start is None or second >= start):
+                for (flow, side, agent), c in cells.items():
+                    key = (agent, side, flow, c.named)
+                    cell = edges.get(key)
+                    if cell is None:
+                        edges[key] = [c.bytes, c.packets, c.samples]
+                    else:
+                        cell[0] += c.bytes
+                        cell[1] += c.packets
+                        cell[2] += c.samples
+        self.folded_until = until
+        if len(edges) + len(traffic) > MAX_PENDING:
             self.flush()
 
     def _labels(self, agent: AgentKey, index: int) -> tuple[str, str, str]:
@@ -158,16 +185,6 @@ class FleetMetrics:
             step = raw - last if last is not None and raw >= last else raw  # a reset: from 0
             if step:
                 self.counters[suffix].inc(labels, step * scale)
-
-    def _edge(self, obs: Observation) -> None:
-        key = (obs.agent, obs.side, obs.flow, bool(obs.client_service))  # type: ignore[arg-type]
-        cell = self._edges.get(key)
-        if cell is None:
-            self._edges[key] = [obs.bytes, obs.packets, 1]
-        else:
-            cell[0] += obs.bytes
-            cell[1] += obs.packets
-            cell[2] += 1
 
     def flush(self) -> None:
         """Add what came since the last flush to the families, its labels named as they are
@@ -208,7 +225,8 @@ class FleetMetrics:
     # ------------------------------------------------------------ output
 
     def render(self) -> str:
-        """The exposition text of every family."""
+        """The exposition text of every family, up to the last whole second."""
+        self.fold(int(self.clock()))
         self.flush()
         st = self.stats
         for name, value in (("datagrams", st.datagrams), ("malformed_datagrams", st.malformed),
