@@ -22,6 +22,7 @@ bird2 does not start without a router id.  Everything is removed on :meth:`Conta
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
@@ -32,7 +33,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path("/var/cache/hostsflow-tests")
@@ -119,6 +120,22 @@ def hostsflow_layer(packages: Iterable[str] = PACKAGES, prefix: str = "hsfl") ->
         return layer
     finally:
         builder.stop()
+
+
+@contextlib.contextmanager
+def booted(name_prefix: str, before_boot: Callable[["Container"], object] = lambda c: None,
+           ) -> Iterator["Container"]:
+    """A :class:`Container` with this checkout installed, ``before_boot(c)`` run on its tree
+    (files written, units enabled), booted; stopped and removed on exit."""
+    c = Container(name_prefix)
+    try:
+        c.prepare()
+        c.install_hostsflow()
+        before_boot(c)
+        c.boot()
+        yield c
+    finally:
+        c.stop()
 
 
 class Container:

@@ -137,10 +137,12 @@ class ToolProcess:
 
 
 def start_view(workdir: Path, window: int = 5, extra: list[str] | None = None,
-               nofile: int | None = None) -> tuple[ToolProcess, tuple[str, int], str]:
-    """A real view on loopback ports: (process, sFlow address, base URL), once it answers."""
+               nofile: int | None = None, sflow_ip: str = "127.0.0.1",
+               ) -> tuple[ToolProcess, tuple[str, int], str]:
+    """A real view on free ports, its page on loopback, its sFlow port on ``sflow_ip``:
+    (process, sFlow address, base URL), once it answers."""
     sflow, http = free_port(socket.SOCK_DGRAM), free_port()
-    view = ToolProcess(["view", "--listen-sflow", f"127.0.0.1:{sflow}", "--http",
+    view = ToolProcess(["view", "--listen-sflow", f"{sflow_ip}:{sflow}", "--http",
                         f"127.0.0.1:{http}", "--window", str(window), *(extra or [])],
                        workdir, nofile=nofile)
     base = f"http://127.0.0.1:{http}/"
@@ -154,7 +156,7 @@ def start_view(workdir: Path, window: int = 5, extra: list[str] | None = None,
                 view.stop()
                 raise AssertionError(f"view did not start: {view.text()[-2000:]}") from None
             time.sleep(0.1)
-    return view, ("127.0.0.1", sflow), base
+    return view, (sflow_ip, sflow), base
 
 
 def get_json(url: str, timeout: float = 5) -> Any:

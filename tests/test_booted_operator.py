@@ -37,20 +37,16 @@ def booted():
     why = bk.why_not()
     if why:
         pytest.skip(why)
-    c = bk.Container("hsfo")
-    try:
-        c.prepare()
-        c.install_hostsflow()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def configure(c: bk.Container) -> None:
         c.write("/etc/hsflowd.conf", config(c, port, 2))
         c.enable("hostsflowd.service")
-        c.boot()
-        with UdpCollector(c.host_ip, port=port) as collector:
-            yield c, collector, port
-    finally:
-        c.stop()
+
+    with bk.booted("hsfo", configure) as c, UdpCollector(c.host_ip, port=port) as collector:
+        yield c, collector, port
 
 
 def main_pid(c: bk.Container) -> int:
