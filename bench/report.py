@@ -3,8 +3,8 @@
 
 Inputs (each optional): results.jsonl (measure.py, labels ``hostsflow-nN`` / ``pmacctd-nN``),
 profile.json, pipeline.json, mark_cost.json, poll_cost.json, idle.json, idle_all.json,
-latency.json.  Every figure is printed next to its target and, on the rig, next to pmacctd's
-figure of the same run.
+latency.json, collector_cost.json.  Every figure is printed next to its target and, on the rig,
+next to pmacctd's figure of the same run.
 """
 
 from __future__ import annotations
@@ -163,6 +163,48 @@ def targets(found: dict[Any, Any], mark: Any, poll: Any, idle: Any, idle_all: An
     return t
 
 
+def collector_targets(c: Any) -> list[tuple[str, str, str, bool | None]]:
+    """The fleet collector's two targets (bench/collector_cost.py)."""
+    if not c or "hostsflow" not in c:
+        return []
+    h, peer = c["hostsflow"], c.get("sfacctd") or {}
+    offered = c["offered_samples_s"]
+    return [
+        (f"fleet collector, {c['agents']} agents x {c['samples_per_agent_s']} samples/s: "
+         "under one core while keeping up",
+         f"hostsflow view {fmt(h.get('us_per_sample'))} us a sample, kept "
+         f"{100 - (h.get('loss_pct') or 0):.1f} % of {offered:,}/s; sfacctd "
+         f"{fmt(peer.get('us_per_sample'))} us, kept {100 - (peer.get('loss_pct') or 0):.1f} %",
+         f"{h['cores']} cores", bool(c.get("target_under_one_core"))),
+        ("fleet collector: bounded memory (2nd half's RSS within 10 % of the 1st's)",
+         f"{h.get('edges')} edges, {h.get('metric_series')} series served",
+         f"{h.get('rss_mb_first_half_max')} / {h.get('rss_mb_second_half_max')} MB",
+         bool(c.get("target_bounded_memory"))),
+    ]
+
+
+def collector_section(c: Any) -> list[str]:
+    """The fleet collector benchmark's table (bench/collector_cost.py)."""
+    if not c or "hostsflow" not in c:
+        return []
+    L = ["## The fleet collector (bench/collector_cost.py)", "",
+         f"{c['agents']} agents x {c['samples_per_agent_s']} flow samples/s "
+         f"({c['offered_samples_s']:,}/s, {c['per_datagram']} a datagram), replayed on loopback "
+         f"for {c['seconds']} s to each collector in turn.", "",
+         "| collector | cores | us / sample counted | samples kept | socket drops (datagrams) "
+         "| RSS MB, 1st / 2nd half |", "|---|---:|---:|---:|---:|---:|"]
+    for name, key in (("hostsflow view", "hostsflow"), ("sfacctd", "sfacctd")):
+        r = c.get(key) or {}
+        if "cores" not in r:
+            continue
+        L.append(f"| {name} | {r['cores']} | {fmt(r.get('us_per_sample'))} "
+                 f"| {fmt(r.get('samples_counted'))} of {fmt(r.get('samples_sent'))} "
+                 f"| {fmt(r.get('datagrams_dropped_by_socket'))} "
+                 f"| {r.get('rss_mb_first_half_max')} / {r.get('rss_mb_second_half_max')} |")
+    L.append("")
+    return L
+
+
 def churn_section(c: Any) -> list[str]:
     """The markTraffic churn benchmark's tables (bench/mark_churn.py), per placement."""
     L = ["## markTraffic with short connections (bench/mark_churn.py)", "",
@@ -213,6 +255,7 @@ def main() -> None:
     mark = load(os.path.join(d, "mark_cost.json"))
     churn = load(os.path.join(d, "mark_churn.json"))
     poll = load(os.path.join(d, "poll_cost.json"))
+    collector = load(os.path.join(d, "collector_cost.json"))
     idle = load(os.path.join(d, "idle.json"))
     idle_all = load(os.path.join(d, "idle_all.json"))
     lat = load(os.path.join(d, "latency.json"))
@@ -258,7 +301,7 @@ def main() -> None:
         L.append("")
 
     # ---------------------------------------------------------------- targets
-    t = targets(found, mark, poll, idle, idle_all, lat, churn)
+    t = targets(found, mark, poll, idle, idle_all, lat, churn) + collector_targets(collector)
     prev_dir = os.path.join(d, "prev-session")
     prev = {name: load(os.path.join(prev_dir, name + ".json"))
             for name in ("mark_cost", "mark_churn", "poll_cost", "idle", "idle_all", "latency")}
@@ -310,6 +353,7 @@ def main() -> None:
         L.append("")
     if churn:
         L += churn_section(churn)
+    L += collector_section(collector)
     if poll:
         L += ["## Counter polling round (bench/poll_cost.py)", "",
               f"{poll['services']} services in real cgroups ({', '.join(poll['hierarchies'])}), "
