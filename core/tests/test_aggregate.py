@@ -249,6 +249,22 @@ def test_tick_records_history_points():
     json.dumps(agg.snapshot(now=25.0).to_dict())
 
 
+def test_a_service_keeps_its_key_when_its_counters_name_it():
+    """Flow samples before the service's counters: the chart point labels it ``3:INDEX``; once
+    named, the label changes and the key (what the page colours it by) does not."""
+    agg = Aggregator(window=2)
+    frame = ethernet_frame(udp=(PEER_A, 1, HOST_IP, 2), payload=bytes(100))
+    agg.feed(datagram([flow(frame, 2, dst=(3, BIRD))]), now=20.5)
+    _, before = agg.tick(now=21.0)
+    agg.feed(datagram(counters({BIRD: "bird.service"}) + [flow(frame, 2, dst=(3, BIRD))]),
+             now=21.5)
+    _, after = agg.tick(now=22.0)
+    assert list(before["bps"]) == [f"3:{BIRD}"] and list(after["bps"]) == ["bird.service"]
+    assert before["ids"][f"3:{BIRD}"] == after["ids"]["bird.service"]
+    agent = agg.snapshot(now=22.0).services[0].agent
+    assert after["ids"]["bird.service"] == f"{agent}#{BIRD}"
+
+
 def test_format_rate():
     assert format_rate(0) == "0 b/s"
     assert format_rate(1500) == "1.5 kb/s"

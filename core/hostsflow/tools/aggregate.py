@@ -620,13 +620,15 @@ class Aggregator:
 
     def tick(self, now: float | None = None) -> tuple[Snapshot, dict[str, Any]]:
         """Take a snapshot and record one chart point in ``history``:
-        ``{"t": seconds, "bps": {label: bits/s}, "more": bits/s, "other": bits/s}`` with the
+        ``{"t": seconds, "bps": {label: bits/s}, "ids": {label: service key}, "more": bits/s,
+        "other": bits/s}`` with the
         CHART_SERVICES busiest services that have traffic (``more``: the rest of the services,
         ``other``: traffic marked with no service)."""
         snap = self.snapshot(now)
         drawn = [s for s in snap.services[:CHART_SERVICES] if s.bps > 0]
         rest = sum(s.bps for s in snap.services[CHART_SERVICES:]) + snap.more.bps
         point = {"t": round(snap.time, 3), "bps": {s.label: round(s.bps, 1) for s in drawn},
+                 "ids": {s.label: service_key(s) for s in drawn},
                  "more": round(rest, 1), "other": round(snap.other.bps, 1)}
         self.history.append(point)
         return snap, point
@@ -641,6 +643,12 @@ class Aggregator:
         start = end - int(self.window) if start is None else start
         start = max(start, end - self.history.maxlen if self.history.maxlen else start)
         return self.flows.query(keys, conditions, start, end, self._labeller(), top)
+
+
+def service_key(s: ServiceRates) -> str:
+    """``ADDRESS#INDEX``: what stays the same of a service while its label changes (``3:7``
+    until its counters name it, then its unit name); the page colours a service by it."""
+    return f"{s.agent}#{s.index}"
 
 
 def _agent_of(svc: ServiceId) -> AgentKey:

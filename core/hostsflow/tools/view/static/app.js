@@ -18,7 +18,8 @@ const FLOW_FIELDS = ["agent", "service", "protocol", "src_addr", "src_port", "ds
 const state = {
   points: [],          // [{t, bps: Map(label -> bits/s), more, other}]
   order: [],           // service labels in stack order (bottom first), by first appearance
-  colours: new Map(),  // service label -> colour
+  colours: new Map(),  // service key (or label) -> colour
+  keys: new Map(),  // service label -> its key (ADDRESS#INDEX)
   plot: null,
   plotKey: "",
   zoom: null,          // [t0, t1] seconds selected on the chart, or null (live)
@@ -61,16 +62,24 @@ function fmtTime(t, withSeconds) {
   return pad(d.getHours()) + ":" + pad(d.getMinutes()) + (withSeconds ? ":" + pad(d.getSeconds()) : "");
 }
 
+// A service keeps its colour when its label changes ("3:7" until its counters name it): the
+// colour goes with the service's key (ADDRESS#INDEX), which points and snapshots carry.
 function colour(label) {
-  let c = state.colours.get(label);
+  const key = state.keys.get(label) || label;
+  let c = state.colours.get(key);
   if (c === undefined) {
     c = PALETTE[state.colours.size % PALETTE.length];
-    state.colours.set(label, c);
+    state.colours.set(key, c);
   }
   return c;
 }
 
 function toPoint(p) {
+  if (p.ids && typeof p.ids === "object") {
+    for (const [label, key] of Object.entries(p.ids)) {
+      if (typeof key === "string" && !state.keys.has(label)) state.keys.set(label, key);
+    }
+  }
   const bps = new Map();
   if (p.bps && typeof p.bps === "object") {
     for (const [k, v] of Object.entries(p.bps)) if (typeof v === "number") bps.set(k, v);
@@ -255,7 +264,10 @@ function onSnapshot(snap) {
   state.lastSnapshot = snap;
   state.window = snap.window;
   renderPicker(snap.agents);
-  for (const s of snap.services) colour(s.label);
+  for (const s of snap.services) {
+    if (!state.keys.has(s.label)) state.keys.set(s.label, s.agent + "#" + s.index);
+    colour(s.label);
+  }
   renderLegend(snap);
   renderNotices(snap);
   renderTables(snap);
