@@ -45,7 +45,7 @@ from ..sflow.datagram import Datagram, DecodedCounterSample, SflowDecodeError
 from ..sflow.records import TCP_DIR_RECEIVED, TCP_DIR_SENT, ExtendedTcpInfo, HostDescr
 from .allow import SourceFilter
 from .flow_rows import SERVICE_CLASS, AgentKey, CollectorDatagram, FlowRow, read_datagram, rows_of
-from .flows import FlowHistory
+from .flows import PACKETS_BITS, PACKETS_MASK, FlowHistory
 from .keytable import KeyTable
 IN, OUT = "in", "out"
 DEFAULT_WINDOW = 5.0
@@ -96,16 +96,18 @@ class AggregatorStats:
 
 
 class _Bucket:
-    """The estimates of one wall-clock second: ``[bytes, packets]`` per key."""
+    """The estimates of one wall-clock second per key, each ``bytes << PACKETS_BITS |
+    packets`` in one int (as the flow history keeps them: ints are not walked by Python's
+    garbage collector, lists are); ``other`` and ``total`` are [bytes, packets]."""
 
     __slots__ = ("conn", "other", "proto", "remote", "second", "service", "total")
 
     def __init__(self, second: int) -> None:
         self.second = second
-        self.service: dict[tuple[ServiceId, str], list[int]] = {}
-        self.proto: dict[tuple[ServiceId, str, str, int], list[int]] = {}
-        self.remote: dict[tuple[ServiceId, str, str], list[int]] = {}
-        self.conn: dict[tuple[Any, ...], list[int]] = {}
+        self.service: dict[tuple[ServiceId, str], int] = {}
+        self.proto: dict[tuple[ServiceId, str, str, int], int] = {}
+        self.remote: dict[tuple[ServiceId, str, str], int] = {}
+        self.conn: dict[tuple[Any, ...], int] = {}
         self.other = [0, 0]
         self.total = [0, 0]
 
@@ -121,19 +123,16 @@ class _WindowSums:
         self.held: list[_Bucket] = []
 
     @staticmethod
-    def _tables(b: _Bucket) -> tuple[dict[Any, list[int]], ...]:
+    def _tables(b: _Bucket) -> tuple[dict[Any, int], ...]:
         return (b.service, b.proto, b.remote, b.conn)
 
     def _apply(self, b: _Bucket, sign: int) -> None:
         for table, into in zip(self._tables(b), self._tables(self.sums)):
-            for k, (nb, npk) in table.items():
-                cell = into.get(k)
-                if cell is None:
-                    into[k] = [nb, npk]
-                    continue
-                cell[0] += sign * nb
-                cell[1] += sign * npk
-                if sign < 0 and not cell[0] and not cell[1]:
+            for k, packed in table.items():
+                cell = into.get(k, 0) + sign * packed  # packed sums add up as their parts
+                if cell:
+                    into[k] = cell
+                else:
                     del into[k]
         for mine, theirs in ((self.sums.other, b.other), (self.sums.total, b.total)):
             mine[0] += sign * theirs[0]
@@ -162,9 +161,8 @@ class _WindowSums:
         for table, base, into in zip(self._tables(newest), self._tables(self.sums),
                                      self._tables(out)):
             into.update(base)
-            for k, (nb, npk) in table.items():
-                cell = into.get(k)
-                into[k] = [nb, npk] if cell is None else [cell[0] + nb, cell[1] + npk]
+            for k, packed in table.items():
+                into[k] = into.get(k, 0) + packed
         out.other = [self.sums.other[0] + newest.other[0], self.sums.other[1] + newest.other[1]]
         out.total = [self.sums.total[0] + newest.total[0], self.sums.total[1] + newest.total[1]]
         return out
@@ -386,7 +384,8 @@ class Aggregator:
 
     def seconds(self) -> collections.deque[_Bucket]:
         """The kept per-second buckets, oldest first (``second``; ``service``:
-        ``{(service, direction): [bytes, packets]}``); only the newest may still change."""
+        ``{(service, direction): bytes << PACKETS_BITS | packets}``); only the newest may still
+        change."""
         return self._buckets
 
     def _touch_agent(self, agent: AgentKey, hostname: str, now: float) -> bool:
@@ -430,14 +429,14 @@ class Aggregator:
             buckets.popleft()
         return bucket
 
-    def _add_keyed(self, table: dict[Any, list[int]], key: Any, nbytes: int, npkts: int) -> None:
-        """Add to a per-second table unless it is full of other keys (then counted)."""
+    def _add_keyed(self, table: dict[Any, int], key: Any, packed: int) -> None:
+        """Add ``bytes << PACKETS_BITS | packets`` to a per-second table unless it is full of
+        other keys (then counted)."""
         cell = table.get(key)
         if cell is not None:
-            cell[0] += nbytes
-            cell[1] += npkts
+            table[key] = cell + packed
         elif len(table) < MAX_KEYS_PER_BUCKET:
-            table[key] = [nbytes, npkts]
+            table[key] = packed
         else:
             self.stats.keys_refused += 1
 
@@ -475,28 +474,25 @@ class Aggregator:
             if src_svc is not None and self._known(src_svc, now):
                 ends.append((src_svc, OUT))
         service = bucket.service
+        packed = nbytes << PACKETS_BITS | rate
         for svc, direction in ends:
-            cell = service.get((svc, direction))  # bounded by self.services
-            if cell is None:
-                service[(svc, direction)] = [nbytes, rate]
-            else:
-                cell[0] += nbytes
-                cell[1] += rate
+            key = (svc, direction)  # bounded by self.services
+            service[key] = service.get(key, 0) + packed
             if info is None:
                 continue
             if direction == IN:
                 port, remote = info.dst_port, info.src_ip
             else:
                 port, remote = info.src_port, info.dst_ip
-            self._add_keyed(bucket.proto, (svc, direction, proto, port), nbytes, rate)
-            self._add_keyed(bucket.remote, (svc, direction, remote), nbytes, rate)
+            self._add_keyed(bucket.proto, (svc, direction, proto, port), packed)
+            self._add_keyed(bucket.remote, (svc, direction, remote), packed)
         tcp = row.tcp
         if tcp is not None and info is not None and info.protocol == IPPROTO_TCP:
-            self._add_connection(agent, tcp, info, ends, bucket, nbytes, rate, now)
+            self._add_connection(agent, tcp, info, ends, bucket, packed, now)
 
     def _add_connection(self, agent: AgentKey, tcp: ExtendedTcpInfo, info: Any,
-                        ends: list[tuple[ServiceId, str]], bucket: _Bucket, nbytes: int,
-                        rate: int, now: float) -> None:
+                        ends: list[tuple[ServiceId, str]], bucket: _Bucket, packed: int,
+                        now: float) -> None:
         src, dst = _endpoint(info.src_ip, info.src_port), _endpoint(info.dst_ip, info.dst_port)
         if tcp.dir == TCP_DIR_RECEIVED:
             local, remote, want = dst, src, IN
@@ -518,7 +514,7 @@ class Aggregator:
         conn.snd_cwnd, conn.snd_mss = tcp.snd_cwnd, tcp.snd_mss
         conn.last_seen = now
         conn.samples += 1
-        self._add_keyed(bucket.conn, key, nbytes, rate)
+        self._add_keyed(bucket.conn, key, packed)
 
     def _expire_connections(self, now: float, force: bool = False) -> None:
         stale = [k for k, c in self.connections.items() if now - c.last_seen > CONNECTION_TTL]
@@ -582,9 +578,15 @@ class Aggregator:
                 return Rate()
             return Rate(cell[0] * 8 / span, cell[1] / span)
 
+        def packed_rate(cell: int | None) -> Rate:
+            if not cell:
+                return Rate()
+            return Rate((cell >> PACKETS_BITS) * 8 / span, (cell & PACKETS_MASK) / span)
+
         label = self._labeller()
         ids = set(self.services) | {s for s, _ in service}
-        rated = [(s, to_rate(service.get((s, IN))), to_rate(service.get((s, OUT)))) for s in ids]
+        rated = [(s, packed_rate(service.get((s, IN))), packed_rate(service.get((s, OUT))))
+                 for s in ids]
         listed = heapq.nsmallest(services_top, rated,
                                  key=lambda r: (-(r[1].bps + r[2].bps), label(r[0]), r[0][1]))
         more = Rate()
@@ -596,22 +598,26 @@ class Aggregator:
                     more.pps += i.pps + o.pps
         services = _unique_labels([ServiceRates(label(s), s[0][0], s[1], i, o)
                                    for s, i, o in listed])
-        protocols = [KeyedRate(label(s), d, f"{p}/{port}" if port else p, nb * 8 / span,
-                               npk / span)
-                     for (s, d, p, port), (nb, npk) in
-                     heapq.nlargest(top, proto.items(), key=lambda kv: kv[1][0])]
-        remotes = [KeyedRate(label(s), d, addr, nb * 8 / span, npk / span)
-                   for (s, d, addr), (nb, npk) in
-                   heapq.nlargest(top, remote.items(), key=lambda kv: kv[1][0])]
+        def by_bytes(kv: tuple[Any, int]) -> int:
+            return kv[1] >> PACKETS_BITS
+
+        protocols = []
+        for (s, d, p, port), packed in heapq.nlargest(top, proto.items(), key=by_bytes):
+            r = packed_rate(packed)
+            protocols.append(KeyedRate(label(s), d, f"{p}/{port}" if port else p, r.bps, r.pps))
+        remotes = []
+        for (s, d, addr), packed in heapq.nlargest(top, remote.items(), key=by_bytes):
+            r = packed_rate(packed)
+            remotes.append(KeyedRate(label(s), d, addr, r.bps, r.pps))
         busiest = heapq.nsmallest(
             top, self.connections.items(),
-            key=lambda kv: (-conn.get(kv[0], (0, 0))[0], now - kv[1].last_seen))
+            key=lambda kv: (-(conn.get(kv[0], 0) >> PACKETS_BITS), now - kv[1].last_seen))
         conns = []
         for key, c in busiest:
-            nb, npk = conn.get(key, (0, 0))
+            r = packed_rate(conn.get(key))
             conns.append(ConnectionRates(
                 label(c.service) if c.service else "", c.local, c.remote,
-                nb * 8 / span, npk / span, c.rtt_us / 1000, c.rttvar_us / 1000,
+                r.bps, r.pps, c.rtt_us / 1000, c.rttvar_us / 1000,
                 c.min_rtt_us / 1000, c.retrans, c.lost, c.snd_cwnd, now - c.last_seen))
         agents = {a[0]: h for a, h in self.agent_names.items() if h}
         return Snapshot(now, self.window, span, services, to_rate(other), to_rate(total),

@@ -22,7 +22,8 @@ one *flow*: ``(protocol, client address, server address, server port)``.
   :meth:`EdgeJoiner.snapshot` sums the last ``window`` complete seconds into edges.
 
 Every table is bounded: flows per second (the rest counted in ``stats.flows_dropped``), server
-and client names (the oldest forgotten first), client ports per flow and second.
+and client names (the oldest forgotten first), client ports per second (the rest counted in
+``stats.ports_dropped``) and per edge.
 """
 
 from __future__ import annotations
@@ -45,7 +46,11 @@ PORT_PROTOCOLS = frozenset((6, 17, 132, 136))  # tcp, udp, sctp, udplite
 TCP_SYN, TCP_ACK = 0x02, 0x10
 MAX_FLOWS_PER_SECOND = 20_000
 MAX_NAMES = 65_536  # server ends and client flows remembered
-MAX_PORTS_PER_CELL = 256
+MAX_PORTS_PER_CELL = 256  # client ports a flow's edge counts in a snapshot
+MAX_PORTS_PER_SECOND = 65_536  # (cell, client port) pairs kept a second
+#: a cell's bytes, packets and samples in one int: bytes << 128 | packets << 64 | samples
+_BYTES_AT, _PACKETS_AT = 128, 64
+_LOW = (1 << 64) - 1
 
 #: (protocol, client address, server address, server port)
 Flow = tuple[int, str, str, int]
@@ -56,32 +61,68 @@ ServerEnd = tuple[int, str, int]
 @attrs.define(slots=True)
 class EdgeStats:
     """Flow samples seen, placed on a flow, skipped (no IP header with ports), or observed by an
-    agent on neither end and unmarked; flow cells refused by the per-second bound."""
+    agent on neither end and unmarked; flow cells and client ports refused by the per-second
+    bounds."""
 
     samples: int = 0
     placed: int = 0
     portless: int = 0
     unplaced: int = 0
     flows_dropped: int = 0
+    ports_dropped: int = 0
 
 
-class _Cell:
-    """One second of one ``(flow, side, observer)``: estimates, samples, client ports, RTT, and
-    whether the observer marked the client end with a service (``named``)."""
+#: a cell's key: (flow, side, observing agent)
+CellKey = tuple[Flow, str, AgentKey]
 
-    __slots__ = ("bytes", "named", "packets", "ports", "retrans", "rtt_n", "rtt_sum", "samples")
+
+class EdgeSecond:
+    """One wall-clock second of the joiner's cells, kept as plain ints and tuples: a second
+    held 20,000 cell objects with a set of ports each, 8 seconds kept, and Python's garbage
+    collector walked them all at each full collection (pauses of ~0.1 s at 50,000 samples/s,
+    and the churn made them frequent).  Ints and tuples of ints and strings are not walked.
+
+    ``cells``: key -> ``bytes << 128 | packets << 64 | samples`` (see :meth:`figures`);
+    ``tcp``: key -> (RTT sum in us, RTT samples, most retransmissions), for the cells whose
+    samples carried extended_tcp_info; ``named``: the keys whose observer marked the client end
+    with a service; ``ports``: (key, client port) pairs sampled (at most
+    MAX_PORTS_PER_SECOND)."""
+
+    __slots__ = ("cells", "named", "ports", "second", "tcp")
+
+    def __init__(self, second: int) -> None:
+        self.second = second
+        self.cells: dict[CellKey, int] = {}
+        self.tcp: dict[CellKey, tuple[int, int, int]] = {}
+        self.named: set[CellKey] = set()
+        self.ports: set[tuple[CellKey, int]] = set()
+
+    @staticmethod
+    def figures(packed: int) -> tuple[int, int, int]:
+        """(bytes, packets, samples) of a packed cell."""
+        return packed >> _BYTES_AT, packed >> _PACKETS_AT & _LOW, packed & _LOW
+
+
+class _Sum:
+    """A snapshot's running sum for one flow or edge (built at snapshot time only)."""
+
+    __slots__ = ("bytes", "packets", "ports", "retrans", "rtt_n", "rtt_sum", "samples")
 
     def __init__(self) -> None:
-        self.named = False
-        self.bytes = 0
-        self.packets = 0
-        self.samples = 0
+        self.bytes = self.packets = self.samples = 0
         self.ports: set[int] = set()
-        self.rtt_sum = 0
-        self.rtt_n = 0
-        self.retrans = 0
+        self.rtt_sum = self.rtt_n = self.retrans = 0
 
-    def merge(self, other: _Cell) -> None:
+    def add(self, packed: int, tcp: tuple[int, int, int] | None) -> None:
+        self.bytes += packed >> _BYTES_AT
+        self.packets += packed >> _PACKETS_AT & _LOW
+        self.samples += packed & _LOW
+        if tcp is not None:
+            self.rtt_sum += tcp[0]
+            self.rtt_n += tcp[1]
+            self.retrans = max(self.retrans, tcp[2])
+
+    def merge(self, other: _Sum) -> None:
         self.bytes += other.bytes
         self.packets += other.packets
         self.samples += other.samples
@@ -90,7 +131,6 @@ class _Cell:
         self.rtt_sum += other.rtt_sum
         self.rtt_n += other.rtt_n
         self.retrans = max(self.retrans, other.retrans)
-        self.named = self.named or other.named
 
 
 @attrs.define(slots=True, frozen=True)
@@ -186,8 +226,7 @@ class EdgeJoiner:
         self.servers: dict[ServerEnd, tuple[AgentKey, int]] = {}
         self.listeners: dict[ServerEnd, bool] = {}
         self.clients: dict[Flow, tuple[AgentKey, int]] = {}
-        self._buckets: collections.deque[tuple[int, dict[tuple[Flow, str, AgentKey], _Cell]]] = \
-            collections.deque()
+        self._buckets: collections.deque[EdgeSecond] = collections.deque()
         self._keep = int(window) + 2
         self._first: float | None = None
 
@@ -206,28 +245,27 @@ class EdgeJoiner:
             self._first = now
         if not rows:
             return
-        cells = self._cells(now)
+        sec = self._second(now)
         place = self._place
         for row in rows:
-            place(agent, row, cells)
+            place(agent, row, sec)
 
-    def seconds(self) -> collections.deque[tuple[int, dict[tuple[Flow, str, AgentKey], _Cell]]]:
-        """The kept seconds, oldest first: ``(second, {(flow, side, observer): cell})``; only
-        the newest may still change (a clock stepped back adds to it)."""
+    def seconds(self) -> collections.deque[EdgeSecond]:
+        """The kept seconds, oldest first; only the newest may still change (a clock stepped
+        back adds to it)."""
         return self._buckets
 
-    def _cells(self, now: float) -> dict[tuple[Flow, str, AgentKey], _Cell]:
+    def _second(self, now: float) -> EdgeSecond:
         second = int(now)
         buckets = self._buckets
-        if buckets and buckets[-1][0] >= second:  # this second (or the clock stepped back)
-            return buckets[-1][1]
-        buckets.append((second, {}))
-        while buckets and buckets[0][0] < second - self._keep:
+        if buckets and buckets[-1].second >= second:  # this second (or the clock stepped back)
+            return buckets[-1]
+        buckets.append(EdgeSecond(second))
+        while buckets and buckets[0].second < second - self._keep:
             buckets.popleft()
-        return buckets[-1][1]
+        return buckets[-1]
 
-    def _place(self, agent: AgentKey, row: FlowRow,
-               cells: dict[tuple[Flow, str, AgentKey], _Cell]) -> None:
+    def _place(self, agent: AgentKey, row: FlowRow, sec: EdgeSecond) -> None:
         self.stats.samples += 1
         if not row.usable:
             self.stats.portless += 1
@@ -262,25 +300,29 @@ class EdgeJoiner:
         if c_svc:
             remember(self.clients, flow, (agent, c_svc))
         key = (flow, side, agent)
-        cell = cells.get(key)
-        if cell is None:
+        cells = sec.cells
+        packed = cells.get(key)
+        add = nbytes << _BYTES_AT | rate << _PACKETS_AT | 1
+        if packed is None:
             if len(cells) >= MAX_FLOWS_PER_SECOND:
                 self.stats.flows_dropped += 1
                 return
-            cell = cells[key] = _Cell()
+            cells[key] = add
+        else:
+            cells[key] = packed + add
         self.stats.placed += 1
-        cell.bytes += nbytes
-        cell.packets += rate
-        cell.samples += 1
         if c_svc:
-            cell.named = True
-        if len(cell.ports) < MAX_PORTS_PER_CELL:
-            cell.ports.add(cport)
+            sec.named.add(key)
+        ports = sec.ports
+        if len(ports) < MAX_PORTS_PER_SECOND:
+            ports.add((key, cport))
+        else:
+            self.stats.ports_dropped += 1
         tcp = row.tcp
         if tcp is not None and tcp.rtt and proto == IPPROTO_TCP:
-            cell.rtt_sum += tcp.rtt
-            cell.rtt_n += 1
-            cell.retrans = max(cell.retrans, tcp.retrans)
+            had = sec.tcp.get(key)
+            sec.tcp[key] = (tcp.rtt, 1, tcp.retrans) if had is None else \
+                (had[0] + tcp.rtt, had[1] + 1, max(had[2], tcp.retrans))
 
     def _dst_serves(self, proto: int, info: Any) -> bool:
         """Whether the packet's destination is the flow's server end."""
@@ -337,17 +379,23 @@ class EdgeJoiner:
         start = current - int(self.window)
         first = int(self._first) if self._first is not None else current
         span = float(min(self.window, max(1, current - max(first, start))))
-        per_flow: dict[tuple[Flow, str], tuple[_Cell, set[AgentKey]]] = {}
-        for second, cells in self._buckets:
-            if not start <= second < current:
+        per_flow: dict[tuple[Flow, str], tuple[_Sum, set[AgentKey]]] = {}
+        for sec in self._buckets:
+            if not start <= sec.second < current:
                 continue
-            for (flow, side, agent), cell in cells.items():
+            tcp = sec.tcp
+            for key, packed in sec.cells.items():
+                flow, side, agent = key
                 got = per_flow.get((flow, side))
                 if got is None:
-                    got = per_flow[(flow, side)] = (_Cell(), set())
-                got[0].merge(cell)
+                    got = per_flow[(flow, side)] = (_Sum(), set())
+                got[0].add(packed, tcp.get(key))
                 got[1].add(agent)
-        edges: dict[tuple[str, str, int], tuple[End, End, int, _Cell, set[AgentKey], str]] = {}
+            for (flow, side, _agent), port in sec.ports:
+                got = per_flow.get((flow, side))
+                if got is not None and len(got[0].ports) < MAX_PORTS_PER_CELL:
+                    got[0].ports.add(port)
+        edges: dict[tuple[str, str, int], tuple[End, End, int, _Sum, set[AgentKey], str]] = {}
         for (flow, side), (cell, agents) in per_flow.items():
             if side != self.counted_side(flow):
                 continue
@@ -355,7 +403,7 @@ class EdgeJoiner:
             key = (src.label, dst.label, flow[0])
             got = edges.get(key)
             if got is None:
-                got = edges[key] = (src, dst, flow[3], _Cell(), set(), side)
+                got = edges[key] = (src, dst, flow[3], _Sum(), set(), side)
             got[3].merge(cell)
             got[4].update(agents)
         out = []

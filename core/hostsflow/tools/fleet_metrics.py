@@ -46,8 +46,9 @@ from ..sflow.records import (
 from collections.abc import Callable
 
 from .aggregate import SERVICE_CLASS, AgentKey, Aggregator, protocol_name
-from .edges import EdgeJoiner, Flow, remember
+from .edges import EdgeJoiner, EdgeSecond, Flow, remember
 from .exposition import Registry
+from .flows import PACKETS_BITS, PACKETS_MASK
 
 DEFAULT_MAX_SERIES = 10_000
 MAX_PENDING = 50_000  # keys of estimates kept between flushes (a scrape flushes them too)
@@ -123,8 +124,9 @@ class FleetMetrics:
         self._client_names: dict[tuple[str, ...], str] = {}
         #: estimates since the last flush: (agent, dsIndex, direction) -> [bytes, packets];
         #: (agent, side, flow, client named) -> [bytes, packets, samples]
-        self._traffic: dict[tuple[AgentKey, int, str], list[int]] = {}
-        self._edges: dict[tuple[AgentKey, str, Flow, bool], list[int]] = {}
+        # packed as the tables they are folded from (ints: not walked by the garbage collector)
+        self._traffic: dict[tuple[AgentKey, int, str], int] = {}
+        self._edges: dict[tuple[AgentKey, str, Flow, bool], int] = {}
 
     # ------------------------------------------------------------ input
 
@@ -143,24 +145,16 @@ class FleetMetrics:
         traffic, edges = self._traffic, self._edges
         for bucket in self.aggregator.seconds():
             if bucket.second < until and (start is None or bucket.second >= start):
-                for ((agent, idx), direction), (nbytes, npkts) in bucket.service.items():
-                    cell = traffic.get((agent, idx, direction))
-                    if cell is None:
-                        traffic[(agent, idx, direction)] = [nbytes, npkts]
-                    else:
-                        cell[0] += nbytes
-                        cell[1] += npkts
-        for second, cells in self.joiner.seconds():
-            if second < until and (start is None or second >= start):
-                for (flow, side, agent), c in cells.items():
-                    key = (agent, side, flow, c.named)
-                    cell = edges.get(key)
-                    if cell is None:
-                        edges[key] = [c.bytes, c.packets, c.samples]
-                    else:
-                        cell[0] += c.bytes
-                        cell[1] += c.packets
-                        cell[2] += c.samples
+                for ((agent, idx), direction), packed in bucket.service.items():
+                    key = (agent, idx, direction)
+                    traffic[key] = traffic.get(key, 0) + packed
+        for sec in self.joiner.seconds():
+            if sec.second < until and (start is None or sec.second >= start):
+                named = sec.named
+                for ckey, packed in sec.cells.items():
+                    flow, side, agent = ckey
+                    key = (agent, side, flow, ckey in named)
+                    edges[key] = edges.get(key, 0) + packed
         self.folded_until = until
         if len(edges) + len(traffic) > MAX_PENDING:
             self.flush()
@@ -189,13 +183,16 @@ class FleetMetrics:
     def flush(self) -> None:
         """Add what came since the last flush to the families, its labels named as they are
         now (so a name that arrives after a service's first samples is already used)."""
-        for (agent, idx, direction), (nbytes, npkts) in self._traffic.items():
+        for (agent, idx, direction), packed in self._traffic.items():
+            nbytes, npkts = packed >> PACKETS_BITS, packed & PACKETS_MASK
             values = self._labels(agent, idx) + (direction,)
             self.service_bytes.inc(values, nbytes)
             self.service_packets.inc(values, npkts)
         self._traffic.clear()
         joiner = self.joiner
-        for (agent, side, flow, named), (nbytes, npkts, n) in self._edges.items():
+        figures = EdgeSecond.figures
+        for (agent, side, flow, named), packed in self._edges.items():
+            nbytes, npkts, n = figures(packed)
             proto, cip, sip, sport = flow
             src = joiner.client_end(flow).label
             pname, port = protocol_name(proto), str(sport)
