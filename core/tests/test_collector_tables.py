@@ -291,3 +291,19 @@ def test_the_agent_never_imports_the_collector_tools():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
+
+
+def test_collector_socket_gets_a_receive_buffer_for_a_fleets_bursts():
+    """4 MiB asked; root gets it past net.core.rmem_max (SO_RCVBUFFORCE), anyone else up to
+    rmem_max.  The kernel reports twice what it grants."""
+    import os
+    import socket
+
+    from hostsflow.tools.decode import RECEIVE_BUFFER, open_socket
+
+    with open_socket("127.0.0.1:0") as sock:
+        got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    with open("/proc/sys/net/core/rmem_max") as f:
+        rmem_max = int(f.read())
+    want = RECEIVE_BUFFER if os.geteuid() == 0 else min(RECEIVE_BUFFER, rmem_max)
+    assert got >= 2 * want
