@@ -13,7 +13,7 @@ collector and then to the other:
 
 * ``hostsflow view`` on loopback ports of its own;
 * ``sfacctd`` (print plugin, JSON) aggregating by src/dst host, ports and protocol, with the
-  same 1 MiB receive buffer as the view and an 8 MiB pipe to its print plugin (with its
+  same 4 MiB receive buffer as the view and an 8 MiB pipe to its print plugin (with its
   defaults it dropped half the stream at 5 % of a core: the pipe, not its CPU); the plugin is
   a child process: the CPU and RSS of both are added.
 
@@ -44,6 +44,7 @@ from pathlib import Path
 
 from hostsflow.testing import end_process
 from hostsflow.tools.aggregate import DEFAULT_HISTORY
+from hostsflow.tools.decode import RECEIVE_BUFFER
 from result_file import emit
 
 BENCH = Path(__file__).resolve().parent
@@ -56,7 +57,6 @@ LOOP_S = 2  # seconds of distinct datagrams, replayed in a loop
 PRINT_S = 5  # sfacctd's print interval
 FILLED_S = DEFAULT_HISTORY + 10  # seconds until the view's history (and its memory) is full
 JUDGED_S = 60  # seconds after that to judge that its memory stays where it is
-RCVBUF = 1 << 20  # the receive buffer hostsflow view asks for (tools/decode.open_socket)
 SERVICES = ((80, "nginx.service"), (8080, "app.service"), (5432, "postgresql@15-main.service"))
 
 
@@ -185,6 +185,7 @@ def replay(port: int, batches: list[list[bytes]], seconds: float, pids: list[int
     cpu0 = cpu_seconds(pids)
     t0 = time.monotonic()
     rss: list[float] = []
+    drops_seen: list[int] = []  # the socket's drops so far, each second
     sent = 0
     n = 0
     next_rss = t0 + 1
@@ -204,6 +205,7 @@ def replay(port: int, batches: list[list[bytes]], seconds: float, pids: list[int
         n += 1
         if time.monotonic() >= next_rss:
             rss.append(rss_mb(pids))
+            drops_seen.append(udp_drops(port) - drops0)
             next_rss += 1
     elapsed = time.monotonic() - t0
     time.sleep(1.0)  # the receive queue drains
@@ -212,6 +214,9 @@ def replay(port: int, batches: list[list[bytes]], seconds: float, pids: list[int
     sock.close()
     return {"seconds": round(elapsed, 2), "datagrams_sent": sent, "batches": n,
             "datagrams_dropped_by_socket": drops,
+            # when they were dropped: in each 30 s of the run
+            "drops_every_30s": [b - a for a, b in zip([0, *drops_seen[29::30]],
+                                                       drops_seen[29::30])],
             "cpu_s": round(cpu, 2), "cores": round(cpu / elapsed, 3),
             "rss_mb_max": round(max(rss), 1) if rss else None,
             **memory_after_filling(rss)}
@@ -290,12 +295,12 @@ def run_sfacctd(batches: list[list[bytes]], per_loop: int, seconds: float, work:
     port = free_port(socket.SOCK_DGRAM)
     out_path = work / "sfacctd.json"
     conf = work / "sfacctd.conf"
-    # the same receive buffer as hostsflow view asks for (1 MiB), and room between its core
+    # the same receive buffer as hostsflow view asks for (4 MiB), and room between its core
     # process and the print plugin, so that a drop is its CPU's and not a small default's
     conf.write_text(f"sfacctd_ip: 127.0.0.1\nsfacctd_port: {port}\nplugins: print\n"
                     f"print_output: json\nprint_refresh_time: {PRINT_S}\n"
                     "aggregate: src_host,dst_host,src_port,dst_port,proto\n"
-                    f"sfacctd_pipe_size: {RCVBUF}\nplugin_pipe_size: 8388608\n"
+                    f"sfacctd_pipe_size: {RECEIVE_BUFFER}\nplugin_pipe_size: 8388608\n"
                     "plugin_buffer_size: 65536\n")
     proc = subprocess.Popen(
         [SFACCTD, "-f", str(conf)],
