@@ -314,15 +314,20 @@ def test_more_new_owners_than_the_log_keeps_is_counted_and_logged_once(groups, c
         sk = h.agent.sockets
         sk._log = small
         small.cover([str(a)])
+        ports = []
         for _ in range(2):
             p = child(a, "udp", str(srv.getsockname()[1]), "40")
             for _ in range(40):
                 p.stdout.readline()
                 data, peer = srv.recvfrom(100)
+                ports.append(peer[1])
                 srv.sendto(b"a", peer)
             p.wait(5)
             h.tick()
-        assert sk.stats["log_overflow"] == 2 and sk.stats["log_writes"] == 80
+        assert sk.stats["log_overflow"] == 2
+        # one write per new owner of a port: a fresh socket the kernel gave a port whose entry
+        # is still in the log with the same owner changes nothing and writes nothing
+        assert len(set(ports)) <= sk.stats["log_writes"] <= 80, (sk.stats, len(set(ports)))
         out = capsys.readouterr()
         assert (out.out + out.err).count("] owner_log_overflow") == 1
         assert h.agent.health.snapshot()["sockets.log_overflow"] == 2
