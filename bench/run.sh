@@ -1,7 +1,7 @@
 #!/bin/bash
 # bench/run.sh - the whole benchmark suite, as root; writes bench/RESULTS.md.
 #
-#   bench/run.sh                 everything (about 25 minutes on 2 cores)
+#   bench/run.sh                 everything (about 40 minutes on 2 cores; collector: 13)
 #   STAGES="rig report" bench/run.sh   only some stages: rig tcp churn collector poll idle latency profile report
 #   RATES=10000,50000,100000,0 SAMPLINGS="1 10" bench/run.sh
 #
