@@ -98,8 +98,13 @@ def get_json(url: str) -> Any:
         return json.loads(r.read())
 
 
-def flows(base: str, keys: str, filt: str = "", top: int = 50) -> list[dict[str, Any]]:
-    q = urllib.parse.urlencode({"keys": keys, "filter": filt, "top": top})
+def flows(base: str, keys: str, filt: str = "", top: int = 50,
+          span: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+    """The view's breakdown; ``span``: (start, end) seconds instead of its window."""
+    params: dict[str, Any] = {"keys": keys, "filter": filt, "top": top}
+    if span is not None:
+        params.update(start=span[0], end=span[1])
+    q = urllib.parse.urlencode(params)
     return get_json(f"{base}api/flows?{q}")["groups"]
 
 
@@ -134,14 +139,16 @@ class DemoSeen:
         return out
 
 
-def demo_seen(base: str, names: DemoNames) -> DemoSeen:
+def demo_seen(base: str, names: DemoNames, span: tuple[int, int] | None = None) -> DemoSeen:
+    """What the view shows of the demo; flows over ``span`` (start, end) if given, else over
+    the view's window."""
     snap = get_json(base + "api/snapshot")
     demo_net = ipaddress.ip_network(names.subnet)
     conns = [c for c in snap["connections"]
              if ipaddress.ip_address(c["remote"].rsplit(":", 1)[0].strip("[]")) in demo_net]
 
     def bps(filt: str) -> float:
-        return sum(g["bps"] for g in flows(base, "protocol", filt))
+        return sum(g["bps"] for g in flows(base, "protocol", filt, span=span))
 
     return DemoSeen(
         connections=conns,
