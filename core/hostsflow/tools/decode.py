@@ -76,17 +76,17 @@ def parse_listen(listen: str, default_port: int = 6343) -> tuple[socket.AddressF
 #: kernel counts it) lost 4-11 % of the stream while the view used 0.8-0.9 of a core; with
 #: 4 MiB it lost none (bench/collector_cost.py).
 RECEIVE_BUFFER = 4 << 20
+#: Linux's SO_RCVBUFFORCE (asm-generic/socket.h); Python's socket module does not name it
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 
-def set_receive_buffer(sock: socket.socket, size: int = RECEIVE_BUFFER) -> int:
+def set_receive_buffer(sock: socket.socket, size: int = RECEIVE_BUFFER) -> None:
     """Give ``sock`` a receive buffer of ``size`` bytes: past net.core.rmem_max where the
-    process may (SO_RCVBUFFORCE needs CAP_NET_ADMIN), else as much as rmem_max allows.
-    Returns the size the kernel reports (twice what it grants, for its bookkeeping)."""
+    process may (SO_RCVBUFFORCE needs CAP_NET_ADMIN), else as much as rmem_max allows."""
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUFFORCE, size)
-    except (OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except OSError:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
 
 def open_socket(listen: str) -> socket.socket:
