@@ -45,7 +45,7 @@ from ..sflow.datagram import Datagram, DecodedCounterSample, SflowDecodeError
 from ..sflow.records import TCP_DIR_RECEIVED, TCP_DIR_SENT, ExtendedTcpInfo, HostDescr
 from .allow import SourceFilter
 from .flow_rows import SERVICE_CLASS, AgentKey, CollectorDatagram, FlowRow, read_datagram, rows_of
-from .flows import PACKETS_BITS, PACKETS_MASK, FlowHistory
+from .flows import PACKETS_BITS, FlowHistory, unpack
 from .keytable import KeyTable
 IN, OUT = "in", "out"
 DEFAULT_WINDOW = 5.0
@@ -581,7 +581,8 @@ class Aggregator:
         def packed_rate(cell: int | None) -> Rate:
             if not cell:
                 return Rate()
-            return Rate((cell >> PACKETS_BITS) * 8 / span, (cell & PACKETS_MASK) / span)
+            nbytes, npkts = unpack(cell)
+            return Rate(nbytes * 8 / span, npkts / span)
 
         label = self._labeller()
         ids = set(self.services) | {s for s, _ in service}

@@ -39,6 +39,7 @@ from ..packet import IPPROTO_TCP
 from ..sflow.datagram import Datagram
 from .aggregate import AgentKey, ServiceId, protocol_name
 from .flow_rows import FlowRow, rows_of
+from .flows import PACKETS_BITS, PACKETS_MASK
 
 SERVER, CLIENT = "server", "client"
 EPHEMERAL_LOW = 32768  # Linux's default ip_local_port_range starts here
@@ -49,8 +50,8 @@ MAX_NAMES = 65_536  # server ends and client flows remembered
 MAX_PORTS_PER_CELL = 256  # client ports a flow's edge counts in a snapshot
 MAX_PORTS_PER_SECOND = 65_536  # (cell, client port) pairs kept a second
 #: a cell's bytes, packets and samples in one int: bytes << 128 | packets << 64 | samples
-_BYTES_AT, _PACKETS_AT = 128, 64
-_LOW = (1 << 64) - 1
+_PACKETS_AT, _LOW = PACKETS_BITS, PACKETS_MASK  # the flow history's packing, one field more
+_BYTES_AT = 2 * PACKETS_BITS
 
 #: (protocol, client address, server address, server port)
 Flow = tuple[int, str, str, int]
@@ -114,9 +115,10 @@ class _Sum:
         self.rtt_sum = self.rtt_n = self.retrans = 0
 
     def add(self, packed: int, tcp: tuple[int, int, int] | None) -> None:
-        self.bytes += packed >> _BYTES_AT
-        self.packets += packed >> _PACKETS_AT & _LOW
-        self.samples += packed & _LOW
+        nbytes, npkts, nsamples = EdgeSecond.figures(packed)
+        self.bytes += nbytes
+        self.packets += npkts
+        self.samples += nsamples
         if tcp is not None:
             self.rtt_sum += tcp[0]
             self.rtt_n += tcp[1]

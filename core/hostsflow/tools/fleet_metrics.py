@@ -48,7 +48,7 @@ from collections.abc import Callable
 from .aggregate import SERVICE_CLASS, AgentKey, Aggregator, protocol_name
 from .edges import EdgeJoiner, EdgeSecond, Flow, remember
 from .exposition import Registry
-from .flows import PACKETS_BITS, PACKETS_MASK
+from .flows import unpack
 
 DEFAULT_MAX_SERIES = 10_000
 MAX_PENDING = 50_000  # keys of estimates kept between flushes (a scrape flushes them too)
@@ -184,7 +184,7 @@ class FleetMetrics:
         """Add what came since the last flush to the families, its labels named as they are
         now (so a name that arrives after a service's first samples is already used)."""
         for (agent, idx, direction), packed in self._traffic.items():
-            nbytes, npkts = packed >> PACKETS_BITS, packed & PACKETS_MASK
+            nbytes, npkts = unpack(packed)
             values = self._labels(agent, idx) + (direction,)
             self.service_bytes.inc(values, nbytes)
             self.service_packets.inc(values, npkts)

@@ -80,6 +80,11 @@ PACKETS_BITS = 64
 PACKETS_MASK = (1 << PACKETS_BITS) - 1
 
 
+def unpack(cell: int) -> tuple[int, int]:
+    """(bytes, packets) of a packed cell (the per-sample paths write the shifts out)."""
+    return cell >> PACKETS_BITS, cell & PACKETS_MASK
+
+
 class _Second:
     __slots__ = ("flows", "overflow", "second")
 
